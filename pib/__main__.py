@@ -1,0 +1,3 @@
+from pib.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""The one exception root of pib.
+
+Every error a user can meet is a PibError with a machine-readable reason.
+Only pib.cli catches it; the reason picks the exit code.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Reason(enum.Enum):
+    CONFIG = "config"                # pib.toml / override file is wrong
+    MANIFEST = "manifest"            # a manifest line is wrong or a file is missing
+    PLATFORM = "platform"            # host platform older than the floor
+    SOURCE = "source"                # git checkout/clone/fetch problems
+    CBE = "cbe"                      # build environment missing, corrupt, out of date
+    BUILD = "build"                  # a component build command failed
+    STORE = "store"                  # artifact store unreachable or misbehaving
+    VERIFY = "verify"                # signature/checksum/hostile archive
+    PUBLISH = "publish"              # publishing refused (dirty tree, no key...)
+    PREBUILT_MISSING = "prebuilt-missing"  # --require-prebuilt and a miss
+    IMAGE = "image"                  # image assembly failed (size budget, ...)
+    BOOT = "boot"                    # QEMU boot did not reach the marker
+    LOCKED = "locked"                # another pib holds the workspace lock
+    INTERRUPTED = "interrupted"      # SIGINT/SIGTERM
+    USAGE = "usage"                  # bad command line
+    INTERNAL = "internal"            # a bug in pib
+
+
+EXIT_CODES: dict[Reason, int] = {
+    Reason.USAGE: 2,
+    Reason.CONFIG: 3,
+    Reason.MANIFEST: 4,
+    Reason.PLATFORM: 5,
+    Reason.SOURCE: 6,
+    Reason.CBE: 7,
+    Reason.BUILD: 10,
+    Reason.STORE: 11,
+    Reason.VERIFY: 12,
+    Reason.PUBLISH: 13,
+    Reason.PREBUILT_MISSING: 14,
+    Reason.IMAGE: 15,
+    Reason.BOOT: 16,
+    Reason.LOCKED: 17,
+    Reason.INTERRUPTED: 130,
+    Reason.INTERNAL: 70,
+}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a user-supplied value came from: file and 1-based line."""
+
+    path: str
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+
+class PibError(Exception):
+    """Root of every error pib raises on purpose.
+
+    `message` says what is wrong, `hint` what to do about it, `where` the
+    file:line it came from (if a user wrote it).
+    """
+
+    reason: Reason = Reason.INTERNAL
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: Reason | None = None,
+        hint: str = "",
+        where: Location | None = None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+        self.message = message
+        self.hint = hint
+        self.where = where
+        self.detail = detail  # e.g. a log tail; shown after the message
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.reason]
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "reason": self.reason.value,
+            "message": self.message,
+            "hint": self.hint,
+            "where": str(self.where) if self.where else None,
+        }
+
+
+class ConfigError(PibError):
+    reason = Reason.CONFIG
+
+
+class ManifestError(PibError):
+    reason = Reason.MANIFEST
+
+
+class BuildError(PibError):
+    reason = Reason.BUILD
+
+
+class StoreError(PibError):
+    reason = Reason.STORE
+
+
+class VerifyError(PibError):
+    reason = Reason.VERIFY
+
+
+class CbeError(PibError):
+    reason = Reason.CBE

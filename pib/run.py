@@ -1,0 +1,210 @@
+"""The only place in pib that starts processes.
+
+argv lists only (never a shell string), an explicit environment, the exact
+command written to the log, and the log's tail attached to the error when a
+command fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from pib.errors import PibError, Reason
+
+# What a child gets when the caller does not say: enough for git and coreutils,
+# nothing from the user's shell.
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def minimal_env(extra: Mapping[str, str] | None = None, *, path: str = BASE_PATH) -> dict[str, str]:
+    env = {
+        "PATH": path,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "HOME": os.environ.get("HOME", "/nonexistent"),
+    }
+    if extra:
+        env.update(extra)
+    return env
+
+
+class Log:
+    """An append-only log file; each command is written before it runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[str] = open(path, "a", encoding="utf-8", errors="replace")
+
+    def write(self, text: str) -> None:
+        self._fh.write(text)
+        self._fh.flush()
+
+    def line(self, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        self.write(f"[{stamp}] {text}\n")
+
+    def command(self, argv: Sequence[str], cwd: Path | None, env: Mapping[str, str] | None) -> None:
+        self.line(f"$ {shlex.join(argv)}")
+        if cwd is not None:
+            self.write(f"  cwd: {cwd}\n")
+        if env is not None:
+            for k in sorted(env):
+                self.write(f"  env: {k}={env[k]}\n")
+
+    def fileno(self) -> int:
+        return self._fh.fileno()
+
+    def tail(self, lines: int = 20) -> str:
+        return tail_of(self.path, lines)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def tail_of(path: Path, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    seconds: float
+
+
+class Cancelled(PibError):
+    reason = Reason.INTERRUPTED
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    log: Log | None = None,
+    capture: bool = False,
+    check: bool = True,
+    timeout: float | None = None,
+    input: bytes | None = None,
+    cancel: threading.Event | None = None,
+    reason: Reason = Reason.INTERNAL,
+    what: str = "",
+) -> Result:
+    """Run argv and wait for it.
+
+    - env: the complete environment of the child (None: minimal_env()).
+    - log: output goes there (unless capture), after the command line itself.
+    - capture: return stdout as text; stderr goes to the log or is captured too.
+    - cancel: when set, the whole process group is killed and Cancelled raised.
+    - check: a non-zero exit raises PibError(reason) with the log tail.
+    """
+    args = tuple(os.fspath(a) for a in argv)
+    child_env = dict(env) if env is not None else minimal_env()
+    if log is not None:
+        log.command(args, cwd, child_env if env is not None else None)
+    if capture:
+        stdout: int | IO[str] = subprocess.PIPE
+        stderr: int = subprocess.PIPE if log is None else log.fileno()
+    elif log is not None:
+        stdout = log.fileno()
+        stderr = subprocess.STDOUT
+    else:
+        stdout = subprocess.DEVNULL
+        stderr = subprocess.PIPE
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=child_env,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # so a cancel can kill the whole build tree
+        )
+    except OSError as exc:
+        raise PibError(
+            f"cannot run {args[0]}: {exc.strerror}",
+            reason=reason,
+            hint="check that the program is installed and on the build PATH",
+        ) from exc
+    out_b, err_b = b"", b""
+    try:
+        if cancel is None and input is None:
+            out_b, err_b = _communicate(proc, timeout)
+        elif input is not None:
+            out_b, err_b = proc.communicate(input, timeout=timeout)
+        else:
+            deadline = None if timeout is None else start + timeout
+            while True:
+                try:
+                    out_b, err_b = proc.communicate(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    if cancel is not None and cancel.is_set():
+                        _kill_group(proc)
+                        raise Cancelled(f"{what or args[0]}: stopped because another build failed or pib was interrupted") from None
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise PibError(f"{what or shlex.join(args)} timed out after {timeout:.0f}s", reason=reason) from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    seconds = time.monotonic() - start
+    out = out_b.decode("utf-8", "replace") if out_b else ""
+    err = err_b.decode("utf-8", "replace") if err_b else ""
+    if log is not None:
+        log.line(f"exit {proc.returncode} after {seconds:.2f}s")
+    if check and proc.returncode != 0:
+        detail = log.tail() if log is not None else (err or out)[-4000:]
+        where = f" (log: {log.path})" if log is not None else ""
+        raise PibError(
+            f"{what or shlex.join(args)} failed with exit code {proc.returncode}{where}",
+            reason=reason,
+            detail=detail.strip(),
+        )
+    return Result(args, proc.returncode, out if capture else out + err, seconds)
+
+
+def _communicate(proc: subprocess.Popen[bytes], timeout: float | None) -> tuple[bytes, bytes]:
+    out, err = proc.communicate(timeout=timeout)
+    return out or b"", err or b""
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
