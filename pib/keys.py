@@ -1,0 +1,86 @@
+"""Input keys: a canonical JSON document of everything that can change a
+component's output, and its SHA-256.
+
+The document never holds absolute paths, host names, users or times, so two
+machines with the same inputs compute the same key. FORMAT changes whenever
+the document's shape changes; golden tests pin it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pib.config import ComponentConfig
+from pib.errors import ConfigError
+
+FORMAT = 1
+
+
+def canonical(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def digest(doc: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(doc)).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def key_document(
+    comp: ComponentConfig,
+    *,
+    workspace: Path,
+    tree: str,
+    cbe: Mapping[str, str] | None,
+    baseline: str | None,
+    dep_keys: Mapping[str, str],
+) -> dict[str, Any]:
+    key_files: dict[str, str] = {}
+    for path in comp.key_files:
+        try:
+            rel = str(path.relative_to(workspace))
+        except ValueError:
+            rel = path.name  # outside the workspace: name only, never the absolute path
+        try:
+            key_files[rel] = file_sha256(path)
+        except OSError as exc:
+            raise ConfigError(
+                f"component {comp.name!r}: key file {path} cannot be read ({exc.strerror})",
+                where=comp.where,
+                hint="create it, or remove it from key_files",
+            ) from exc
+    return {
+        "format": FORMAT,
+        "component": comp.name,
+        "source": {"tree": tree},
+        "recipe": {"build": list(comp.build), "env": dict(comp.env)},
+        "cbe": dict(cbe) if cbe else None,
+        "platform": {"baseline": baseline},
+        "key_files": key_files,
+        "depends": {d: dep_keys[d] for d in sorted(comp.depends)},
+    }
+
+
+def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Leaf fields that differ: (dotted path, old value, new value)."""
+    out: list[tuple[str, Any, Any]] = []
+
+    def walk(prefix: str, a: Any, b: Any) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(f"{prefix}.{k}" if prefix else str(k), a.get(k), b.get(k))
+        elif a != b:
+            out.append((prefix, a, b))
+
+    walk("", dict(old) if old else {}, dict(new))
+    return out
