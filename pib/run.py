@@ -65,8 +65,12 @@ class Log:
     def fileno(self) -> int:
         return self._fh.fileno()
 
-    def tail(self, lines: int = 20) -> str:
-        return tail_of(self.path, lines)
+    def tail(self, lines: int = 20, since: int = 0) -> str:
+        return tail_of(self.path, lines, since)
+
+    def offset(self) -> int:
+        self._fh.flush()
+        return self._fh.tell()
 
     def close(self) -> None:
         self._fh.close()
@@ -78,12 +82,13 @@ class Log:
         self.close()
 
 
-def tail_of(path: Path, lines: int = 20) -> str:
+def tail_of(path: Path, lines: int = 20, since: int = 0) -> str:
+    """The last lines of a file, not looking before byte offset `since`."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
-            fh.seek(max(0, size - 64 * 1024))
+            fh.seek(max(since, size - 64 * 1024))
             data = fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
@@ -126,8 +131,10 @@ def run(
     """
     args = tuple(os.fspath(a) for a in argv)
     child_env = dict(env) if env is not None else minimal_env()
+    output_from = 0
     if log is not None:
         log.command(args, cwd, child_env if env is not None else None)
+        output_from = log.offset()
     if capture:
         stdout: int | IO[str] = subprocess.PIPE
         stderr: int = subprocess.PIPE if log is None else log.fileno()
@@ -184,7 +191,7 @@ def run(
     if log is not None:
         log.line(f"exit {proc.returncode} after {seconds:.2f}s")
     if check and proc.returncode != 0:
-        detail = log.tail() if log is not None else (err or out)[-4000:]
+        detail = log.tail(since=output_from) if log is not None else (err or out)[-4000:]
         where = f" (log: {log.path})" if log is not None else ""
         raise PibError(
             f"{what or shlex.join(args)} failed with exit code {proc.returncode}{where}",

@@ -192,12 +192,23 @@ def source_state(checkout: Path, index: Path | None) -> SourceState:
     env = {"GIT_INDEX_FILE": str(index)}
     git(["add", "--all", "--", "."], checkout, env=env)
     tree = git(["write-tree"], checkout, env=env).strip()
-    out = git(["rev-parse", "--verify", "--quiet", "--abbrev-ref", "HEAD", "HEAD", "HEAD^{tree}"],
-              checkout, check=False).split()
-    if len(out) >= 3:
-        branch = None if out[0] == "HEAD" else out[0]
-        return SourceState(tree, out[1], out[2], branch)
-    return SourceState(tree, None, None, None)
+    out = git(["rev-parse", "HEAD", "HEAD^{tree}"], checkout, check=False).split()
+    if len(out) == 2 and len(out[0]) >= 40:
+        return SourceState(tree, out[0], out[1], _branch(checkout))
+    return SourceState(tree, None, None, _branch(checkout))
+
+
+def _branch(checkout: Path) -> str | None:
+    try:
+        head = (checkout / ".git" / "HEAD").read_text(encoding="utf-8").strip()
+    except OSError:
+        head = ""
+    if head.startswith("ref: "):
+        return head[5:].removeprefix("refs/heads/")
+    if not head:  # a linked worktree: .git is a file
+        name = git(["symbolic-ref", "--quiet", "--short", "HEAD"], checkout, check=False).strip()
+        return name or None
+    return None
 
 
 def clean_checkout(comp: ComponentConfig, log: Log | None = None) -> None:

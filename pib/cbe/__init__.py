@@ -1,0 +1,285 @@
+"""Versioned build environments (CBE), installed side by side.
+
+A CBE version is a prefix `<root>/<version>` populated by a provider from a
+lock file that pins exactly what the version contains. `ensure()` checks (and
+installs) the version a workspace needs; `build_environment()` gives the
+complete, minimal environment a build runs with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pib.cbe import install as _inst
+from pib.cbe.install import Status
+from pib.cbe.lock import Lock, load
+from pib.cbe.providers import Context
+from pib.errors import CbeError, Location
+from pib.run import Log
+
+__all__ = [
+    "CbeSpec",
+    "InstalledCbe",
+    "InstalledVersion",
+    "Status",
+    "build_environment",
+    "default_root",
+    "ensure",
+    "list_installed",
+    "load_lock",
+    "record_user",
+    "remove",
+    "verify_full",
+]
+
+load_lock = load
+
+
+class SpecLike(Protocol):
+    """What pib.toml's [cbe] gives (pib.config.CbeConfig has these fields)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def root(self) -> Path | None: ...
+    @property
+    def lock(self) -> Path: ...
+    @property
+    def system_path(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class CbeSpec:
+    name: str
+    version: str
+    root: Path | None
+    lock: Path
+    system_path: tuple[str, ...] = ("/usr/bin", "/bin")
+    where: Location | None = None
+
+
+@dataclass(frozen=True)
+class InstalledCbe:
+    name: str
+    version: str
+    root: Path
+    prefix: Path
+    lock_digest: str
+    path: str                  # the complete PATH for builds
+    env: dict[str, str]        # the variables the CBE exports
+    provider: str = ""
+
+
+@dataclass(frozen=True)
+class InstalledVersion:
+    version: str
+    name: str
+    provider: str
+    lock_digest: str
+    installed_at: str
+    users: tuple[Path, ...]
+    complete: bool             # False: half-installed (no valid record)
+
+
+def default_root(name: str) -> Path:
+    """`/opt/<name>` where /opt is writable, else a per-user directory."""
+    opt = Path("/opt") / name
+    if (opt.is_dir() and os.access(opt, os.W_OK)) or (not opt.exists() and os.access("/opt", os.W_OK)):
+        return opt
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "pib" / "cbe" / name
+
+
+def _root(spec: SpecLike) -> Path:
+    return spec.root if spec.root is not None else default_root(spec.name)
+
+
+def _load_for(spec: SpecLike) -> Lock:
+    lock = load(spec.lock)
+    if lock.name != spec.name or lock.version != spec.version:
+        raise CbeError(
+            f"the lock is for CBE {lock.name} {lock.version}, pib.toml asks for {spec.name} {spec.version}",
+            where=getattr(spec, "where", None) or lock.where(),
+            hint="make [cbe] name/version in pib.toml and the lock's name/version agree",
+        )
+    return lock
+
+
+def _installed(spec: SpecLike, lock: Lock, root: Path, record: Mapping[str, object]) -> InstalledCbe:
+    prefix = _inst.prefix_of(root, lock.version)
+    env: dict[str, str] = {}
+    provider_env = record.get("provider_env")
+    pairs = list(provider_env.items()) if isinstance(provider_env, dict) else []
+    for k, v in [*pairs, *lock.env]:
+        env[str(k)] = str(v).replace("${PREFIX}", str(prefix))
+    path = ":".join([*(str(prefix / b) for b in lock.bin_dirs), *spec.system_path])
+    return InstalledCbe(lock.name, lock.version, root, prefix, lock.digest, path, env, lock.provider)
+
+
+def _problem(spec: SpecLike, lock: Lock, state: _inst.Check, root: Path) -> CbeError:
+    label = f"CBE {lock.name} {lock.version} at {_inst.prefix_of(root, lock.version)}"
+    where = getattr(spec, "where", None)
+    if state.status is Status.MISSING:
+        return CbeError(f"{label} is not installed", where=where,
+                        hint="run `pib configure` or `pib cbe install` to install it")
+    if state.status is Status.HALF:
+        return CbeError(f"{label} is half-installed (an interrupted install?)", where=where,
+                        hint="run `pib cbe install` to replace it")
+    first = "; ".join(state.problems[:5])
+    more = f" (and {len(state.problems) - 5} more)" if len(state.problems) > 5 else ""
+    if state.status is Status.OUTDATED:
+        return CbeError(f"{label} is out of date: {first}", where=where,
+                        hint="run `pib cbe install --update` to install the current lock")
+    return CbeError(f"{label} was modified after install: {first}{more}", where=where,
+                    hint="run `pib cbe install --update` to reinstall it; never edit a CBE prefix by hand")
+
+
+def ensure(
+    spec: SpecLike,
+    *,
+    install: bool,
+    update: bool = False,
+    log: Log | None = None,
+    stores: Sequence[object] = (),
+    trusted_keys: Sequence[object] = (),
+) -> InstalledCbe:
+    """The CBE that spec names, checked against its lock (cheap check).
+
+    install: install a missing or half-installed version (under a lock, so
+    concurrent callers share one copy). update: also replace an out-of-date
+    or modified one. Otherwise any problem is a CbeError with the command to
+    run.
+    """
+    lock = _load_for(spec)
+    root = _root(spec)
+    prefix = _inst.prefix_of(root, lock.version)
+    state = _inst.check(prefix, lock)
+    if state.status is not Status.OK:
+        fixable = {Status.MISSING, Status.HALF} if install else set()
+        if update:
+            fixable |= {Status.MISSING, Status.HALF, Status.OUTDATED, Status.MODIFIED}
+        if state.status not in fixable:
+            raise _problem(spec, lock, state, root)
+        ctx = Context(root=root, log=log, stores=stores, trusted_keys=trusted_keys)
+        state = _inst.install(lock, root, ctx, replace=update)
+        if state.status is not Status.OK:
+            raise _problem(spec, lock, state, root)
+    assert state.record is not None
+    return _installed(spec, lock, root, state.record)
+
+
+def verify_full(spec: SpecLike) -> InstalledCbe:
+    """Re-hash every file of the installed version against its install record."""
+    lock = _load_for(spec)
+    root = _root(spec)
+    state = _inst.check(_inst.prefix_of(root, lock.version), lock, full=True)
+    if state.status is not Status.OK:
+        raise _problem(spec, lock, state, root)
+    assert state.record is not None
+    return _installed(spec, lock, root, state.record)
+
+
+def build_environment(
+    installed: InstalledCbe,
+    extra: Mapping[str, str] | None = None,
+    *,
+    home: Path | None = None,
+    source_date_epoch: str | None = None,
+) -> dict[str, str]:
+    """The complete environment of a build: nothing from os.environ.
+
+    PATH is the CBE's bin directories then the allowed system directories;
+    HOME is `home` or a private scratch directory.
+    """
+    if home is None:
+        home = Path(tempfile.gettempdir()) / f"pib-home-{os.getuid()}"
+        home.mkdir(mode=0o700, exist_ok=True)
+    env = {
+        "PATH": installed.path,
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "PIB_CBE": f"{installed.name}-{installed.version}",
+        "PIB_CBE_PREFIX": str(installed.prefix),
+    }
+    if source_date_epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = source_date_epoch
+    env.update(installed.env)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _user_file(root: Path, version: str, workspace: Path) -> Path:
+    ws = str(workspace.resolve())
+    return root / ".users" / version / hashlib.sha256(ws.encode()).hexdigest()[:32]
+
+
+def record_user(installed: InstalledCbe, workspace: Path) -> None:
+    """Note that workspace uses this version (shown by `pib cbe ls`, checked by rm)."""
+    path = _user_file(installed.root, installed.version, workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(workspace.resolve()) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def forget_user(root: Path, version: str, workspace: Path) -> None:
+    path = _user_file(root, version, workspace)
+    path.unlink(missing_ok=True)
+
+
+def users_of(root: Path, version: str) -> tuple[Path, ...]:
+    """Workspaces using version that still exist."""
+    d = root / ".users" / version
+    out: list[Path] = []
+    if d.is_dir():
+        for f in sorted(d.iterdir()):
+            if f.suffix == ".tmp":
+                continue
+            try:
+                ws = Path(f.read_text(encoding="utf-8").strip())
+            except OSError:
+                continue
+            if ws.is_dir():
+                out.append(ws)
+    return tuple(sorted(out))
+
+
+def list_installed(root: Path) -> list[InstalledVersion]:
+    out: list[InstalledVersion] = []
+    if not root.is_dir():
+        return out
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        rec = _inst.read_record(p)
+        out.append(InstalledVersion(
+            version=p.name,
+            name=str(rec.get("name", "")) if rec else "",
+            provider=str(rec.get("provider", "")) if rec else "",
+            lock_digest=str(rec.get("lock_digest", "")) if rec else "",
+            installed_at=str(rec.get("installed_at", "")) if rec else "",
+            users=users_of(root, p.name),
+            complete=rec is not None,
+        ))
+    return out
+
+
+def remove(root: Path, version: str, *, force: bool = False) -> None:
+    users = users_of(root, version)
+    if users and not force:
+        raise CbeError(
+            f"CBE version {version} is used by {len(users)} workspace(s): {', '.join(map(str, users))}",
+            hint="switch those workspaces to another version, or pass --force",
+        )
+    _inst.remove(root, version)
