@@ -1,0 +1,830 @@
+"""The platform image: resolve manifests against proto areas, write the boot archive and outputs.
+
+No root is needed: ownership and modes come from the manifests and go straight
+into the archive headers; users and groups are looked up in the image's own
+etc/passwd and etc/group. Everything is written into a temporary directory
+under the output root and renamed into place at the end, so a failed or killed
+run leaves no half image behind.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Literal, cast
+
+from pib import cpio
+from pib.errors import ConfigError, Location, ManifestError, PibError, Reason
+from pib.manifest import Entry, Kind, Manifest, Record, format_image_manifest, parse_file, union
+from pib.run import Log, minimal_env, run
+
+_STAMP = re.compile(r"^\d{8}T\d{6}Z$")
+_TMP_PREFIX = ".pib-tmp-"
+PLATFORM_LATEST = "platform-latest"
+GENERATED = "pib"  # origin name of files pib writes itself (the release file)
+
+
+# --- inputs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    component: str  # the proto area that holds it
+    path: str       # relative to that proto area
+    name: str = ""  # file name in the platform directory (default: basename of path)
+
+    @property
+    def out_name(self) -> str:
+        return self.name or posixpath.basename(self.path)
+
+
+@dataclass(frozen=True)
+class Overlay:
+    name: str
+    path: Path
+    manifest: Path | None = None
+
+
+@dataclass(frozen=True)
+class ProtoArea:
+    name: str
+    path: Path
+    manifest: Path | None = None
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    kernels: tuple[KernelSpec, ...] = ()
+    overlays: tuple[Overlay, ...] = ()
+    compression: Literal["zstd", "gzip"] = "zstd"
+    compression_level: int | None = None
+    max_size: int | None = None  # bytes of the boot archive file as written
+    archive_command: tuple[str, ...] | None = None  # {staged} {output} {manifest} {buildstamp}
+    release_file: str = "etc/pib-release"
+    where: Location | None = None  # where the image settings were written (pib.toml)
+
+
+# --- resolution -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    entry: Entry
+    origin: str = ""            # proto area / overlay that supplied the bytes
+    source: Path | None = None  # for files
+    size: int = 0
+    uid: int = 0
+    gid: int = 0
+    content: bytes | None = None  # generated files
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # missing | parent | hardlink | user | group | passwd | release
+    path: str
+    where: Location
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class ImageManifestError(ManifestError):
+    """Every problem found while resolving the image's manifest, reported at once."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        kinds = sorted({p.kind for p in problems})
+        super().__init__(
+            f"{len(problems)} problem(s) in the image manifest ({', '.join(kinds)}); first: {problems[0].message}",
+            where=problems[0].where,
+            hint="fix the manifest lines listed, or build the components that should provide the missing files",
+            detail="\n".join(str(p) for p in problems),
+        )
+
+
+@dataclass(frozen=True)
+class Resolution:
+    entries: tuple[Resolved, ...]  # sorted by path: parents before children
+    warnings: tuple[str, ...]
+    search: tuple[tuple[str, Path], ...]
+
+
+def search_path(spec: ImageSpec, areas: Sequence[ProtoArea]) -> tuple[tuple[str, Path], ...]:
+    """Overlays first, then the components' proto areas, in config order."""
+    return tuple((o.name, o.path) for o in spec.overlays) + tuple((a.name, a.path) for a in areas)
+
+
+def load_manifests(spec: ImageSpec, areas: Sequence[ProtoArea]) -> tuple[Manifest, ...]:
+    sources = [(o.name, o.manifest) for o in spec.overlays] + [(a.name, a.manifest) for a in areas]
+    return tuple(parse_file(path, name) for name, path in sources if path is not None)
+
+
+def release_text(buildstamp: str, component_keys: Mapping[str, str]) -> bytes:
+    lines = [f"PIB_BUILDSTAMP={buildstamp}"]
+    for name in sorted(component_keys):
+        var = re.sub(r"[^A-Z0-9]", "_", name.upper())
+        lines.append(f"PIB_KEY_{var}={component_keys[name]}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _within(path: str, by_path: Mapping[str, Entry]) -> Entry | None:
+    """The entry a path reaches inside the image, following the image's own symlinks."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        cur = "/".join([*done, part])
+        entry = by_path.get(cur)
+        if entry is None:
+            return None
+        if entry.kind is Kind.SYMLINK:
+            hops += 1
+            if hops > 40:
+                return None
+            target = entry.target
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        done.append(part)
+    return by_path.get("/".join(done)) if done else None
+
+
+def _read_db(source: Path, where: Location, id_field: int, problems: list[Problem], kind: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        text = source.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        problems.append(Problem("passwd", str(source), where, f"cannot read {source}: {exc.strerror}"))
+        return out
+    for line in text.splitlines():
+        f = line.split(":")
+        if len(f) > id_field and f[0] and not f[0].startswith("#") and f[id_field].isdigit():
+            out.setdefault(f[0], int(f[id_field]))
+    return out
+
+
+def _ids(
+    name: str, db: Mapping[str, int] | None, what: str, where: Location, problems: list[Problem], seen: set[str]
+) -> int:
+    if db is not None and name in db:
+        return db[name]
+    if name.isdigit():
+        return int(name)  # a numeric id needs no lookup
+    if name not in seen:
+        seen.add(name)
+        src = "etc/passwd" if what == "user" else "etc/group"
+        msg = (f"unknown {what} {name!r}: not in the image's {src}" if db is not None
+               else f"{what} {name!r} cannot be resolved: the image has no {src}")
+        problems.append(Problem(what, name, where, msg))
+    return 0
+
+
+def resolve(
+    spec: ImageSpec,
+    areas: Sequence[ProtoArea],
+    *,
+    buildstamp: str = "",
+    component_keys: Mapping[str, str] | None = None,
+) -> Resolution:
+    """Union the manifests, find every file, check links, parents and owners; all problems at once."""
+    manifests = load_manifests(spec, areas)
+    entries = list(union(manifests))
+    problems: list[Problem] = []
+    release: Entry | None = None
+    if spec.release_file:
+        rel_where = spec.where or Location("<image>")
+        release = Entry(Kind.FILE, spec.release_file, 0o444, "root", "root", where=rel_where, component=GENERATED)
+        clash = next((e for e in entries if e.path == spec.release_file), None)
+        if clash is not None:
+            problems.append(Problem("release", clash.path, clash.where,
+                                    f"{clash.path} is the generated release file; the manifest must not list it"))
+        else:
+            entries.append(release)
+    by_path = {e.path: e for e in entries}
+    search = search_path(spec, areas)
+    warnings: list[str] = []
+    found: dict[str, tuple[str, Path, int]] = {}
+
+    for e in entries:
+        parent = e.path.rpartition("/")[0]
+        if parent and (p := by_path.get(parent)) is not None and p.kind is not Kind.DIR:
+            problems.append(Problem("parent", e.path, e.where, f"parent {parent!r} of {e.path!r} is not a directory ({p.where})"))
+        elif parent and p is None:
+            problems.append(Problem("parent", e.path, e.where, f"parent directory {parent!r} of {e.path!r} is not in any manifest"))
+        if e.kind is Kind.FILE and e is not release:
+            for name, root in search:
+                candidate = root / e.path
+                try:
+                    st = os.stat(candidate)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    found[e.path] = (name, candidate, st.st_size)
+                    break
+            else:
+                places = ", ".join(f"{n}:{r}" for n, r in search) or "(no proto areas)"
+                problems.append(Problem("missing", e.path, e.where, f"file {e.path!r} not found; searched {places}"))
+        elif e.kind is Kind.HARDLINK:
+            t = by_path.get(e.target)
+            if t is None or t.kind is not Kind.FILE:
+                why = "is not in the image" if t is None else f"is a {t.kind.name.lower()}, not a file ({t.where})"
+                problems.append(Problem("hardlink", e.path, e.where, f"hard link {e.path!r}: target {e.target!r} {why}"))
+        elif e.kind is Kind.SYMLINK:
+            base = "" if e.target.startswith("/") else posixpath.dirname(e.path)
+            if _within(posixpath.join(base, e.target), by_path) is None:
+                warnings.append(f"{e.where}: symlink {e.path} -> {e.target} points at nothing in the image")
+
+    users = groups = None
+    for dbname in ("etc/passwd", "etc/group"):
+        entry = _within(dbname, by_path)
+        if entry is not None and entry.path in found:
+            if dbname == "etc/passwd":
+                users = _read_db(found[entry.path][1], entry.where, 2, problems, "passwd")
+            else:
+                groups = _read_db(found[entry.path][1], entry.where, 2, problems, "group")
+    unknown_users: set[str] = set()
+    unknown_groups: set[str] = set()
+    out: list[Resolved] = []
+    rel_content = release_text(buildstamp, component_keys or {})
+    for e in sorted(entries, key=lambda x: x.path.encode()):
+        if e.kind in (Kind.FILE, Kind.DIR):
+            if e is release:
+                out.append(Resolved(e, GENERATED, None, len(rel_content), 0, 0, rel_content))
+                continue
+            uid = _ids(e.user, users, "user", e.where, problems, unknown_users)
+            gid = _ids(e.group, groups, "group", e.where, problems, unknown_groups)
+            if e.kind is Kind.FILE and e.path in found:
+                origin, source, size = found[e.path]
+                out.append(Resolved(e, origin, source, size, uid, gid))
+            else:
+                out.append(Resolved(e, e.component, None, 0, uid, gid))
+        else:
+            out.append(Resolved(e, e.component))
+    if problems:
+        raise ImageManifestError(problems)
+    return Resolution(tuple(out), tuple(warnings), search)
+
+
+# --- sizes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComponentSize:
+    name: str
+    bytes: int
+    files: int
+    largest: tuple[tuple[str, int], ...]  # (path, bytes), largest first
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    total: int
+    components: tuple[ComponentSize, ...]  # largest first
+    archive_size: int | None = None
+    max_size: int | None = None
+
+    def format(self) -> str:
+        lines = []
+        if self.archive_size is not None:
+            budget = f" (budget {_human(self.max_size)})" if self.max_size is not None else ""
+            lines.append(f"boot archive: {_human(self.archive_size)}{budget}")
+        lines.append(f"files: {_human(self.total)} uncompressed")
+        for c in self.components:
+            share = 100.0 * c.bytes / self.total if self.total else 0.0
+            lines.append(f"  {c.name}: {_human(c.bytes)} in {c.files} files ({share:.1f}%)")
+            lines.extend(f"      {_human(size):>10}  {path}" for path, size in c.largest)
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "total": self.total, "archive_size": self.archive_size, "max_size": self.max_size,
+            "components": [{"name": c.name, "bytes": c.bytes, "files": c.files,
+                            "largest": [{"path": p, "bytes": s} for p, s in c.largest]} for c in self.components],
+        }
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def sizes_of(resolution: Resolution, top: int = 5, archive_size: int | None = None,
+             max_size: int | None = None) -> SizeReport:
+    """Bytes per supplying component (overlay or proto area), with each one's largest files."""
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for r in resolution.entries:
+        if r.entry.kind is Kind.FILE:
+            groups.setdefault(r.origin, []).append((r.entry.path, r.size))
+    comps = []
+    for name, files in groups.items():
+        files.sort(key=lambda f: (-f[1], f[0]))
+        comps.append(ComponentSize(name, sum(s for _, s in files), len(files), tuple(files[:top])))
+    comps.sort(key=lambda c: (-c.bytes, c.name))
+    return SizeReport(sum(c.bytes for c in comps), tuple(comps), archive_size, max_size)
+
+
+def size_report(spec: ImageSpec, areas: Sequence[ProtoArea], top: int = 5) -> SizeReport:
+    """`pib image --sizes`: what the image would contain, by component, without writing anything."""
+    return sizes_of(resolve(spec, areas), top, None, spec.max_size)
+
+
+class SizeBudgetError(PibError):
+    reason = Reason.IMAGE
+
+    def __init__(self, report: SizeReport) -> None:
+        self.report = report
+        super().__init__(
+            f"boot archive is {report.archive_size} bytes, above max_size {report.max_size}",
+            hint="remove files from the manifests, or raise image.max_size in pib.toml",
+            detail=report.format(),
+        )
+
+
+# --- buildstamps ----------------------------------------------------------------------
+
+
+def buildstamp(env: Mapping[str, str] | None = None, now: float | None = None) -> str:
+    """`YYYYMMDDTHHMMSSZ`, from SOURCE_DATE_EPOCH when set (reproducible builds), else now."""
+    env = os.environ if env is None else env
+    sde = env.get("SOURCE_DATE_EPOCH")
+    if sde is not None:
+        if not sde.isdigit():
+            raise ConfigError(f"SOURCE_DATE_EPOCH={sde!r} is not a number of seconds",
+                              hint="set it to an integer, e.g. $(git log -1 --format=%ct)")
+        when = float(sde)
+    else:
+        when = time.time() if now is None else now
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+
+
+def stamp_epoch(stamp: str) -> int:
+    if not _STAMP.match(stamp):
+        raise PibError(f"bad buildstamp {stamp!r}", reason=Reason.IMAGE, hint="use the form 20260101T000000Z")
+    return calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+
+
+# --- writing --------------------------------------------------------------------------
+
+
+class _HashingFile:
+    """A file that hashes and counts what goes through it."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.fh.write(data)
+
+
+class _GzipSink:
+    def __init__(self, out: _HashingFile, level: int) -> None:
+        # wbits 31: gzip framing with mtime 0 and no file name, so the bytes are reproducible.
+        self._z = zlib.compressobj(level, zlib.DEFLATED, 31)
+        self._out = out
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._out.write(self._z.compress(data))
+        return len(data)
+
+    def close(self) -> None:
+        self._out.write(self._z.flush())
+
+
+class _ZstdSink:
+    def __init__(self, out: _HashingFile, level: int) -> None:
+        import zstandard
+
+        # Multi-threaded zstd output does not depend on the number of workers, so it stays reproducible.
+        cctx = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+        self._w = cctx.stream_writer(cast(IO[bytes], out), closefd=False, write_size=1 << 20)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._w.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._w.close()  # type: ignore[no-untyped-call]
+
+
+_CHUNK = 8 << 20
+
+
+def _read_file(r: Resolved) -> Iterator[bytes]:
+    """The file's bytes in chunks; the size must still be what resolution saw."""
+    if r.content is not None:
+        yield r.content
+        return
+    assert r.source is not None
+    fd = os.open(r.source, os.O_RDONLY)
+    try:
+        if r.size < _CHUNK:
+            # One read of size+1 both fetches the file and proves it has not grown.
+            data = os.read(fd, r.size + 1)
+            if len(data) != r.size:
+                raise _changed(r)
+            yield data
+            return
+        left = r.size
+        while left:
+            chunk = os.read(fd, min(left, _CHUNK))
+            if not chunk:
+                raise _changed(r)
+            left -= len(chunk)
+            yield chunk
+        if os.read(fd, 1):
+            raise _changed(r)
+    finally:
+        os.close(fd)
+
+
+def _changed(r: Resolved) -> PibError:
+    return PibError(f"{r.source} changed size while the image was written", reason=Reason.IMAGE,
+                    hint="do not rebuild components while `pib image` runs")
+
+
+@dataclass
+class _Written:
+    records: list[Record]
+    uncompressed: int
+
+
+def _owner(r: Resolved) -> tuple[str, str]:
+    return f"{r.entry.user}:{r.entry.group}", f"{r.uid}:{r.gid}"
+
+
+def _link_groups(entries: Sequence[Resolved]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for r in entries:
+        if r.entry.kind is Kind.HARDLINK:
+            groups.setdefault(r.entry.target, [r.entry.target]).append(r.entry.path)
+    for names in groups.values():
+        names.sort(key=str.encode)
+    return groups
+
+
+def write_cpio(resolution: Resolution, sink: cpio.Sink, mtime: int) -> _Written:
+    """The newc stream in path order, hashing each file while it is copied."""
+    entries = resolution.entries
+    by_path = {r.entry.path: r for r in entries}
+    links = _link_groups(entries)
+    carrier = {names[-1]: target for target, names in links.items()}  # newc: the last name carries the data
+    ino_of: dict[str, int] = {}
+    digests: dict[str, str] = {}
+    w = cpio.Writer(sink)
+    records: list[Record] = []
+    for ino, r in enumerate(entries, 1):
+        e = r.entry
+        if e.kind is Kind.DIR:
+            w.directory(e.path, ino=ino, perm=e.mode, uid=r.uid, gid=r.gid, mtime=mtime)
+            records.append(Record(e.path, Kind.DIR, e.mode, *_owner(r)))
+        elif e.kind is Kind.SYMLINK:
+            w.symlink(e.path, e.target, ino=ino, uid=0, gid=0, mtime=mtime)
+            records.append(Record(e.path, Kind.SYMLINK, 0o777, "root:root", "0:0", len(e.target.encode()),
+                                  None, e.target))
+        else:
+            target = by_path[e.target] if e.kind is Kind.HARDLINK else r
+            group = links.get(target.entry.path)
+            file_ino = ino_of.setdefault(target.entry.path, ino)
+            nlink = len(group) if group else 1
+            carries = group is None or carrier.get(e.path) == target.entry.path
+            size = target.size if carries else 0
+            w.file_header(e.path, ino=file_ino, perm=target.entry.mode, uid=target.uid, gid=target.gid,
+                          mtime=mtime, size=size, nlink=nlink)
+            if carries:
+                h = hashlib.sha256()
+                for chunk in _read_file(target):
+                    h.update(chunk)
+                    w.data(chunk)
+                w.end_data(size)
+                digests[target.entry.path] = h.hexdigest()
+            if e.kind is Kind.FILE:
+                records.append(Record(e.path, Kind.FILE, e.mode, *_owner(r), r.size, None))
+            else:
+                records.append(Record(e.path, Kind.HARDLINK, target.entry.mode, *_owner(target), target.size,
+                                      None, e.target))
+    w.finish()
+    out = []
+    for rec in records:
+        if rec.kind in (Kind.FILE, Kind.HARDLINK):
+            rec = Record(rec.path, rec.kind, rec.mode, rec.owner, rec.ids, rec.size,
+                         digests[rec.target or rec.path], rec.target)
+        out.append(rec)
+    return _Written(out, w.size)
+
+
+def _chmod_writable(func: Any, path: str, exc: Any) -> None:
+    # Staged directories keep their manifest modes (e.g. 0555); open them up to remove them.
+    parent = os.path.dirname(path)
+    with contextlib.suppress(OSError):
+        os.chmod(parent, 0o755)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o755)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, onerror=_chmod_writable)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def remove_tree(path: Path) -> None:
+    if os.path.lexists(path):
+        shutil.rmtree(path, onerror=_chmod_writable)
+
+
+def stage_tree(resolution: Resolution, dest: Path) -> list[Record]:
+    """Materialise the image as a directory tree (for archive commands); modes set, owners not."""
+    dest.mkdir()
+    digests: dict[str, str] = {}
+    records: list[Record] = []
+    dirs: list[Resolved] = []
+    by_path = {r.entry.path: r for r in resolution.entries}
+    for r in resolution.entries:
+        e = r.entry
+        p = dest / e.path
+        if e.kind is Kind.DIR:
+            p.mkdir()
+            dirs.append(r)
+            records.append(Record(e.path, Kind.DIR, e.mode, *_owner(r)))
+        elif e.kind is Kind.SYMLINK:
+            os.symlink(e.target, p)
+            records.append(Record(e.path, Kind.SYMLINK, 0o777, "root:root", "0:0", len(e.target.encode()),
+                                  None, e.target))
+        elif e.kind is Kind.FILE:
+            h = hashlib.sha256()
+            with open(p, "wb") as out:
+                for chunk in _read_file(r):
+                    h.update(chunk)
+                    out.write(chunk)
+            os.chmod(p, e.mode)
+            digests[e.path] = h.hexdigest()
+            records.append(Record(e.path, Kind.FILE, e.mode, *_owner(r), r.size, digests[e.path]))
+    for r in resolution.entries:
+        e = r.entry
+        if e.kind is Kind.HARDLINK:
+            t = by_path[e.target]
+            os.link(dest / e.target, dest / e.path)
+            records.append(Record(e.path, Kind.HARDLINK, t.entry.mode, *_owner(t), t.size, digests[e.target], e.target))
+    for r in reversed(dirs):  # children first, so a read-only directory is filled before it closes
+        os.chmod(dest / r.entry.path, r.entry.mode)
+    records.sort(key=lambda rec: rec.path.encode())
+    return records
+
+
+def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while chunk := fi.read(_CHUNK):
+            h.update(chunk)
+            fo.write(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _write_tgz(src_dir: Path, arc_root: str, dest: Path, mtime: int) -> None:
+    """A reproducible tarball: sorted names, fixed owners and times, gzip without name or time."""
+    with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                                compresslevel=6) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        def info(name: str, mode: int, kind: bytes, size: int = 0) -> tarfile.TarInfo:
+            ti = tarfile.TarInfo(name)
+            ti.mode, ti.type, ti.size, ti.mtime = mode, kind, size, mtime
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = "root"
+            return ti
+        tar.addfile(info(arc_root, 0o755, tarfile.DIRTYPE))
+        for p in sorted(src_dir.iterdir(), key=lambda x: x.name.encode()):
+            size = p.stat().st_size
+            with open(p, "rb") as fh:
+                tar.addfile(info(f"{arc_root}/{p.name}", 0o644, tarfile.REGTYPE, size), fh)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(output_root: Path) -> None:
+    """Remove temporaries left by image runs that were killed (their process is gone)."""
+    if not output_root.is_dir():
+        return
+    for p in output_root.iterdir():
+        if p.name.startswith(_TMP_PREFIX):
+            pid = p.name[len(_TMP_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                remove_tree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    dir: Path
+    boot_archive: Path
+    hash: str                 # SHA-256 of the boot archive
+    size: int                 # bytes of the boot archive
+    uncompressed_size: int    # bytes of the cpio stream (0 for archive commands)
+    tarball: Path
+    latest: Path
+    buildstamp: str
+    kernels: tuple[Path, ...]
+    entries: int
+    warnings: tuple[str, ...]
+    sizes: SizeReport
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+def _format_argv(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    out = []
+    for arg in argv:
+        try:
+            out.append(arg.format_map(values))
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ConfigError(f"image.archive_command argument {arg!r} has an unknown placeholder ({exc})",
+                              hint="placeholders: {staged} {output} {manifest} {buildstamp}") from exc
+    return out
+
+
+def assemble(
+    spec: ImageSpec,
+    areas: Sequence[ProtoArea],
+    output_root: Path,
+    buildstamp: str,
+    build_info: Mapping[str, Any] | None = None,
+    *,
+    component_keys: Mapping[str, str] | None = None,
+    log: Log | None = None,
+) -> ImageResult:
+    """Build output_root/platform-<buildstamp>/ plus its tarball and the platform-latest link."""
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    mtime = stamp_epoch(buildstamp)
+    resolution = resolve(spec, areas, buildstamp=buildstamp, component_keys=component_keys)
+    timings["resolve"] = time.monotonic() - t0
+
+    output_root.mkdir(parents=True, exist_ok=True)
+    clean_stale(output_root)
+    name = f"platform-{buildstamp}"
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=output_root))
+    tgz_tmp = tmp.with_name(tmp.name + ".tgz")
+    try:
+        pdir = tmp / name
+        pdir.mkdir()
+        archive = pdir / "boot_archive"
+        t = time.monotonic()
+        if spec.archive_command:
+            staged = tmp / "staged"
+            records = stage_tree(resolution, staged)
+            manifest_file = pdir / "boot_archive.manifest"
+            _write_text(manifest_file, format_image_manifest(records))
+            argv = _format_argv(spec.archive_command, {"staged": str(staged), "output": str(archive),
+                                                       "manifest": str(manifest_file), "buildstamp": buildstamp})
+            run(argv, cwd=tmp, env=minimal_env({"SOURCE_DATE_EPOCH": str(mtime)}), log=log,
+                reason=Reason.IMAGE, what="image archive command")
+            if not archive.is_file():
+                raise PibError(f"the archive command did not write {archive}", reason=Reason.IMAGE,
+                               where=spec.where, hint="write the boot archive to the {output} path")
+            digest, size = _hash_file(archive)
+            uncompressed = 0
+            remove_tree(staged)
+        else:
+            with open(archive, "wb") as fh:
+                hf = _HashingFile(fh)
+                level = spec.compression_level
+                sink: _ZstdSink | _GzipSink
+                if spec.compression == "zstd":
+                    sink = _ZstdSink(hf, 3 if level is None else level)
+                elif spec.compression == "gzip":
+                    sink = _GzipSink(hf, 6 if level is None else level)
+                else:
+                    raise ConfigError(f"unknown compression {spec.compression!r}", where=spec.where,
+                                      hint="use zstd or gzip")
+                written = write_cpio(resolution, sink, mtime)
+                sink.close()
+            records, uncompressed = written.records, written.uncompressed
+            digest, size = hf.hash.hexdigest(), hf.size
+            _write_text(pdir / "boot_archive.manifest", format_image_manifest(records))
+        timings["boot_archive"] = time.monotonic() - t
+
+        report = sizes_of(resolution, archive_size=size, max_size=spec.max_size)
+        if spec.max_size is not None and size > spec.max_size:
+            raise SizeBudgetError(report)
+
+        kernels = []
+        kernel_facts = []
+        area_by_name = {a.name: a for a in areas}
+        for k in spec.kernels:
+            area = area_by_name.get(k.component)
+            src = area.path / k.path if area is not None else None
+            if src is None or not src.is_file():
+                raise PibError(f"kernel {k.component}:{k.path} not found" + (f" at {src}" if src else ""),
+                               reason=Reason.IMAGE, where=spec.where,
+                               hint="build that component, or fix image.kernel in pib.toml")
+            dst = pdir / k.out_name
+            kdigest, ksize = _copy_hashed(src, dst)
+            kernels.append(Path(output_root / name / k.out_name))
+            kernel_facts.append({"name": k.out_name, "component": k.component, "path": k.path,
+                                 "sha256": kdigest, "size": ksize})
+
+        _write_text(pdir / "boot_archive.hash", digest + "\n")
+        info = dict(build_info or {})
+        info["image"] = {
+            "buildstamp": buildstamp,
+            "source_date_epoch": mtime,
+            "format": "command" if spec.archive_command else f"cpio-newc+{spec.compression}",
+            "boot_archive": {"file": "boot_archive", "sha256": digest, "size": size,
+                             "uncompressed_size": uncompressed, "entries": len(resolution.entries)},
+            "kernels": kernel_facts,
+            "release_file": spec.release_file or None,
+            "max_size": spec.max_size,
+            "archive_command": list(spec.archive_command) if spec.archive_command else None,
+            "search_path": [n for n, _ in resolution.search],
+            "sizes": {c.name: c.bytes for c in report.components},
+        }
+        _write_text(pdir / "build.json", json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+
+        t = time.monotonic()
+        _write_tgz(pdir, name, tgz_tmp, mtime)
+        timings["tarball"] = time.monotonic() - t
+
+        final = output_root / name
+        tgz = output_root / f"{name}.tgz"
+        _replace(pdir, final, tmp)
+        os.replace(tgz_tmp, tgz)
+        latest = output_root / PLATFORM_LATEST
+        link_tmp = tmp / "latest"
+        os.symlink(name, link_tmp)
+        os.replace(link_tmp, latest)
+    except BaseException:
+        remove_tree(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            tgz_tmp.unlink()
+        raise
+    remove_tree(tmp)
+    timings["total"] = time.monotonic() - t0
+    return ImageResult(final, final / "boot_archive", digest, size, uncompressed, tgz, latest, buildstamp,
+                       tuple(kernels), len(resolution.entries), resolution.warnings, report, timings)
+
+
+def _replace(new: Path, final: Path, tmp: Path) -> None:
+    """Rename new over final; an older image with the same stamp is moved aside first."""
+    if os.path.lexists(final):
+        old = tmp / "old"
+        os.rename(final, old)
+    os.rename(new, final)
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+__all__ = [
+    "ImageManifestError", "ImageResult", "ImageSpec", "KernelSpec", "Overlay", "Problem", "ProtoArea",
+    "Resolution", "SizeBudgetError", "SizeReport", "assemble", "buildstamp", "resolve", "size_report",
+    "stamp_epoch",
+]
