@@ -363,6 +363,7 @@ class _Section:
             raise ConfigError(
                 f"{_dotted((*self.path, key))} = {v!r} is not one of: {', '.join(choices)}",
                 where=self.where(key),
+                hint=f"use one of: {', '.join(choices)}",
             )
         return v
 

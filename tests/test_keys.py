@@ -1,0 +1,99 @@
+"""Input keys follow content, not timestamps; the key document format is pinned."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pib import keys
+from pib.config import load
+from pib.workspace import source_state
+from tests.gitutil import commit, make_repo, write
+
+GOLDEN_DOC = {
+    "format": 1,
+    "component": "extra",
+    "source": {"tree": "4b825dc642cb6eb9a060e54bf8d69288fbee4904"},
+    "recipe": {"build": ["make", "install"], "env": {"OPT": "-O2"}},
+    "cbe": {"name": "smartos-cbe", "version": "2", "lock": "ab" * 32},
+    "platform": {"baseline": "20180329T002515Z"},
+    "key_files": {"compat/illumos-hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+    "depends": {"illumos": "cd" * 32},
+}
+# Changing this value means every existing artifact in every store is orphaned:
+# bump keys.FORMAT and say so in the release notes.
+GOLDEN_KEY = "f953019a626cef501098931d2d29867a377466fd4b7de71c3dca6e4c65dc096b"
+
+
+def test_golden_key_document(tmp_path: Path) -> None:
+    (tmp_path / "compat").mkdir()
+    (tmp_path / "compat" / "illumos-hash").write_text("")
+    (tmp_path / "pib.toml").write_text(
+        '[components.illumos]\nsource = "x"\nbuild = ["true"]\n'
+        '[components.extra]\nsource = "y"\nbuild = ["make", "install"]\ndepends = ["illumos"]\n'
+        'env = { OPT = "-O2" }\nkey_files = ["compat/illumos-hash"]\n'
+    )
+    cfg = load(tmp_path)
+    doc = keys.key_document(
+        cfg.component("extra"), workspace=tmp_path, tree="4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+        cbe={"name": "smartos-cbe", "version": "2", "lock": "ab" * 32}, baseline="20180329T002515Z",
+        dep_keys={"illumos": "cd" * 32},
+    )
+    assert doc == GOLDEN_DOC
+    assert keys.canonical(doc).startswith(b'{"cbe":{"lock":"abab')
+    assert keys.digest(doc) == GOLDEN_KEY
+    # No absolute path of this machine may leak into a key.
+    assert str(tmp_path).encode() not in keys.canonical(doc)
+
+
+def test_tree_follows_content(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"a.c": "int a;\n", ".gitignore": "*.o\n"})
+    index = tmp_path / "index"
+    clean = source_state(repo, index)
+    assert not clean.dirty and clean.tree == clean.head_tree
+
+    # A bare touch (new mtime, same bytes) does not change the key.
+    future = time.time() + 100
+    os.utime(repo / "a.c", (future, future))
+    assert source_state(repo, index).tree == clean.tree
+
+    # An ignored build product does not change it either.
+    (repo / "a.o").write_bytes(b"\0")
+    assert source_state(repo, index).tree == clean.tree
+
+    # A one-byte edit of a tracked file does.
+    (repo / "a.c").write_text("int b;\n")
+    edited = source_state(repo, index)
+    assert edited.tree != clean.tree and edited.dirty
+
+    # Undoing it brings the key back: content, not history.
+    (repo / "a.c").write_text("int a;\n")
+    assert source_state(repo, index).tree == clean.tree
+
+    # A new untracked file changes it.
+    (repo / "new.h").write_text("")
+    untracked = source_state(repo, index)
+    assert untracked.tree != clean.tree and untracked.dirty
+
+    # Committing that same content gives the same key, now clean.
+    commit(repo, "add new.h")
+    committed = source_state(repo, index)
+    assert committed.tree == untracked.tree and not committed.dirty
+
+    # The user's own index is untouched by all of this.
+    st = os.popen(f"git -C {repo} status --porcelain").read()
+    assert st == ""
+
+
+def test_two_identical_dirty_trees_share_a_key(tmp_path: Path) -> None:
+    a = make_repo(tmp_path / "a", {"f": "1\n"})
+    b = make_repo(tmp_path / "b", {"f": "1\n"})
+    for r in (a, b):
+        write(r, {"f": "2\n", "g": "x\n"})
+    assert source_state(a, tmp_path / "ia").tree == source_state(b, tmp_path / "ib").tree
+
+
+def test_diff_lists_changed_fields() -> None:
+    new = {**GOLDEN_DOC, "cbe": {**GOLDEN_DOC["cbe"], "version": "3"}}  # type: ignore[dict-item]
+    assert keys.diff(GOLDEN_DOC, new) == [("cbe.version", "2", "3")]
