@@ -8,12 +8,13 @@ command fails.
 from __future__ import annotations
 
 import os
+import queue
 import shlex
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -215,3 +216,100 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
+
+
+@dataclass(frozen=True)
+class Watched:
+    """How a watched process ended."""
+
+    argv: tuple[str, ...]
+    matched: str | None  # the output line that stopped it, if one did
+    returncode: int | None  # None when pib stopped it (match or time-out)
+    timed_out: bool
+    seconds: float  # from start to the match, the exit or the time-out
+
+
+def run_watch(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    until: Callable[[str], bool],
+    timeout: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    log: Log | None = None,
+    cancel: threading.Event | None = None,
+    reason: Reason = Reason.INTERNAL,
+) -> Watched:
+    """Run argv, reading its output (stdout and stderr merged) line by line.
+
+    Each line goes to the log as it arrives and to `until`; the process group
+    is killed as soon as `until` returns True, when `timeout` seconds pass, or
+    when `cancel` is set (Cancelled). A process that exits by itself is not an
+    error here: the caller decides what its exit means.
+    """
+    args = tuple(os.fspath(a) for a in argv)
+    child_env = dict(env) if env is not None else minimal_env()
+    if log is not None:
+        log.command(args, cwd, child_env if env is not None else None)
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise PibError(
+            f"cannot run {args[0]}: {exc.strerror}",
+            reason=reason,
+            hint="check that the program is installed and on the PATH",
+        ) from exc
+    lines: queue.Queue[bytes | None] = queue.Queue()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            lines.put(raw)
+        lines.put(None)
+
+    thread = threading.Thread(target=reader, name=f"watch-{os.path.basename(args[0])}", daemon=True)
+    thread.start()
+    deadline = start + timeout
+    matched: str | None = None
+    timed_out = False
+    try:
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"{args[0]}: stopped because pib was interrupted")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            try:
+                raw = lines.get(timeout=min(remaining, 0.1))
+            except queue.Empty:
+                continue
+            if raw is None:
+                break
+            text = raw.decode("utf-8", "replace")
+            if log is not None:
+                log.write(text if text.endswith("\n") else text + "\n")
+            if until(text.rstrip("\r\n")):
+                matched = text.rstrip("\r\n")
+                break
+        seconds = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+        thread.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    returncode = None if (matched is not None or timed_out) else proc.wait()
+    if log is not None:
+        how = "matched" if matched is not None else "timed out" if timed_out else f"exit {returncode}"
+        log.line(f"{how} after {seconds:.2f}s")
+    return Watched(args, matched, returncode, timed_out, seconds)

@@ -11,4 +11,4 @@ case "$(command -v "$CC" || echo "$CC")" in
 	;;
 esac
 make -C src clean
-make -C src -j"${PIB_JOBS:-$(nproc)}" CC="$CC" DESTDIR="$DESTDIR" install
+make -C src CC="$CC" DESTDIR="$DESTDIR" install

@@ -40,7 +40,7 @@ if ! verify 2>/dev/null; then
 fi
 
 # A fresh tree every time: the output depends only on the pinned inputs.
-work=$here/.build
+work=${PIB_BUILD_DIR:-$here/.build}/busybox
 rm -rf "$work"
 mkdir -p "$work"
 tar -xjf "$cache/$ORIG_TARBALL" -C "$work"
@@ -58,8 +58,7 @@ for p in "$here"/patches/*.patch; do
 	patch -p1 --forward --batch --quiet <"$p"
 done
 
-jobs=${PIB_JOBS:-$(nproc)}
-# The CBE's binutils when it names them (else those next to its compiler).
+# Binutils come from PATH, where the CBE's bin comes first; pass any it names.
 set -- CC="$CC" HOSTCC="$CC"
 for tool in AR NM STRIP OBJCOPY OBJDUMP; do
 	eval "val=\${$tool:-}"
@@ -69,7 +68,7 @@ make -s "$@" defconfig
 # Static, so the boot archive needs no C library.
 sed -i -e 's/^# CONFIG_STATIC is not set$/CONFIG_STATIC=y/' .config
 grep -q '^CONFIG_STATIC=y$' .config
-make -s -j"$jobs" "$@" busybox
+make -s "$@" busybox
 install -d "$DESTDIR/bin"
 install -m 0755 busybox "$DESTDIR/bin/busybox"
 rm -rf "$work"

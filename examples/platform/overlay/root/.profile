@@ -1,0 +1,2 @@
+PS1='$(hostname):$PWD# '
+export PS1
