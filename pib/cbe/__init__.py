@@ -25,6 +25,7 @@ from pib.run import Log
 
 __all__ = [
     "CbeSpec",
+    "CbeStateError",
     "InstalledCbe",
     "InstalledVersion",
     "Status",
@@ -54,6 +55,14 @@ class SpecLike(Protocol):
     def lock(self) -> Path: ...
     @property
     def system_path(self) -> tuple[str, ...]: ...
+
+
+class CbeStateError(CbeError):
+    """The installed version is missing, half-installed, out of date or modified."""
+
+    def __init__(self, message: str, *, status: Status, hint: str, where: Location | None) -> None:
+        super().__init__(message, hint=hint, where=where)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -124,21 +133,21 @@ def _installed(spec: SpecLike, lock: Lock, root: Path, record: Mapping[str, obje
     return InstalledCbe(lock.name, lock.version, root, prefix, lock.digest, path, env, lock.provider)
 
 
-def _problem(spec: SpecLike, lock: Lock, state: _inst.Check, root: Path) -> CbeError:
+def _problem(spec: SpecLike, lock: Lock, state: _inst.Check, root: Path) -> CbeStateError:
     label = f"CBE {lock.name} {lock.version} at {_inst.prefix_of(root, lock.version)}"
     where = getattr(spec, "where", None)
     if state.status is Status.MISSING:
-        return CbeError(f"{label} is not installed", where=where,
+        return CbeStateError(f"{label} is not installed", where=where, status=state.status,
                         hint="run `pib configure` or `pib cbe install` to install it")
     if state.status is Status.HALF:
-        return CbeError(f"{label} is half-installed (an interrupted install?)", where=where,
+        return CbeStateError(f"{label} is half-installed (an interrupted install?)", where=where, status=state.status,
                         hint="run `pib cbe install` to replace it")
     first = "; ".join(state.problems[:5])
     more = f" (and {len(state.problems) - 5} more)" if len(state.problems) > 5 else ""
     if state.status is Status.OUTDATED:
-        return CbeError(f"{label} is out of date: {first}", where=where,
+        return CbeStateError(f"{label} is out of date: {first}", where=where, status=state.status,
                         hint="run `pib cbe install --update` to install the current lock")
-    return CbeError(f"{label} was modified after install: {first}{more}", where=where,
+    return CbeStateError(f"{label} was modified after install: {first}{more}", where=where, status=state.status,
                     hint="run `pib cbe install --update` to reinstall it; never edit a CBE prefix by hand")
 
 
@@ -155,13 +164,14 @@ def ensure(
 
     install: install a missing or half-installed version (under a lock, so
     concurrent callers share one copy). update: also replace an out-of-date
-    or modified one. Otherwise any problem is a CbeError with the command to
+    or modified one (checking every file's hash). Otherwise any problem is a CbeError with the command to
     run.
     """
     lock = _load_for(spec)
     root = _root(spec)
     prefix = _inst.prefix_of(root, lock.version)
-    state = _inst.check(prefix, lock)
+    # An explicit update is rare and must catch every edit: hash everything.
+    state = _inst.check(prefix, lock, full=update)
     if state.status is not Status.OK:
         fixable = {Status.MISSING, Status.HALF} if install else set()
         if update:
@@ -169,7 +179,7 @@ def ensure(
         if state.status not in fixable:
             raise _problem(spec, lock, state, root)
         ctx = Context(root=root, log=log, stores=stores, trusted_keys=trusted_keys)
-        state = _inst.install(lock, root, ctx, replace=update)
+        state = _inst.install(lock, root, ctx, replace=update, full=update)
         if state.status is not Status.OK:
             raise _problem(spec, lock, state, root)
     assert state.record is not None

@@ -211,17 +211,18 @@ def _write_record(prefix: Path, lock: Lock, provider_env: dict[str, str]) -> Non
     os.replace(tmp, rec_dir / "install.json")
 
 
-def install(lock: Lock, root: Path, ctx: Context, *, replace: bool) -> Check:
+def install(lock: Lock, root: Path, ctx: Context, *, replace: bool, full: bool = False) -> Check:
     """Install lock's version under root unless a good copy is already there.
 
     Holds the version's lock; `replace` also replaces an out-of-date or
-    modified install (a half-installed one is always replaced).
+    modified install (a half-installed one is always replaced); `full`
+    re-hashes the installed files when deciding.
     """
     root.mkdir(parents=True, exist_ok=True)
     prefix = prefix_of(root, lock.version)
     with locked(root, lock.version):
         _clean_stale(root, lock.version)
-        state = check(prefix, lock)
+        state = check(prefix, lock, full=full)
         if state.status is Status.OK:
             return state
         if state.status in (Status.OUTDATED, Status.MODIFIED) and not replace:
@@ -229,16 +230,18 @@ def install(lock: Lock, root: Path, ctx: Context, *, replace: bool) -> Check:
         relocatable: bool = getattr(module(lock.provider), "RELOCATABLE", True)
         if relocatable:
             (root / ".tmp").mkdir(exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=f"{lock.version}@", dir=root / ".tmp"))
+            # The prefix is populated one level down so providers can keep
+            # their own scratch files beside it, all removed together.
+            scratch = Path(tempfile.mkdtemp(prefix=f"{lock.version}@", dir=root / ".tmp"))
+            work = scratch / "prefix"
             try:
+                work.mkdir(mode=0o755)
                 env = _populate(lock, work, ctx)
                 _write_record(work, lock, env)
-                os.chmod(work, 0o755)
                 _discard(root, prefix)
                 os.rename(work, prefix)
-            except BaseException:
-                _rmtree(work)
-                raise
+            finally:
+                _rmtree(scratch)
         else:
             # Built for this exact prefix: populate in place; the record,
             # written last, is what makes it count as installed.
