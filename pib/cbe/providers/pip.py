@@ -5,7 +5,7 @@ prefix with `pip install --require-hashes --no-deps --prefix`, so every file
 comes from a distribution whose hash the lock pins and nothing else is pulled
 in. Works on any host with Python; the prefix's site-packages is exported as
 PYTHONPATH (user site-packages switched off) so entry-point scripts find
-their modules.
+their modules, and no bytecode is written into the prefix later.
 """
 
 from __future__ import annotations
@@ -83,4 +83,5 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
         ) from None
     write_files(lock, prefix)
     sites = ":".join(f"${{PREFIX}}/{d}" for d in site_dirs(prefix))
-    return {"PYTHONPATH": sites, "PYTHONNOUSERSITE": "1"}
+    # No bytecode written at build time: the prefix must stay exactly as installed.
+    return {"PYTHONPATH": sites, "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
