@@ -192,23 +192,53 @@ def source_state(checkout: Path, index: Path | None) -> SourceState:
     env = {"GIT_INDEX_FILE": str(index)}
     git(["add", "--all", "--", "."], checkout, env=env)
     tree = git(["write-tree"], checkout, env=env).strip()
-    out = git(["rev-parse", "HEAD", "HEAD^{tree}"], checkout, check=False).split()
-    if len(out) == 2 and len(out[0]) >= 40:
-        return SourceState(tree, out[0], out[1], _branch(checkout))
-    return SourceState(tree, None, None, _branch(checkout))
+    branch, head = _read_head(checkout / ".git")
+    if head is None:
+        out = git(["rev-parse", "--verify", "--quiet", "HEAD"], checkout, check=False).split()
+        head = out[0] if out else None
+    if head is None:
+        return SourceState(tree, None, None, branch)
+    return SourceState(tree, head, _head_tree(checkout, head, index), branch)
 
 
-def _branch(checkout: Path) -> str | None:
+def _read_head(gitdir: Path) -> tuple[str | None, str | None]:
+    """Branch and commit of HEAD read from the files, saving a git process on the no-op path."""
     try:
-        head = (checkout / ".git" / "HEAD").read_text(encoding="utf-8").strip()
+        head = (gitdir / "HEAD").read_text(encoding="utf-8").strip()
     except OSError:
-        head = ""
-    if head.startswith("ref: "):
-        return head[5:].removeprefix("refs/heads/")
-    if not head:  # a linked worktree: .git is a file
-        name = git(["symbolic-ref", "--quiet", "--short", "HEAD"], checkout, check=False).strip()
-        return name or None
-    return None
+        return None, None  # a linked worktree (.git is a file): let git answer
+    if not head.startswith("ref: "):
+        return None, head if re.fullmatch(r"[0-9a-f]{40,64}", head) else None
+    ref = head[5:]
+    branch = ref.removeprefix("refs/heads/")
+    try:
+        return branch, (gitdir / ref).read_text(encoding="utf-8").strip()
+    except OSError:
+        pass
+    try:
+        for line in (gitdir / "packed-refs").read_text(encoding="utf-8").splitlines():
+            sha, _, name = line.partition(" ")
+            if name == ref:
+                return branch, sha
+    except OSError:
+        pass
+    return branch, None
+
+
+def _head_tree(checkout: Path, commit: str, index: Path) -> str:
+    """The tree of a commit never changes, so it is remembered beside the private index."""
+    memo = index.with_name(index.name + ".trees")
+    try:
+        for line in memo.read_text(encoding="utf-8").splitlines():
+            c, _, t = line.partition(" ")
+            if c == commit:
+                return t
+    except OSError:
+        pass
+    tree = git(["rev-parse", f"{commit}^{{tree}}"], checkout).strip()
+    with open(memo, "a", encoding="utf-8") as fh:
+        fh.write(f"{commit} {tree}\n")
+    return tree
 
 
 def clean_checkout(comp: ComponentConfig, log: Log | None = None) -> None:
