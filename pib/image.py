@@ -233,7 +233,7 @@ def resolve(
             problems.append(Problem("parent", e.path, e.where, f"parent {parent!r} of {e.path!r} is not a directory ({p.where})"))
         elif parent and p is None:
             problems.append(Problem("parent", e.path, e.where, f"parent directory {parent!r} of {e.path!r} is not in any manifest"))
-        if e.kind is Kind.FILE and e is not release:
+        if e.kind is Kind.FILE and e is not release and e.path != spec.release_file:
             for name, root in search:
                 candidate = root / e.path
                 try:
