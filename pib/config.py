@@ -272,7 +272,7 @@ class _Section:
             hint="see the config reference in README.md",
         )
 
-    def str(self, key: str, default: str | None = None) -> str | None:
+    def text(self, key: str, default: str | None = None) -> str | None:
         v = self._get(key)
         if v is None:
             return default
@@ -281,7 +281,7 @@ class _Section:
         return v
 
     def req_str(self, key: str) -> str:
-        v = self.str(key)
+        v = self.text(key)
         if v is None or v == "":
             raise ConfigError(
                 f"{_dotted((*self.path, key))} is required",
@@ -290,7 +290,7 @@ class _Section:
             )
         return v
 
-    def int(self, key: str, default: int, minimum: int | None = None) -> int:
+    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
         v = self._get(key)
         if v is None:
             return default
@@ -303,7 +303,7 @@ class _Section:
             )
         return v
 
-    def float(self, key: str, default: float) -> float:
+    def number(self, key: str, default: float) -> float:
         v = self._get(key)
         if v is None:
             return default
@@ -313,7 +313,7 @@ class _Section:
             raise ConfigError(f"{_dotted((*self.path, key))} must be positive", where=self.where(key))
         return float(v)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         v = self._get(key)
         if v is None:
             return default
@@ -357,7 +357,7 @@ class _Section:
         raise self._type_error(key, 'a size such as 64M, 2G or a number of bytes')
 
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
-        v = self.str(key, default)
+        v = self.text(key, default)
         assert v is not None
         if v not in choices:
             raise ConfigError(
@@ -432,19 +432,19 @@ def _rel(root: Path, value: str) -> Path:
 def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], sources: dict[str, Location]) -> Config:
     ws = top.sub("workspace")
     workspace = WorkspaceConfig(
-        name=ws.str("name", root.name) or root.name,
+        name=ws.text("name", root.name) or root.name,
         root=root,
-        projects_dir=_rel(root, ws.str("projects_dir", "projects") or "projects"),
-        log_dir=_rel(root, ws.str("log_dir", "log") or "log"),
-        output_dir=_rel(root, ws.str("output_dir", "output") or "output"),
-        state_dir=_rel(root, ws.str("state_dir", ".pib") or ".pib"),
-        jobs=ws.int("jobs", max(1, os.cpu_count() or 1), minimum=1),
+        projects_dir=_rel(root, ws.text("projects_dir", "projects") or "projects"),
+        log_dir=_rel(root, ws.text("log_dir", "log") or "log"),
+        output_dir=_rel(root, ws.text("output_dir", "output") or "output"),
+        state_dir=_rel(root, ws.text("state_dir", ".pib") or ".pib"),
+        jobs=ws.integer("jobs", max(1, os.cpu_count() or 1), minimum=1),
     )
     ws.done()
 
     pl = top.sub("platform")
     platform = PlatformConfig(
-        min_version=pl.str("min_version"),
+        min_version=pl.text("min_version"),
         detector=pl.choice("detector", ("auto", "smartos", "os-release", "command"), "auto"),
         command=pl.strs("command"),
         where=pl.where(),
@@ -461,7 +461,7 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
     if "cbe" in top.data:
         cb = top.sub("cbe")
         name = cb.req_str("name")
-        root_s = cb.str("root")
+        root_s = cb.text("root")
         cbe = CbeConfig(
             name=name,
             version=cb.req_str("version"),
@@ -482,7 +482,7 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
     ls = top.sub("local_store")
     default_store = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pib" / "store"
     local_store = LocalStoreConfig(
-        path=_rel(root, ls.str("path") or str(default_store)),
+        path=_rel(root, ls.text("path") or str(default_store)),
         quota=ls.size("quota"),
     )
     ls.done()
@@ -490,16 +490,16 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
     stores = _stores(root, top, doc)
 
     tr = top.sub("trust")
-    key_env = tr.str("signing_key_env", "PIB_SIGNING_KEY")
+    key_env = tr.text("signing_key_env", "PIB_SIGNING_KEY")
     if key_env is not None and not _ENV_RE.match(key_env):
         raise ConfigError(f"trust.signing_key_env {key_env!r} is not a variable name", where=tr.where("signing_key_env"))
-    signing = tr.str("signing_key")
+    signing = tr.text("signing_key")
     trust = TrustConfig(
         public_keys=tuple(_rel(root, p) for p in tr.strs("public_keys")),
         signing_key=_rel(root, signing) if signing else None,
         signing_key_env=key_env,
         publish=tr.choice("publish", ("ci", "always", "never"), "ci"),
-        require_oldest_platform=tr.bool("require_oldest_platform", False),
+        require_oldest_platform=tr.flag("require_oldest_platform", False),
     )
     tr.done()
 
@@ -507,11 +507,11 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
 
     bt = top.sub("boot")
     boot = BootConfig(
-        memory=bt.int("memory", 256, minimum=32),
-        timeout=bt.float("timeout", 120.0),
-        marker=bt.str("marker", "PIB-BOOT-OK") or "PIB-BOOT-OK",
-        append=bt.str("append", "console=ttyS0") or "console=ttyS0",
-        qemu=bt.str("qemu", "qemu-system-x86_64") or "qemu-system-x86_64",
+        memory=bt.integer("memory", 256, minimum=32),
+        timeout=bt.number("timeout", 120.0),
+        marker=bt.text("marker", "PIB-BOOT-OK") or "PIB-BOOT-OK",
+        append=bt.text("append", "console=ttyS0") or "console=ttyS0",
+        qemu=bt.text("qemu", "qemu-system-x86_64") or "qemu-system-x86_64",
     )
     bt.done()
 
@@ -543,8 +543,8 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
                 where=sec.where(),
                 hint="use lower-case letters, digits, '-', '_' and '.', starting with a letter or digit",
             )
-        source = sec.str("source")
-        path_s = sec.str("path")
+        source = sec.text("source")
+        path_s = sec.text("path")
         if (source is None) == (path_s is None):
             raise ConfigError(
                 f"component {name!r} needs exactly one of source (a git URL or repository to clone) "
@@ -559,8 +559,8 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
                 where=sec.where(),
                 hint='add build = ["make", "install"] (an argv list) or build = "./build.sh"',
             )
-        branch = sec.str("branch")
-        ref = sec.str("ref")
+        branch = sec.text("branch")
+        ref = sec.text("ref")
         if branch is not None and ref is not None:
             raise ConfigError(
                 f"component {name!r} sets both branch and ref",
@@ -571,13 +571,13 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
             # A relative path to a local repository: relative to the workspace.
             source = str(_rel(root, source))
         checkout = _rel(root, path_s) if path_s else workspace.projects_dir / name
-        dir_s = sec.str("dir")
+        dir_s = sec.text("dir")
         if dir_s is not None:
             checkout = _rel(root, dir_s)
-        proto = _rel(root, sec.str("proto", f"proto.{name}") or f"proto.{name}")
+        proto = _rel(root, sec.text("proto", f"proto.{name}") or f"proto.{name}")
         if proto.resolve() == root or root.resolve().is_relative_to(proto.resolve()):
             raise ConfigError(f"component {name!r}: proto {proto} would contain the workspace", where=sec.where("proto"))
-        manifest = sec.str("manifest")
+        manifest = sec.text("manifest")
         if manifest is not None and (manifest.startswith("/") or ".." in Path(manifest).parts):
             raise ConfigError(
                 f"component {name!r}: manifest must be a path inside the checkout",
@@ -596,7 +596,7 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
             depends=sec.strs("depends"),
             key_files=tuple(_rel(root, p) for p in sec.strs("key_files")),
             env=sec.env_table("env"),
-            prebuilt=sec.bool("prebuilt", False),
+            prebuilt=sec.flag("prebuilt", False),
             where=sec.where(),
         )
         sec.done()
@@ -660,17 +660,17 @@ def _stores(root: Path, top: _Section, doc: _Doc) -> tuple[StoreConfig, ...]:
     for i, item in enumerate(raw):
         sec = _Section(doc, ("store", i), item, top.sources)
         kind = sec.choice("type", ("local", "http", "s3"), "http")
-        name = sec.str("name", f"{kind}{i}") or f"{kind}{i}"
-        url = sec.str("url")
-        bucket = sec.str("bucket")
-        path_s = sec.str("path")
+        name = sec.text("name", f"{kind}{i}") or f"{kind}{i}"
+        url = sec.text("url")
+        bucket = sec.text("bucket")
+        path_s = sec.text("path")
         if kind == "http" and not url:
             raise ConfigError(f"store {name!r} (http) needs url", where=sec.where(), hint='add url = "https://host/pib"')
         if kind == "s3" and not bucket:
             raise ConfigError(f"store {name!r} (s3) needs bucket", where=sec.where(), hint='add bucket = "my-artifacts"')
         if kind == "local" and not path_s:
             raise ConfigError(f"store {name!r} (local) needs path", where=sec.where())
-        env_names = {k: sec.str(k) for k in ("token_env", "user_env", "password_env")}
+        env_names = {k: sec.text(k) for k in ("token_env", "user_env", "password_env")}
         for k, v in env_names.items():
             if v is not None and not _ENV_RE.match(v):
                 raise ConfigError(
@@ -685,16 +685,16 @@ def _stores(root: Path, top: _Section, doc: _Doc) -> tuple[StoreConfig, ...]:
                 path=_rel(root, path_s) if path_s else None,
                 url=url,
                 bucket=bucket,
-                prefix=sec.str("prefix", "") or "",
-                endpoint_url=sec.str("endpoint_url"),
-                region=sec.str("region"),
-                profile=sec.str("profile"),
+                prefix=sec.text("prefix", "") or "",
+                endpoint_url=sec.text("endpoint_url"),
+                region=sec.text("region"),
+                profile=sec.text("profile"),
                 token_env=env_names["token_env"],
                 user_env=env_names["user_env"],
                 password_env=env_names["password_env"],
-                timeout=sec.float("timeout", 10.0),
-                retries=sec.int("retries", 2, minimum=0),
-                publish=sec.bool("publish", True),
+                timeout=sec.number("timeout", 10.0),
+                retries=sec.integer("retries", 2, minimum=0),
+                publish=sec.flag("publish", True),
                 where=sec.where(),
             )
         )
@@ -744,7 +744,7 @@ def _image(root: Path, top: _Section, components: set[str]) -> ImageConfig | Non
         compression=im.choice("compression", ("zstd", "gzip"), "zstd"),
         max_size=im.size("max_size"),
         archive_command=im.strs("archive_command"),
-        release_file=im.str("release_file", "etc/pib-release") or "etc/pib-release",
+        release_file=im.text("release_file", "etc/pib-release") or "etc/pib-release",
         where=im.where(),
     )
     im.done()
