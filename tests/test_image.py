@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -347,10 +348,8 @@ def test_killed_run_leaves_no_image_and_is_cleaned_later(ws: dict[str, Path]) ->
             proc.kill()
             proc.wait()
         if pidfile.exists() and pidfile.read_text():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     assert not [p for p in out.iterdir() if not p.name.startswith(".pib-tmp-")]  # no image, tarball, link
     r = assemble(_spec(ws), _areas(ws), out, STAMP, {})
     assert sorted(p.name for p in out.iterdir()) == sorted([r.dir.name, r.tarball.name, "platform-latest"])
