@@ -1,0 +1,126 @@
+"""Artifact stores: one small protocol, several backends.
+
+Layout in every backend: `<prefix>/<component>/<key>.tar.zst` (the archive)
+and `<prefix>/<component>/<key>.json` (its signed metadata). Writers put the
+archive first and the metadata last, and delete in the opposite order, so a
+reader that sees the metadata always finds the whole entry.
+
+A miss raises NotFound (or returns False from has()); anything else a store
+does wrong (refused connection, 5xx, time-out, short body) raises StoreError.
+Every remote call has connect/read time-outs and a small retry budget.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from pib.errors import StoreError
+
+ARCHIVE_SUFFIX = ".tar.zst"
+META_SUFFIX = ".json"
+
+_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")
+_KEY_RE = re.compile(r"^[0-9a-f]{16,128}$")
+
+
+class NotFound(StoreError):
+    """The entry is not in the store: a miss, not a failure."""
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    component: str
+    key: str
+    size: int  # archive bytes (0 when the store did not say)
+    modified: float  # seconds since the epoch, as the store reports it
+
+
+@dataclass(frozen=True)
+class LocalStoreSpec:
+    path: Path
+    quota_bytes: int | None = None
+    name: str = "local"
+
+
+@dataclass(frozen=True)
+class HttpStoreSpec:
+    name: str
+    url: str
+    token_env: str | None = None
+    user_env: str | None = None
+    password_env: str | None = None
+    timeout: float = 10.0
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class S3StoreSpec:
+    name: str
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    timeout: float = 10.0
+    retries: int = 2
+
+
+# Named so that classes with a list() method can still spell the type.
+Entries = list[StoreEntry]
+
+StoreSpec = LocalStoreSpec | HttpStoreSpec | S3StoreSpec
+
+
+@runtime_checkable
+class Store(Protocol):
+    name: str
+    remote: bool
+
+    def has(self, component: str, key: str) -> bool: ...
+
+    def has_many(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]: ...
+
+    def get_meta(self, component: str, key: str) -> bytes: ...
+
+    def get(self, component: str, key: str, dest_dir: Path) -> tuple[Path, Path]: ...
+
+    def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes) -> None: ...
+
+    def list(self, component: str | None = None) -> Entries: ...
+
+    def delete(self, component: str, key: str) -> None: ...
+
+
+def check_names(component: str, key: str) -> None:
+    """Refuse names that could escape the layout (they become paths and URLs)."""
+    if not _COMPONENT_RE.match(component) or component in (".", ".."):
+        raise StoreError(f"invalid component name {component!r} for an artifact store",
+                         hint="component names are letters, digits and ._+-")
+    if not _KEY_RE.match(key):
+        raise StoreError(f"invalid artifact key {key!r}", hint="keys are lower-case hex digests")
+
+
+def is_component_name(name: str) -> bool:
+    return bool(_COMPONENT_RE.match(name))
+
+
+def is_key(name: str) -> bool:
+    return bool(_KEY_RE.match(name))
+
+
+def open_store(spec: StoreSpec) -> Store:
+    if isinstance(spec, LocalStoreSpec):
+        from pib.store.local import LocalStore
+
+        return LocalStore(spec.path, quota_bytes=spec.quota_bytes, name=spec.name)
+    if isinstance(spec, HttpStoreSpec):
+        from pib.store.http import HttpStore
+
+        return HttpStore(spec)
+    from pib.store.s3 import S3Store
+
+    return S3Store(spec)

@@ -1,0 +1,235 @@
+"""The local artifact store: a directory shared by every workspace on the machine.
+
+Writes go to `.tmp/` and are renamed into place (archive first, metadata
+last) under an exclusive fcntl lock; reads take a shared lock only while
+they link their copy out. The metadata file's mtime is this store's own
+record of the last use (set on put and on every get), so LRU eviction does
+not depend on the file system's atime setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from pib.errors import StoreError
+from pib.store import (
+    ARCHIVE_SUFFIX,
+    META_SUFFIX,
+    Entries,
+    NotFound,
+    StoreEntry,
+    check_names,
+    is_component_name,
+    is_key,
+)
+
+LOCK_WAIT = 120.0  # seconds; writers hold the lock only for renames and eviction
+STALE_TMP = 3600.0
+
+
+class LocalStore:
+    remote = False
+
+    def __init__(self, root: Path, *, quota_bytes: int | None = None, name: str = "local") -> None:
+        self.root = root
+        self.quota_bytes = quota_bytes
+        self.name = name
+
+    # ------------------------------------------------------------ helpers
+
+    def _archive(self, component: str, key: str) -> Path:
+        return self.root / component / f"{key}{ARCHIVE_SUFFIX}"
+
+    def _meta(self, component: str, key: str) -> Path:
+        return self.root / component / f"{key}{META_SUFFIX}"
+
+    @contextlib.contextmanager
+    def _lock(self, exclusive: bool) -> Iterator[None]:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"local store {self.root}: cannot open its lock: {exc.strerror}",
+                             hint="check the store path and its permissions") from exc
+        try:
+            op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, op | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StoreError(f"local store {self.root}: lock held by another process for {LOCK_WAIT:.0f}s",
+                                         hint="another pib is writing to the store; try again") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+    def _tmpdir(self) -> Path:
+        tmp = self.root / ".tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp
+
+    # ----------------------------------------------------------- protocol
+
+    def has(self, component: str, key: str) -> bool:
+        check_names(component, key)
+        return self._meta(component, key).is_file() and self._archive(component, key).is_file()
+
+    def has_many(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        return {(c, k) for c, k in pairs if self.has(c, k)}
+
+    def get_meta(self, component: str, key: str) -> bytes:
+        check_names(component, key)
+        try:
+            return self._meta(component, key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"{self.name}: no artifact {component}/{key}") from None
+        except OSError as exc:
+            raise StoreError(f"{self.name}: cannot read {component}/{key}: {exc.strerror}") from exc
+
+    def get(self, component: str, key: str, dest_dir: Path) -> tuple[Path, Path]:
+        check_names(component, key)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        meta = self._meta(component, key)
+        with self._lock(exclusive=False):
+            if not meta.is_file():
+                raise NotFound(f"{self.name}: no artifact {component}/{key}")
+            try:
+                archive_out = _link_or_copy(self._archive(component, key), dest_dir / f"{key}{ARCHIVE_SUFFIX}")
+                meta_out = _link_or_copy(meta, dest_dir / f"{key}{META_SUFFIX}")
+                os.utime(meta)  # record the use for LRU eviction
+            except FileNotFoundError:
+                raise NotFound(f"{self.name}: artifact {component}/{key} is incomplete") from None
+            except OSError as exc:
+                raise StoreError(f"{self.name}: cannot read {component}/{key}: {exc.strerror}") from exc
+        return archive_out, meta_out
+
+    def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes) -> None:
+        check_names(component, key)
+        try:
+            tmp = self._tmpdir()
+            staged_archive = _link_or_copy(archive_path, tmp / f"a-{os.getpid()}-{time.monotonic_ns()}")
+            fd, staged_meta = tempfile.mkstemp(prefix="m-", dir=tmp)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(meta_bytes)
+            os.chmod(staged_meta, 0o644)
+        except OSError as exc:
+            raise StoreError(f"{self.name}: cannot stage {component}/{key}: {exc.strerror}",
+                             hint="check free space and permissions of the local store") from exc
+        try:
+            with self._lock(exclusive=True):
+                (self.root / component).mkdir(exist_ok=True)
+                os.replace(staged_archive, self._archive(component, key))
+                os.replace(staged_meta, self._meta(component, key))
+                if self.quota_bytes is not None:
+                    self._evict(self.quota_bytes, keep={(component, key)})
+        except OSError as exc:
+            raise StoreError(f"{self.name}: cannot store {component}/{key}: {exc.strerror}") from exc
+        finally:
+            staged_archive.unlink(missing_ok=True)
+            Path(staged_meta).unlink(missing_ok=True)
+
+    def list(self, component: str | None = None) -> Entries:
+        out: Entries = []
+        if not self.root.is_dir():
+            return out
+        dirs = [component] if component is not None else sorted(
+            d.name for d in self.root.iterdir() if d.is_dir() and is_component_name(d.name))
+        for comp in dirs:
+            base = self.root / comp
+            if not base.is_dir():
+                continue
+            for meta in sorted(base.glob(f"*{META_SUFFIX}")):
+                key = meta.name[: -len(META_SUFFIX)]
+                if not is_key(key):
+                    continue
+                try:
+                    mtime = meta.stat().st_mtime
+                    size = self._archive(comp, key).stat().st_size
+                except FileNotFoundError:
+                    continue
+                out.append(StoreEntry(comp, key, size, mtime))
+        return out
+
+    def delete(self, component: str, key: str) -> None:
+        check_names(component, key)
+        with self._lock(exclusive=True):
+            found = _unlink(self._meta(component, key))
+            found = _unlink(self._archive(component, key)) or found
+        if not found:
+            raise NotFound(f"{self.name}: no artifact {component}/{key}")
+
+    # -------------------------------------------------------- maintenance
+
+    def usage(self) -> int:
+        return sum(e.size for e in self.list())
+
+    def gc(self, quota_bytes: int | None = None) -> Entries:
+        """Drop stale temporary files and orphans, then evict least recently used entries down to the quota."""
+        quota = self.quota_bytes if quota_bytes is None else quota_bytes
+        with self._lock(exclusive=True):
+            now = time.time()
+            tmp = self.root / ".tmp"
+            if tmp.is_dir():
+                for p in tmp.iterdir():
+                    with contextlib.suppress(OSError):
+                        if now - p.lstat().st_mtime > STALE_TMP:
+                            p.unlink()
+            for archive in self.root.glob(f"*/*{ARCHIVE_SUFFIX}"):
+                meta = archive.with_name(archive.name[: -len(ARCHIVE_SUFFIX)] + META_SUFFIX)
+                with contextlib.suppress(OSError):
+                    if not meta.exists() and now - archive.stat().st_mtime > STALE_TMP:
+                        archive.unlink()
+            return self._evict(quota, keep=set()) if quota is not None else []
+
+    def _evict(self, quota: int, keep: set[tuple[str, str]]) -> Entries:
+        entries = sorted(self.list(), key=lambda e: e.modified)
+        total = sum(e.size for e in entries)
+        removed: Entries = []
+        for entry in entries:
+            if total <= quota:
+                break
+            if (entry.component, entry.key) in keep:
+                continue
+            _unlink(self._meta(entry.component, entry.key))
+            _unlink(self._archive(entry.component, entry.key))
+            total -= entry.size
+            removed.append(entry)
+        return removed
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _link_or_copy(src: Path, dest: Path) -> Path:
+    """Hard-link src to dest (same file system) or copy it, atomically via a temp name."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
