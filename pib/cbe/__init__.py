@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pib.cbe import install as _inst
 from pib.cbe.install import Status
@@ -22,6 +22,11 @@ from pib.cbe.lock import Lock, load
 from pib.cbe.providers import Context
 from pib.errors import CbeError, Location
 from pib.run import Log
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from pib.cbe.providers.tarball import Published
 
 __all__ = [
     "CbeSpec",
@@ -34,8 +39,11 @@ __all__ = [
     "ensure",
     "list_installed",
     "load_lock",
+    "publish_tarball",
     "record_user",
     "remove",
+    "signing_key",
+    "stores_and_keys",
     "verify_full",
 ]
 
@@ -293,3 +301,51 @@ def remove(root: Path, version: str, *, force: bool = False) -> None:
             hint="switch those workspaces to another version, or pass --force",
         )
     _inst.remove(root, version)
+
+
+def stores_and_keys(cfg: Any) -> tuple[list[object], list[object]]:
+    """Where a workspace's config says CBE tarballs come from, and whose signatures count.
+
+    Local directory stores are used directly; other store objects are used if
+    they offer `get_file`/`put_file` (see providers/tarball.py).
+    """
+    stores: list[object] = []
+    local = getattr(cfg, "local_store", None)
+    if local is not None and getattr(local, "path", None) is not None:
+        stores.append(local.path)
+    for s in getattr(cfg, "stores", ()):
+        if getattr(s, "type", "") == "local" and getattr(s, "path", None) is not None:
+            stores.append(s.path)
+    trust = getattr(cfg, "trust", None)
+    keys: list[object] = list(getattr(trust, "public_keys", ()) or ())
+    return stores, keys
+
+
+def signing_key(path: Path | None, env_var: str | None) -> Ed25519PrivateKey:
+    """The publisher's Ed25519 key: a PEM file, or an environment variable holding PEM or a path."""
+    from pib.cbe.providers.tarball import load_private_key, private_key_from_pem
+
+    if path is not None:
+        return load_private_key(path)
+    value = os.environ.get(env_var or "", "")
+    if value.startswith("-----BEGIN"):
+        return private_key_from_pem(value.encode())
+    if value:
+        return load_private_key(Path(value))
+    raise CbeError("no signing key to publish with",
+                   hint="pass --key FILE, set [trust] signing_key, or export the signing key variable")
+
+
+def publish_tarball(
+    src: Path,
+    name: str,
+    version: str,
+    store: object,
+    signer: Ed25519PrivateKey,
+    *,
+    bin_dirs: Sequence[str] = ("bin",),
+) -> Published:
+    """Pack directory src as CBE name/version into store; `.lock_text()` is the lock to commit."""
+    from pib.cbe.providers import tarball
+
+    return tarball.publish(src, name, version, store, signer, bin_dirs=bin_dirs)

@@ -81,10 +81,20 @@ def load_public_key(source: object) -> Ed25519PublicKey:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    data = path.read_bytes()
-    key_obj = serialization.load_pem_private_key(data, password=None)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CbeError(f"cannot read signing key {path}: {exc.strerror}", hint="check the key path") from None
+    return private_key_from_pem(data, str(path))
+
+
+def private_key_from_pem(data: bytes, what: str = "signing key") -> Ed25519PrivateKey:
+    try:
+        key_obj = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        key_obj = None
     if not isinstance(key_obj, Ed25519PrivateKey):
-        raise CbeError(f"{path}: not an Ed25519 private key", hint="use an Ed25519 key pair (PEM, unencrypted)")
+        raise CbeError(f"{what}: not an Ed25519 private key", hint="use an Ed25519 key pair (PEM, unencrypted)")
     return key_obj
 
 
