@@ -1,0 +1,236 @@
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from pib import archive, artifacts, signing
+from pib.artifacts import CbeInfo
+from pib.errors import PibError, Reason, StoreError
+from pib.signing import PublicKey, Signer
+from pib.store.local import LocalStore
+from pib.store.memory import MemoryStore
+from tests.tarcraft import Entry, write_archive
+
+KEY = "ab" * 32
+OTHER = "cd" * 32
+CBE = CbeInfo("smartos-cbe", "2026.1", "f" * 64)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Signer, PublicKey]:
+    pub = signing.generate_keypair(tmp_path / "keys/k", tmp_path / "keys/k.pub")
+    return signing.load_signer(tmp_path / "keys/k"), pub
+
+
+def make_proto(root: Path) -> Path:
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/ls").write_bytes(b"\x7fELF" + bytes(1000))
+    (root / "usr/bin/ls").chmod(0o755)
+    (root / "usr/bin/dir").symlink_to("ls")
+    return root
+
+
+def put_signed(store: MemoryStore, archive_path: Path, signer: Signer, *, component: str = "extra",
+               key: str = KEY, meta_component: str | None = None, meta_key: str | None = None,
+               sha: str | None = None) -> None:
+    real_sha, size = archive.sha256_file(archive_path)
+    meta = artifacts.make_metadata(meta_component or component, meta_key or key, {"k": 1}, sha or real_sha, size,
+                                   signer, builder_platform="test", cbe_info=CBE, dirty=False)
+    store.put(component, key, archive_path, meta)
+
+
+def test_publish_then_restore_roundtrip(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> None:
+    signer, pub = keys
+    src = make_proto(tmp_path / "proto.extra")
+    remote = MemoryStore("ci")
+    local = LocalStore(tmp_path / "cache")
+    out = artifacts.publish("extra", KEY, {"tree": "abc"}, src, [local, remote], signer, dirty=False,
+                            builder_platform="linux-x86_64", cbe_info=CBE, remote=True, epoch=100)
+    assert out.published == ("local", "ci") and out.problems == ()
+    doc = json.loads(out.metadata)
+    assert doc["signer"] == pub.id and doc["key_doc"] == {"tree": "abc"} and doc["cbe"]["version"] == "2026.1"
+    assert doc["archive_size"] == out.archive_size and doc["dirty"] is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "keys", "proto.extra"]
+
+    fresh_local = LocalStore(tmp_path / "cache2")
+    dest = tmp_path / "ws/proto.extra"
+    result = artifacts.restore("extra", KEY, [remote], [pub], dest, None, local_store=fresh_local)
+    assert result.hit and result.store == "ci" and result.bytes == out.archive_size
+    assert result.metadata is not None and result.metadata.cbe == CBE
+    assert (dest / "usr/bin/ls").read_bytes() == (src / "usr/bin/ls").read_bytes()
+    assert fresh_local.has("extra", KEY)  # a remote hit is cached locally
+    # second restore comes from the local store without touching the remote
+    remote.calls.clear()
+    again = artifacts.restore("extra", KEY, [remote], [pub], dest, None, local_store=fresh_local)
+    assert again.hit and again.store == "local" and remote.calls == []
+    assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == ["proto.extra"]
+
+
+def test_miss_and_store_errors_are_reported_not_raised(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> None:
+    _, pub = keys
+    down = MemoryStore("down")
+    down.fail = StoreError("connection refused")
+    empty = MemoryStore("empty")
+    miss = artifacts.restore("extra", KEY, [empty], [pub], tmp_path / "p", None, local_store=None)
+    assert miss.status == "miss" and miss.problems == ()
+    err = artifacts.restore("extra", KEY, [down, empty], [pub], tmp_path / "p", None, local_store=None)
+    assert err.status == "error"
+    assert [(p.store, p.reason) for p in err.problems] == [("down", Reason.STORE)]
+    assert not (tmp_path / "p").exists()
+
+
+def test_publish_refusals(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> None:
+    signer, _ = keys
+    src = make_proto(tmp_path / "proto")
+    remote, local = MemoryStore("ci"), MemoryStore("local", remote=False)
+    with pytest.raises(PibError) as exc:
+        artifacts.publish("extra", KEY, {}, src, [local, remote], None, dirty=False, builder_platform="x",
+                          cbe_info=None, remote=True)
+    assert exc.value.reason is Reason.PUBLISH
+    with pytest.raises(PibError) as exc:
+        artifacts.publish("extra", KEY, {}, src, [local, remote], signer, dirty=True, builder_platform="x",
+                          cbe_info=None, remote=True)
+    assert exc.value.reason is Reason.PUBLISH
+    assert remote.entries == {} and local.entries == {}
+    ok = artifacts.publish("extra", KEY, {}, src, [local, remote], signer, dirty=True, builder_platform="x",
+                           cbe_info=None, remote=False)
+    assert ok.published == ("local",) and remote.entries == {}
+    assert json.loads(ok.metadata)["dirty"] is True
+
+
+def test_failing_store_during_publish_is_a_problem(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> None:
+    signer, _ = keys
+    src = make_proto(tmp_path / "proto")
+    down = MemoryStore("down")
+    down.fail = StoreError("503")
+    ok = MemoryStore("ok")
+    out = artifacts.publish("extra", KEY, {}, src, [down, ok], signer, dirty=False, builder_platform="x",
+                            cbe_info=None, remote=True)
+    assert out.published == ("ok",) and [p.reason for p in out.problems] == [Reason.STORE]
+
+
+HOSTILE = {
+    "traversal": [Entry("../escape", data=b"x")],
+    "absolute": [Entry("/tmp/pib-absolute-escape", data=b"x")],
+    "symlink-write-through": [Entry("l", "symlink", target="../../.."), Entry("l/escape", data=b"x")],
+    "hardlink-out": [Entry("h", "hardlink", target="../outside/victim")],
+    "device": [Entry("dev/kmem", "chr")],
+    "setuid": [Entry("bin/su", data=b"x", mode=0o4755)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_signed_archives_are_rejected(tmp_path: Path, keys: tuple[Signer, PublicKey], case: str) -> None:
+    signer, pub = keys
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("v")
+    arc = write_archive(tmp_path / "h.tar.zst", HOSTILE[case])
+    store = MemoryStore("ci")
+    put_signed(store, arc, signer)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    out = artifacts.restore("extra", KEY, [store], [pub], ws / "proto.extra", None, local_store=None)
+    assert out.status == "error" and [p.reason for p in out.problems] == [Reason.VERIFY]
+    assert list(ws.iterdir()) == []
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert not Path("/tmp/pib-absolute-escape").exists()
+
+
+def test_bomb_is_rejected(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> None:
+    signer, pub = keys
+    arc = write_archive(tmp_path / "b.tar.zst", [Entry(f"z{i}", data=bytes(4 << 20)) for i in range(4)])
+    store = MemoryStore("ci")
+    put_signed(store, arc, signer)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    out = artifacts.restore("extra", KEY, [store], [pub], ws / "p", None, local_store=None,
+                            limits=archive.Limits(max_bytes=1 << 20))
+    assert [p.reason for p in out.problems] == [Reason.VERIFY]
+    assert list(ws.iterdir()) == []
+
+
+def _good_archive(tmp_path: Path) -> Path:
+    return archive.pack(make_proto(tmp_path / "src"), tmp_path / "good.tar.zst", epoch=1).path
+
+
+def test_truncated_and_flipped_archives_fail_the_checksum(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> None:
+    signer, pub = keys
+    good = _good_archive(tmp_path)
+    data = good.read_bytes()
+    for name, bad in [("trunc", data[:-20]), ("flip", data[:50] + bytes([data[50] ^ 1]) + data[51:])]:
+        path = tmp_path / name
+        path.write_bytes(bad)
+        store = MemoryStore("ci")
+        # metadata describes the good archive; the store serves the damaged one
+        sha, size = archive.sha256_file(good)
+        store.put("extra", KEY, path, artifacts.make_metadata("extra", KEY, {}, sha, size, signer,
+                                                              builder_platform="x", cbe_info=None, dirty=False))
+        ws = tmp_path / f"ws-{name}"
+        ws.mkdir()
+        out = artifacts.restore("extra", KEY, [store], [pub], ws / "p", None, local_store=None)
+        assert [p.reason for p in out.problems] == [Reason.VERIFY]
+        assert list(ws.iterdir()) == []
+
+
+def test_untrusted_unsigned_and_replayed_metadata(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> None:
+    signer, pub = keys
+    good = _good_archive(tmp_path)
+    signing.generate_keypair(tmp_path / "s", tmp_path / "s.pub")
+    stranger = signing.load_signer(tmp_path / "s")
+    cases: dict[str, MemoryStore] = {}
+    cases["untrusted"] = MemoryStore("a")
+    put_signed(cases["untrusted"], good, stranger)
+    cases["other-key"] = MemoryStore("b")
+    put_signed(cases["other-key"], good, signer, meta_key=OTHER)
+    cases["other-component"] = MemoryStore("c")
+    put_signed(cases["other-component"], good, signer, meta_component="illumos")
+    cases["unsigned"] = MemoryStore("d")
+    sha, size = archive.sha256_file(good)
+    doc = json.loads(artifacts.make_metadata("extra", KEY, {}, sha, size, signer, builder_platform="x",
+                                             cbe_info=None, dirty=False))
+    del doc["signature"]
+    cases["unsigned"].put("extra", KEY, good, json.dumps(doc).encode())
+    cases["tampered"] = MemoryStore("e")
+    doc["signature"] = signer.sign(b"something else")
+    doc["builder_platform"] = "evil"
+    cases["tampered"].put("extra", KEY, good, json.dumps(doc).encode())
+    for name, store in cases.items():
+        ws = tmp_path / f"ws-{name}"
+        ws.mkdir()
+        out = artifacts.restore("extra", KEY, [store], [pub], ws / "p", None, local_store=None)
+        assert out.status == "error", name
+        assert [p.reason for p in out.problems] == [Reason.VERIFY], name
+        assert store.calls.count("get") == 0, name  # refused before the archive was fetched
+        assert list(ws.iterdir()) == [], name
+
+
+def test_bad_store_then_good_store(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> None:
+    signer, pub = keys
+    good = _good_archive(tmp_path)
+    bad = MemoryStore("bad")
+    put_signed(bad, good, signer, sha="0" * 64)
+    fine = MemoryStore("fine")
+    put_signed(fine, good, signer)
+    out = artifacts.restore("extra", KEY, [bad, fine], [pub], tmp_path / "p", None, local_store=None)
+    assert out.hit and out.store == "fine"
+    assert [(p.store, p.reason) for p in out.problems] == [("bad", Reason.VERIFY)]
+
+
+def test_explain_nearest_picks_newest(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> None:
+    signer, _ = keys
+    good = _good_archive(tmp_path)
+    store = MemoryStore("ci")
+    for key, day, doc in [(KEY, 1, {"v": "old"}), (OTHER, 2, {"v": "new"})]:
+        sha, size = archive.sha256_file(good)
+        meta = artifacts.make_metadata("extra", key, doc, sha, size, signer, builder_platform="x", cbe_info=None,
+                                       dirty=False, created=dt.datetime(2026, 1, day, tzinfo=dt.UTC))
+        store.put("extra", key, good, meta)
+    down = MemoryStore("down")
+    down.fail = StoreError("x")
+    nearest = artifacts.explain_nearest("extra", [down, store])
+    assert nearest is not None and nearest.key == OTHER and nearest.key_doc == {"v": "new"}
+    assert artifacts.explain_nearest("nothing", [store]) is None
