@@ -189,9 +189,17 @@ class _Doc:
 
     def add(self, path: Path) -> None:
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                "not UTF-8 text",
+                where=Location(str(path), raw[: exc.start].count(b"\n") + 1),
+                hint="save the file as UTF-8",
+            ) from exc
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
