@@ -42,7 +42,7 @@ kinds = st.one_of(st.sampled_from(["f", "d", "s", "h", "#", "x", "F", "ff"]), st
 def manifest_line(draw: st.DrawFn) -> str:
     kind = draw(kinds)
     path = draw(paths)
-    if kind in ("s", "h") or draw(st.booleans()) and kind not in ("f", "d"):
+    if kind in ("s", "h") or (draw(st.booleans()) and kind not in ("f", "d")):
         return f"{kind} {path}={draw(paths)}"
     fields = [kind, path, draw(modes), draw(names), draw(names)]
     cut = draw(st.integers(1, 6))
