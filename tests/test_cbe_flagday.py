@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from pib import signing
 from tests.gitutil import make_repo, pib
 
 BUILD_SH = """\
@@ -32,12 +31,8 @@ command -v tool > "$DESTDIR/which.txt"
 
 
 def _keys(tmp: Path) -> tuple[Path, Path]:
-    key = Ed25519PrivateKey.generate()
-    priv, pub = tmp / "signing.pem", tmp / "trusted.pem"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    priv, pub = tmp / "signing.key", tmp / "trusted.pub"
+    signing.generate_keypair(priv, pub)
     return priv, pub
 
 

@@ -252,7 +252,7 @@ def test_metadata_signed_by_an_untrusted_key_is_refused(tmp_path: Path, key: Ed2
     # Tampered metadata (pointing at another archive) fails the signature too.
     meta_path = store / "cbe-tiny" / f"{t.published.key}.json"
     meta = json.loads(meta_path.read_text())
-    meta["size"] += 1
+    meta["archive_size"] += 1
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CbeError):
         cbe.ensure(spec_for(root, t.lock), install=True, stores=[store], trusted_keys=[key.public_key()])

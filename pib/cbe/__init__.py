@@ -20,13 +20,14 @@ from pib.cbe import install as _inst
 from pib.cbe.install import Status
 from pib.cbe.lock import Lock, load
 from pib.cbe.providers import Context
-from pib.errors import CbeError, Location
+from pib.errors import CbeError, Location, PibError
 from pib.run import Log
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from pib.cbe.providers.tarball import Published
+    from pib.signing import Signer
 
 __all__ = [
     "CbeSpec",
@@ -306,34 +307,42 @@ def remove(root: Path, version: str, *, force: bool = False) -> None:
 def stores_and_keys(cfg: Any) -> tuple[list[object], list[object]]:
     """Where a workspace's config says CBE tarballs come from, and whose signatures count.
 
-    Local directory stores are used directly; other store objects are used if
-    they offer `get_file`/`put_file` (see providers/tarball.py).
+    Takes a pib.config.Config; returns store specs (opened when a tarball is
+    actually fetched) and the trusted public key files.
     """
+    from pib.store import HttpStoreSpec, LocalStoreSpec, S3StoreSpec
+
     stores: list[object] = []
     local = getattr(cfg, "local_store", None)
-    if local is not None and getattr(local, "path", None) is not None:
-        stores.append(local.path)
+    if local is not None:
+        stores.append(LocalStoreSpec(local.path, quota_bytes=local.quota))
     for s in getattr(cfg, "stores", ()):
-        if getattr(s, "type", "") == "local" and getattr(s, "path", None) is not None:
-            stores.append(s.path)
+        if s.type == "local" and s.path is not None:
+            stores.append(LocalStoreSpec(s.path, name=s.name))
+        elif s.type == "http" and s.url:
+            stores.append(HttpStoreSpec(s.name, s.url, token_env=s.token_env, user_env=s.user_env,
+                                        password_env=s.password_env, timeout=s.timeout, retries=s.retries))
+        elif s.type == "s3" and s.bucket:
+            stores.append(S3StoreSpec(s.name, s.bucket, prefix=s.prefix, endpoint_url=s.endpoint_url,
+                                      region=s.region, profile=s.profile, timeout=s.timeout, retries=s.retries))
     trust = getattr(cfg, "trust", None)
     keys: list[object] = list(getattr(trust, "public_keys", ()) or ())
     return stores, keys
 
 
-def signing_key(path: Path | None, env_var: str | None) -> Ed25519PrivateKey:
-    """The publisher's Ed25519 key: a PEM file, or an environment variable holding PEM or a path."""
-    from pib.cbe.providers.tarball import load_private_key, private_key_from_pem
+def signing_key(path: Path | None, env_var: str | None) -> Signer:
+    """The publisher's key: a pib key file, or an environment variable holding the key or its path."""
+    from pib import signing
 
-    if path is not None:
-        return load_private_key(path)
-    value = os.environ.get(env_var or "", "")
-    if value.startswith("-----BEGIN"):
-        return private_key_from_pem(value.encode())
-    if value:
-        return load_private_key(Path(value))
-    raise CbeError("no signing key to publish with",
-                   hint="pass --key FILE, set [trust] signing_key, or export the signing key variable")
+    value = str(path) if path is not None else os.environ.get(env_var or "", "")
+    if not value:
+        raise CbeError("no signing key to publish with",
+                       hint="pass --key FILE (`pib keygen` makes one), set [trust] signing_key, "
+                            "or export the signing key variable")
+    try:
+        return signing.load_signer(value)
+    except PibError as exc:
+        raise CbeError(exc.message, hint=exc.hint) from None
 
 
 def publish_tarball(
@@ -341,7 +350,7 @@ def publish_tarball(
     name: str,
     version: str,
     store: object,
-    signer: Ed25519PrivateKey,
+    signer: Signer | Ed25519PrivateKey,
     *,
     bin_dirs: Sequence[str] = ("bin",),
 ) -> Published:
