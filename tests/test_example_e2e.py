@@ -1,0 +1,147 @@
+"""The example platform end to end, through the real CLI: component git repositories,
+the gcc-12 CBE, busybox built from its upstream tarball, an image booted in QEMU."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib.util import module_from_spec, spec_from_file_location
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from pib.run import minimal_env, run
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "platform"
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _example_module() -> ModuleType:
+    spec = spec_from_file_location("make_workspace", EXAMPLE / "make_workspace.py")
+    assert spec is not None and spec.loader is not None
+    mod = module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+make_workspace = _example_module().make_workspace
+
+
+def pib(ws: Path, *args: str, check: bool = True) -> Any:
+    """Run the real CLI with --json and return its parsed output."""
+    env = minimal_env({"PYTHONPATH": str(REPO)})
+    for var in ("XDG_CACHE_HOME", "PIB_CACHE"):
+        if var in os.environ:
+            env[var] = os.environ[var]
+    res = run([sys.executable, "-m", "pib", "-C", str(ws), *args, "--json"], env=env, capture=True,
+              check=check, timeout=900, what=f"pib {args[0]}")
+    return json.loads(res.stdout)
+
+
+def actions(report: dict[str, Any]) -> dict[str, str]:
+    return {c["component"]: c["action"] for c in report["components"]}
+
+
+def keys(report: dict[str, Any]) -> dict[str, str]:
+    return {c["component"]: c["key"] for c in report["components"]}
+
+
+def marker_keys(line: str) -> dict[str, str]:
+    fields = dict(f.split("=", 1) for f in line.split()[1:])
+    fields.pop("buildstamp")
+    return fields
+
+
+def isolate(ws: Path, store: Path) -> None:
+    """Give the workspace its own local store, so the test neither reads nor fills the user's."""
+    (ws / "pib.local.toml").write_text(f'[local_store]\npath = "{store}"\n', encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """From scratch: configure, build, boot; shared by the tests below, which only read it."""
+    root = tmp_path_factory.mktemp("e2e")
+    ws = make_workspace(root)
+    isolate(ws, root / "store")
+    configured = pib(ws, "configure")
+    first = pib(ws, "build")
+    booted = pib(ws, "boot")
+    return {"root": root, "ws": ws, "configured": configured, "first": first, "boot": booted}
+
+
+def test_from_scratch_everything_is_built_and_boots(story: dict[str, Any]) -> None:
+    assert {c["component"]: c["action"] for c in story["configured"]["components"]} == {
+        "kernel": "cloned", "extra": "cloned", "core": "cloned"}
+    first = story["first"]
+    assert first["ok"] and actions(first) == {"kernel": "built", "extra": "built", "core": "built"}
+    boot = story["boot"]
+    assert boot["passed"] and boot["outcome"] == "marker"
+    # The marker names exactly the keys this build produced: the image holds this build.
+    assert marker_keys(boot["marker_line"]) == keys(first)
+    console = Path(boot["log"]).read_text(errors="replace")
+    assert "rc: pib-example up on 6.1.0-" in console  # the overlay's rc ran, on the pinned kernel
+    assert f"buildstamp {boot['stamp']}" in console  # core's pib-info read the release file
+
+
+def test_image_contents_and_toolchain(story: dict[str, Any]) -> None:
+    ws: Path = story["ws"]
+    pdir = (ws / "output" / "platform-latest").resolve()
+    manifest = (pdir / "boot_archive.manifest").read_text()
+    for path in ("sbin/init", "usr/bin/pib-info", "bin/busybox", "etc/rc", "etc/pib-release"):
+        assert path in manifest
+    # Components were built with the CBE's compiler, never the host's.
+    prefix = story["configured"]["cbe"].rsplit(" at ", 1)[1]
+    for comp in ("extra", "core"):
+        log = next((ws / "log").glob(f"{comp}.2*.log")).read_text(errors="replace")
+        cc = next(line for line in log.splitlines() if line.strip().startswith("env: CC="))
+        assert cc.split("=", 1)[1].startswith(prefix + "/")
+    for binary in ("proto.extra/bin/busybox", "proto.core/sbin/init"):
+        assert not _has_interpreter(ws / binary), f"{binary} is not static"
+
+
+def _has_interpreter(path: Path) -> bool:
+    """Whether an ELF64 file asks for a dynamic loader (has a PT_INTERP program header)."""
+    data = path.read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 2
+    phoff = int.from_bytes(data[0x20:0x28], "little")
+    phentsize = int.from_bytes(data[0x36:0x38], "little")
+    phnum = int.from_bytes(data[0x38:0x3A], "little")
+    types = [int.from_bytes(data[phoff + i * phentsize:phoff + i * phentsize + 4], "little") for i in range(phnum)]
+    return 3 in types
+
+
+def test_noop_then_one_line_change_in_core(story: dict[str, Any]) -> None:
+    ws: Path = story["ws"]
+    first = story["first"]
+    noop = pib(ws, "build")
+    assert actions(noop) == {"kernel": "up-to-date", "extra": "up-to-date", "core": "up-to-date"}
+    assert keys(noop) == keys(first)
+
+    # A one-line, uncommitted change in core's checkout.
+    src = ws / "projects" / "core" / "src" / "pib-info.c"
+    text = src.read_text()
+    assert 'printf("uptime %.2fs\\n", up);' in text
+    src.write_text(text.replace('printf("uptime %.2fs\\n", up);', 'printf("uptime (changed) %.2fs\\n", up);'))
+    changed = pib(ws, "build")
+    assert actions(changed) == {"kernel": "up-to-date", "extra": "up-to-date", "core": "built"}
+    assert keys(changed)["core"] != keys(first)["core"]
+    assert {k: v for k, v in keys(changed).items() if k != "core"} == {
+        k: v for k, v in keys(first).items() if k != "core"}
+    assert [c["dirty"] for c in changed["components"] if c["component"] == "core"] == [True]
+
+    booted = pib(ws, "boot")
+    assert booted["passed"] and marker_keys(booted["marker_line"]) == keys(changed)
+    assert "uptime (changed)" in Path(booted["log"]).read_text(errors="replace")
+
+    # Committing the same change keeps the content, so the key and the build stand.
+    env = minimal_env({"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@pib.invalid",
+                       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@pib.invalid"})
+    run(["git", "commit", "-q", "-am", "pib-info: say it changed"], cwd=src.parent.parent, env=env)
+    committed = pib(ws, "build")
+    assert actions(committed)["core"] == "up-to-date"
+    assert keys(committed)["core"] == keys(changed)["core"]
