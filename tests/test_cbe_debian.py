@@ -81,3 +81,15 @@ def test_tampered_cached_deb_is_refused_before_unpacking(tmp_path: Path) -> None
     assert exc.value.where is not None and exc.value.where.line == 6
     assert not (tmp_path / "root" / "1").exists()
     assert not list((tmp_path / "root" / ".cache" / "debian").glob("*.deb"))
+
+
+@pytest.mark.integration
+def test_corrupt_download_cache_entry_is_fetched_again(tmp_path: Path) -> None:
+    real = load(LOCKS / "gcc12.lock.toml")
+    make = next(p for p in real.packages if p.name == "make")
+    cache = tmp_path / "cache"
+    (got,) = debian.fetch((make,), cache, None).values()
+    good = got.read_bytes()
+    got.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one flipped bit
+    (again,) = debian.fetch((make,), cache, None).values()
+    assert again.read_bytes() == good

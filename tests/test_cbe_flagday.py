@@ -86,7 +86,7 @@ def test_flag_day_two_versions_side_by_side_then_a_third(tmp_path: Path) -> None
     ws1, ws2 = (_workspace(tmp_path, n, root, store, key, pub) for n in (1, 2))
 
     for ws in (ws1, ws2):
-        r = _run(ws, "configure", env=env)
+        r = _run(ws, "configure", "--no-install", env=env)
         assert r.returncode == 7, r.stderr  # the CBE is not installed yet
         r = _run(ws, "cbe", "install", env=env)
         assert r.returncode == 0, r.stderr

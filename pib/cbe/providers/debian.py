@@ -36,11 +36,11 @@ def fetch(packages: tuple[Package, ...], cache: Path, log: Log | None) -> dict[s
     missing: list[Package] = []
     for p in packages:
         cached = cache / f"{p.sha256[0]}.deb"
-        # A cache entry is named by its hash and renamed in only after checking,
-        # so its presence is enough.
-        if cached.is_file():
+        # The cache is shared and outlives installs: check it again before use.
+        if cached.is_file() and sha256_file(cached) == p.sha256[0]:
             found[p.name] = cached
         else:
+            cached.unlink(missing_ok=True)
             missing.append(p)
     if not missing:
         return found
