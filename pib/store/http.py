@@ -1,0 +1,346 @@
+"""An artifact store over plain HTTP(S): GET/HEAD/PUT/DELETE, e.g. nginx with `dav_methods PUT DELETE`.
+
+Built on the standard library's http.client so every socket operation has a
+time-out and nothing is retried behind our back. Each request gets
+`timeout` seconds per socket operation and a small retry budget for
+refused connections, time-outs and 5xx answers. A body must arrive in full
+(Content-Length is checked) and fast enough: small documents within
+`timeout` seconds overall, archives at no less than MIN_RATE once the first
+`timeout` seconds are over, so a server dripping bytes cannot hold a build.
+
+Listing uses nginx's `autoindex_format json` when the server offers it.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import IO, TypeVar
+
+from pib.errors import StoreError
+from pib.store import (
+    ARCHIVE_SUFFIX,
+    META_SUFFIX,
+    Entries,
+    HttpStoreSpec,
+    NotFound,
+    StoreEntry,
+    check_names,
+    is_component_name,
+    is_key,
+)
+
+CHUNK = 1 << 20
+MIN_RATE = 64 * 1024  # bytes/s an archive download must keep up after its first `timeout` seconds
+MAX_META = 1 << 20
+PARALLEL = 16
+
+T = TypeVar("T")
+_Rows = list[tuple[str, str, float, int]]  # name, type, mtime, size of an index listing
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt (connection, time-out, 5xx)."""
+
+
+class HttpStore:
+    remote = True
+
+    def __init__(self, spec: HttpStoreSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        url = urllib.parse.urlsplit(spec.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise StoreError(f"store {spec.name}: {spec.url!r} is not an http(s) URL",
+                             hint="use a URL such as https://artifacts.example.com/pib")
+        self._https = url.scheme == "https"
+        self._host = url.hostname
+        self._port = url.port
+        self._base = url.path.rstrip("/")
+        self._headers = {"User-Agent": "pib"}
+        token = os.environ.get(spec.token_env) if spec.token_env else None
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        elif spec.user_env and spec.password_env:
+            user = os.environ.get(spec.user_env, "")
+            password = os.environ.get(spec.password_env, "")
+            cred = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {cred}"
+
+    # ------------------------------------------------------------ plumbing
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self._base, *(urllib.parse.quote(p) for p in parts)])
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self.spec.timeout, blocksize=CHUNK)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.spec.timeout, blocksize=CHUNK)
+
+    def _attempts(self, what: str, fn: Callable[[http.client.HTTPConnection], T]) -> T:
+        """Run fn(conn) with retries; map exhausted failures to StoreError."""
+        last = ""
+        for attempt in range(self.spec.retries + 1):
+            if attempt:
+                time.sleep(min(0.2 * 2 ** (attempt - 1), 2.0))
+            conn = self._connect()
+            try:
+                return fn(conn)
+            except _Retryable as exc:
+                last = str(exc)
+            except TimeoutError:
+                last = f"timed out after {self.spec.timeout:g}s"
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                last = _describe(exc)
+            finally:
+                conn.close()
+        raise StoreError(f"store {self.name}: {what} failed: {last}",
+                         hint=f"check that {self.spec.url} is reachable; pib builds locally meanwhile")
+
+    def _send(self, conn: http.client.HTTPConnection, method: str, path: str,
+              body: IO[bytes] | bytes | None = None, size: int | None = None) -> http.client.HTTPResponse:
+        headers = dict(self._headers)
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        if resp.status >= 500:
+            raise _Retryable(f"{method} {path}: HTTP {resp.status} {resp.reason}")
+        return resp
+
+    def _error(self, what: str, resp: http.client.HTTPResponse) -> StoreError:
+        hint = "check the store credentials" if resp.status in (401, 403) else "check the store URL and server"
+        return StoreError(f"store {self.name}: {what}: HTTP {resp.status} {resp.reason}", hint=hint)
+
+    # ------------------------------------------------------------ protocol
+
+    def has(self, component: str, key: str) -> bool:
+        check_names(component, key)
+        path = self._path(component, key + META_SUFFIX)
+
+        def head(conn: http.client.HTTPConnection) -> bool:
+            resp = self._send(conn, "HEAD", path)
+            resp.read()
+            if resp.status == 200:
+                return True
+            if resp.status == 404:
+                return False
+            raise self._error(f"HEAD {path}", resp)
+
+        return self._attempts(f"HEAD {path}", head)
+
+    def has_many(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        todo = list(dict.fromkeys(pairs))
+        if not todo:
+            return set()
+        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(todo))) as pool:
+            answers = list(pool.map(lambda p: self.has(*p), todo))
+        return {p for p, yes in zip(todo, answers, strict=True) if yes}
+
+    def get_meta(self, component: str, key: str) -> bytes:
+        check_names(component, key)
+        path = self._path(component, key + META_SUFFIX)
+
+        def get(conn: http.client.HTTPConnection) -> bytes:
+            resp = self._send(conn, "GET", path)
+            if resp.status == 404:
+                resp.read()
+                raise NotFound(f"store {self.name}: no artifact {component}/{key}")
+            if resp.status != 200:
+                raise self._error(f"GET {path}", resp)
+            return self._read_small(resp, path)
+
+        return self._attempts(f"GET {path}", get)
+
+    def _read_small(self, resp: http.client.HTTPResponse, path: str) -> bytes:
+        expected = _content_length(resp)
+        if expected is not None and expected > MAX_META:
+            raise StoreError(f"store {self.name}: {path} is {expected} bytes, too large for metadata")
+        deadline = time.monotonic() + self.spec.timeout
+        parts: list[bytes] = []
+        got = 0
+        while True:
+            chunk = resp.read1(65536)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+            if got > MAX_META:
+                raise StoreError(f"store {self.name}: {path} is too large for metadata")
+            if time.monotonic() > deadline:
+                raise _Retryable(f"GET {path}: body not received within {self.spec.timeout:g}s")
+        if expected is not None and got != expected:
+            raise _Retryable(f"GET {path}: received {got} of {expected} bytes")
+        return b"".join(parts)
+
+    def get(self, component: str, key: str, dest_dir: Path) -> tuple[Path, Path]:
+        check_names(component, key)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        meta = self.get_meta(component, key)
+        path = self._path(component, key + ARCHIVE_SUFFIX)
+        archive_out = dest_dir / f"{key}{ARCHIVE_SUFFIX}"
+
+        def download(conn: http.client.HTTPConnection) -> None:
+            resp = self._send(conn, "GET", path)
+            if resp.status == 404:
+                resp.read()
+                raise NotFound(f"store {self.name}: artifact {component}/{key} has no archive")
+            if resp.status != 200:
+                raise self._error(f"GET {path}", resp)
+            self._stream_to(resp, path, archive_out)
+
+        self._attempts(f"GET {path}", download)
+        meta_out = dest_dir / f"{key}{META_SUFFIX}"
+        _write_atomic(meta_out, meta)
+        return archive_out, meta_out
+
+    def _stream_to(self, resp: http.client.HTTPResponse, path: str, dest: Path) -> None:
+        expected = _content_length(resp)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        try:
+            start = time.monotonic()
+            got = 0
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    n = resp.readinto(buf)
+                    if not n:
+                        break
+                    out.write(view[:n])
+                    got += n
+                    elapsed = time.monotonic() - start
+                    if elapsed > self.spec.timeout and got < MIN_RATE * (elapsed - self.spec.timeout):
+                        raise _Retryable(f"GET {path}: too slow ({got} bytes in {elapsed:.1f}s)")
+                    if expected is not None and got > expected:
+                        raise _Retryable(f"GET {path}: more bytes than Content-Length {expected}")
+            if expected is not None and got != expected:
+                raise _Retryable(f"GET {path}: received {got} of {expected} bytes")
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes) -> None:
+        check_names(component, key)
+        size = archive_path.stat().st_size
+        apath = self._path(component, key + ARCHIVE_SUFFIX)
+        mpath = self._path(component, key + META_SUFFIX)
+
+        def put_archive(conn: http.client.HTTPConnection) -> None:
+            with open(archive_path, "rb") as fh:
+                resp = self._send(conn, "PUT", apath, fh, size)
+                resp.read()
+            if resp.status not in (200, 201, 204):
+                raise self._error(f"PUT {apath}", resp)
+
+        def put_meta(conn: http.client.HTTPConnection) -> None:
+            resp = self._send(conn, "PUT", mpath, meta_bytes, len(meta_bytes))
+            resp.read()
+            if resp.status not in (200, 201, 204):
+                raise self._error(f"PUT {mpath}", resp)
+
+        self._attempts(f"PUT {apath}", put_archive)
+        self._attempts(f"PUT {mpath}", put_meta)  # last: readers never see half an entry
+
+    def delete(self, component: str, key: str) -> None:
+        check_names(component, key)
+        found = False
+        for suffix in (META_SUFFIX, ARCHIVE_SUFFIX):  # metadata first, the reverse of put
+            path = self._path(component, key + suffix)
+
+            def delete(conn: http.client.HTTPConnection, path: str = path) -> bool:
+                resp = self._send(conn, "DELETE", path)
+                resp.read()
+                if resp.status == 404:
+                    return False
+                if resp.status not in (200, 202, 204):
+                    raise self._error(f"DELETE {path}", resp)
+                return True
+
+            found = self._attempts(f"DELETE {path}", delete) or found
+        if not found:
+            raise NotFound(f"store {self.name}: no artifact {component}/{key}")
+
+    def list(self, component: str | None = None) -> Entries:
+        if component is None:
+            names = [n for n, kind, _, _ in self._index(self._path() + "/") if kind == "directory"]
+            comps = sorted(n for n in names if is_component_name(n))
+        else:
+            comps = [component]
+        out: Entries = []
+        for comp in comps:
+            rows = self._index(self._path(comp) + "/")
+            files = {name: (mtime, size) for name, kind, mtime, size in rows if kind == "file"}
+            for name, (mtime, _) in sorted(files.items()):
+                if not name.endswith(META_SUFFIX):
+                    continue
+                key = name[: -len(META_SUFFIX)]
+                archive = files.get(key + ARCHIVE_SUFFIX)
+                if is_key(key) and archive is not None:
+                    out.append(StoreEntry(comp, key, archive[1], mtime))
+        return out
+
+    def _index(self, path: str) -> _Rows:
+        def get(conn: http.client.HTTPConnection) -> _Rows:
+            resp = self._send(conn, "GET", path)
+            if resp.status == 404:
+                resp.read()
+                return []
+            if resp.status != 200:
+                raise self._error(f"GET {path}", resp)
+            body = self._read_small(resp, path)
+            try:
+                rows = json.loads(body)
+                return [(str(r["name"]), str(r["type"]), _http_date(str(r.get("mtime", ""))), int(r.get("size", 0)))
+                        for r in rows]
+            except (ValueError, TypeError, KeyError) as exc:
+                raise StoreError(f"store {self.name}: listing {path} is not a JSON index",
+                                 hint="enable `autoindex on; autoindex_format json;` on the server") from exc
+
+        return self._attempts(f"GET {path}", get)
+
+
+def _content_length(resp: http.client.HTTPResponse) -> int | None:
+    value = resp.getheader("Content-Length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise _Retryable(f"bad Content-Length {value!r}") from None
+
+
+def _http_date(text: str) -> float:
+    try:
+        return parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, http.client.IncompleteRead):
+        return f"body cut short ({len(exc.partial)} bytes received)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,209 @@
+"""An artifact store in any S3-compatible service (AWS, MinIO, Ceph, SeaweedFS), through boto3.
+
+Credentials come the usual boto3 way (AWS_* environment variables, or the
+named profile). Path-style addressing, so endpoints without wildcard DNS
+work. botocore gets explicit connect/read time-outs and a small retry
+budget; archive downloads also have the same minimum-rate guard as the
+HTTP store, so a stalled body cannot hold a build.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+import boto3.session
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pib.errors import StoreError
+from pib.store import (
+    ARCHIVE_SUFFIX,
+    META_SUFFIX,
+    Entries,
+    NotFound,
+    S3StoreSpec,
+    StoreEntry,
+    check_names,
+    is_component_name,
+    is_key,
+)
+
+CHUNK = 1 << 20
+MIN_RATE = 64 * 1024
+MAX_META = 1 << 20
+PARALLEL = 16
+T = TypeVar("T")
+
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+class S3Store:
+    remote = True
+
+    def __init__(self, spec: S3StoreSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._prefix = spec.prefix.strip("/")
+        config = Config(
+            connect_timeout=spec.timeout,
+            read_timeout=spec.timeout,
+            retries={"max_attempts": spec.retries + 1, "mode": "standard"},
+            s3={"addressing_style": "path"},
+            max_pool_connections=PARALLEL,
+        )
+        try:
+            session = boto3.session.Session(profile_name=spec.profile) if spec.profile else boto3.session.Session()
+            self._s3: Any = session.client("s3", endpoint_url=spec.endpoint_url, region_name=spec.region,
+                                           config=config)
+        except BotoCoreError as exc:
+            raise StoreError(f"store {spec.name}: cannot set up the S3 client: {exc}",
+                             hint="check the store's profile, region and endpoint_url") from exc
+        self._transfer = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20,
+                                        max_concurrency=4)
+
+    def _key(self, component: str, name: str = "") -> str:
+        parts = [p for p in (self._prefix, component, name) if p]
+        return "/".join(parts)
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in _MISSING or status == 404:
+                raise NotFound(f"store {self.name}: {what}: not found") from None
+            hint = ("check the S3 credentials and bucket policy" if status in (401, 403)
+                    else "check the bucket and endpoint")
+            raise StoreError(f"store {self.name}: {what} failed: {code or status}", hint=hint) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise StoreError(f"store {self.name}: {what} failed: {exc}",
+                             hint=f"check that {self.spec.endpoint_url or 'S3'} is reachable; "
+                                  "pib builds locally meanwhile") from exc
+
+    # ------------------------------------------------------------ protocol
+
+    def has(self, component: str, key: str) -> bool:
+        check_names(component, key)
+        obj = self._key(component, key + META_SUFFIX)
+        try:
+            self._call(f"HEAD {obj}", lambda: self._s3.head_object(Bucket=self.spec.bucket, Key=obj))
+        except NotFound:
+            return False
+        return True
+
+    def has_many(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        todo = list(dict.fromkeys(pairs))
+        if not todo:
+            return set()
+        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(todo))) as pool:
+            answers = list(pool.map(lambda p: self.has(*p), todo))
+        return {p for p, yes in zip(todo, answers, strict=True) if yes}
+
+    def get_meta(self, component: str, key: str) -> bytes:
+        check_names(component, key)
+        obj = self._key(component, key + META_SUFFIX)
+
+        def fetch() -> bytes:
+            resp = self._s3.get_object(Bucket=self.spec.bucket, Key=obj)
+            size = int(resp.get("ContentLength", 0))
+            if size > MAX_META:
+                raise StoreError(f"store {self.name}: {obj} is {size} bytes, too large for metadata")
+            data: bytes = resp["Body"].read()
+            if len(data) != size:
+                raise StoreError(f"store {self.name}: {obj}: received {len(data)} of {size} bytes")
+            return data
+
+        return self._call(f"GET {obj}", fetch)
+
+    def get(self, component: str, key: str, dest_dir: Path) -> tuple[Path, Path]:
+        check_names(component, key)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        meta = self.get_meta(component, key)
+        obj = self._key(component, key + ARCHIVE_SUFFIX)
+        archive_out = dest_dir / f"{key}{ARCHIVE_SUFFIX}"
+
+        def download() -> None:
+            resp = self._s3.get_object(Bucket=self.spec.bucket, Key=obj)
+            expected = int(resp.get("ContentLength", -1))
+            fd, tmp = tempfile.mkstemp(prefix=f".{archive_out.name}.", suffix=".part", dir=dest_dir)
+            try:
+                start = time.monotonic()
+                got = 0
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in resp["Body"].iter_chunks(CHUNK):
+                        out.write(chunk)
+                        got += len(chunk)
+                        elapsed = time.monotonic() - start
+                        if elapsed > self.spec.timeout and got < MIN_RATE * (elapsed - self.spec.timeout):
+                            raise StoreError(f"store {self.name}: GET {obj} too slow ({got} bytes in {elapsed:.1f}s)")
+                if expected >= 0 and got != expected:
+                    raise StoreError(f"store {self.name}: GET {obj}: received {got} of {expected} bytes")
+                os.replace(tmp, archive_out)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+        self._call(f"GET {obj}", download)
+        meta_out = dest_dir / f"{key}{META_SUFFIX}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{meta_out.name}.", dir=dest_dir)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(meta)
+        os.replace(tmp, meta_out)
+        return archive_out, meta_out
+
+    def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes) -> None:
+        check_names(component, key)
+        aobj = self._key(component, key + ARCHIVE_SUFFIX)
+        mobj = self._key(component, key + META_SUFFIX)
+        self._call(f"PUT {aobj}", lambda: self._s3.upload_file(
+            str(archive_path), self.spec.bucket, aobj, Config=self._transfer))
+        # Metadata last: readers never see an entry whose archive is missing.
+        self._call(f"PUT {mobj}", lambda: self._s3.put_object(
+            Bucket=self.spec.bucket, Key=mobj, Body=meta_bytes, ContentType="application/json"))
+
+    def list(self, component: str | None = None) -> Entries:
+        if component is not None and not is_component_name(component):
+            return []
+        prefix = self._key(component or "") + "/" if (self._prefix or component) else ""
+
+        def scan() -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = []
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.spec.bucket, Prefix=prefix):
+                rows.extend(page.get("Contents", []))
+            return rows
+
+        rows = self._call(f"LIST {prefix or '/'}", scan)
+        base = len(self._prefix) + 1 if self._prefix else 0
+        objects = {str(r["Key"])[base:]: r for r in rows}
+        out: Entries = []
+        for name, row in sorted(objects.items()):
+            parts = name.split("/")
+            if len(parts) != 2 or not parts[1].endswith(META_SUFFIX):
+                continue
+            comp, key = parts[0], parts[1][: -len(META_SUFFIX)]
+            archive = objects.get(f"{comp}/{key}{ARCHIVE_SUFFIX}")
+            if archive is None or not is_key(key) or not is_component_name(comp):
+                continue
+            out.append(StoreEntry(comp, key, int(archive.get("Size", 0)), row["LastModified"].timestamp()))
+        return out
+
+    def delete(self, component: str, key: str) -> None:
+        check_names(component, key)
+        if not self.has(component, key):
+            raise NotFound(f"store {self.name}: no artifact {component}/{key}")
+        for suffix in (META_SUFFIX, ARCHIVE_SUFFIX):  # metadata first, the reverse of put
+            obj = self._key(component, key + suffix)
+            self._call(f"DELETE {obj}", _bind(self._s3.delete_object, Bucket=self.spec.bucket, Key=obj))
+
+
+def _bind(fn: Callable[..., Any], **kwargs: Any) -> Callable[[], Any]:
+    return lambda: fn(**kwargs)
