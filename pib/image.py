@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import calendar
 import contextlib
-import gzip
 import hashlib
 import json
 import os
@@ -19,6 +18,7 @@ import posixpath
 import re
 import shutil
 import stat
+import struct
 import tarfile
 import tempfile
 import time
@@ -86,7 +86,7 @@ class ImageSpec:
 class Resolved:
     entry: Entry
     origin: str = ""            # proto area / overlay that supplied the bytes
-    source: Path | None = None  # for files
+    source: str | None = None   # for files: where the bytes are read from
     size: int = 0
     uid: int = 0
     gid: int = 0
@@ -171,12 +171,13 @@ def _within(path: str, by_path: Mapping[str, Entry]) -> Entry | None:
     return by_path.get("/".join(done)) if done else None
 
 
-def _read_db(source: Path, where: Location, id_field: int, problems: list[Problem], kind: str) -> dict[str, int]:
+def _read_db(source: str, where: Location, id_field: int, problems: list[Problem], kind: str) -> dict[str, int]:
     out: dict[str, int] = {}
     try:
-        text = source.read_text(encoding="utf-8", errors="replace")
+        with open(source, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
     except OSError as exc:
-        problems.append(Problem("passwd", str(source), where, f"cannot read {source}: {exc.strerror}"))
+        problems.append(Problem("passwd", source, where, f"cannot read {source}: {exc.strerror}"))
         return out
     for line in text.splitlines():
         f = line.split(":")
@@ -225,7 +226,10 @@ def resolve(
     by_path = {e.path: e for e in entries}
     search = search_path(spec, areas)
     warnings: list[str] = []
-    found: dict[str, tuple[str, Path, int]] = {}
+    found: dict[str, tuple[str, str, int]] = {}
+    # One listing per (area, directory) instead of a failed stat per area per file.
+    roots = [(name, os.fspath(root)) for name, root in search]
+    listings: dict[tuple[int, str], set[str]] = {}
 
     for e in entries:
         parent = e.path.rpartition("/")[0]
@@ -234,8 +238,18 @@ def resolve(
         elif parent and p is None:
             problems.append(Problem("parent", e.path, e.where, f"parent directory {parent!r} of {e.path!r} is not in any manifest"))
         if e.kind is Kind.FILE and e is not release and e.path != spec.release_file:
-            for name, root in search:
-                candidate = root / e.path
+            base = e.path.rpartition("/")[2]
+            for i, (name, root) in enumerate(roots):
+                names = listings.get((i, parent))
+                if names is None:
+                    try:
+                        names = set(os.listdir(f"{root}/{parent}" if parent else root))
+                    except OSError:
+                        names = set()
+                    listings[(i, parent)] = names
+                if base not in names:
+                    continue
+                candidate = f"{root}/{e.path}"
                 try:
                     st = os.stat(candidate)
                 except OSError:
@@ -613,22 +627,72 @@ def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+class _LeveledGzip:
+    """One gzip member whose deflate level changes per stretch of input.
+
+    Already-compressed files (the boot archive, kernels) are stored rather than
+    squeezed again, which would cost seconds and gain nothing; text is deflated.
+    Each stretch ends with a sync flush, so the pieces form one valid deflate
+    stream (as pigz does). The header has mtime 0 and no name: reproducible.
+    """
+
+    def __init__(self, fh: BinaryIO, level: int) -> None:
+        self._fh = fh
+        fh.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03")
+        self._crc = 0
+        self._size = 0
+        self._level = level
+        self._z = zlib.compressobj(level, zlib.DEFLATED, -15)
+
+    def set_level(self, level: int) -> None:
+        if level != self._level:
+            self._fh.write(self._z.flush(zlib.Z_SYNC_FLUSH))
+            self._z = zlib.compressobj(level, zlib.DEFLATED, -15)
+            self._level = level
+
+    def write(self, data: bytes) -> int:
+        self._crc = zlib.crc32(data, self._crc)
+        self._size += len(data)
+        self._fh.write(self._z.compress(data))
+        return len(data)
+
+    def tell(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        self._fh.write(self._z.flush())
+        self._fh.write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
+
+
+def _level_for(path: Path) -> int:
+    """0 (store) when a sample does not compress, else 6."""
+    with open(path, "rb") as fh:
+        sample = fh.read(256 << 10)
+    if len(sample) < 4096:
+        return 6
+    return 0 if len(zlib.compress(sample, 1)) > 0.9 * len(sample) else 6
+
+
 def _write_tgz(src_dir: Path, arc_root: str, dest: Path, mtime: int) -> None:
-    """A reproducible tarball: sorted names, fixed owners and times, gzip without name or time."""
-    with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                                                compresslevel=6) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        def info(name: str, mode: int, kind: bytes, size: int = 0) -> tarfile.TarInfo:
-            ti = tarfile.TarInfo(name)
-            ti.mode, ti.type, ti.size, ti.mtime = mode, kind, size, mtime
-            ti.uid = ti.gid = 0
-            ti.uname = ti.gname = "root"
-            return ti
-        tar.addfile(info(arc_root, 0o755, tarfile.DIRTYPE))
-        for p in sorted(src_dir.iterdir(), key=lambda x: x.name.encode()):
-            size = p.stat().st_size
-            with open(p, "rb") as fh:
-                tar.addfile(info(f"{arc_root}/{p.name}", 0o644, tarfile.REGTYPE, size), fh)
+    """A reproducible tarball: sorted names, fixed owners and times."""
+    with open(dest, "wb") as raw:
+        gz = _LeveledGzip(raw, 6)
+        with tarfile.TarFile(fileobj=cast(IO[bytes], gz), mode="w", format=tarfile.PAX_FORMAT,
+                             copybufsize=1 << 20) as tar:
+            def info(name: str, mode: int, kind: bytes, size: int = 0) -> tarfile.TarInfo:
+                ti = tarfile.TarInfo(name)
+                ti.mode, ti.type, ti.size, ti.mtime = mode, kind, size, mtime
+                ti.uid = ti.gid = 0
+                ti.uname = ti.gname = "root"
+                return ti
+            tar.addfile(info(arc_root, 0o755, tarfile.DIRTYPE))
+            for p in sorted(src_dir.iterdir(), key=lambda x: x.name.encode()):
+                size = p.stat().st_size
+                gz.set_level(_level_for(p))
+                with open(p, "rb") as fh:
+                    tar.addfile(info(f"{arc_root}/{p.name}", 0o644, tarfile.REGTYPE, size), fh)
+                gz.set_level(6)
+        gz.close()
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -85,7 +85,8 @@ def check_path(path: str, where: Location, what: str = "path") -> None:
 
 
 def _mode(text: str, where: Location) -> int:
-    if not text or any(c not in "01234567" for c in text):
+    # int(x, 8) alone would also take "0o7", "+7" and "7_7".
+    if not text.isdigit() or not text.isascii() or "8" in text or "9" in text:
         raise _bad(f"mode {text!r} is not an octal number", where, "write the mode in octal, e.g. 0644")
     value = int(text, 8)
     if value > MAX_MODE:
@@ -94,7 +95,7 @@ def _mode(text: str, where: Location) -> int:
 
 
 def _name(text: str, what: str, where: Location) -> str:
-    if not text or any(c in ":\0" for c in text):
+    if not text or ":" in text or "\0" in text:
         raise _bad(f"bad {what} name {text!r}", where, f"name a {what} of the image's etc/{'passwd' if what == 'user' else 'group'}")
     return text
 
