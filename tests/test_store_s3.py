@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pib.errors import Reason, StoreError
+from pib.store import NotFound, S3StoreSpec, open_store
+from pib.store.s3 import S3Store
+from tests.services.ports import free_ports
+from tests.services.seaweed import Seaweed
+from tests.storecheck import K1, exercise
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def creds(seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch) -> Iterator[Seaweed]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    yield seaweed
+
+
+@pytest.fixture(scope="session")
+def bucket(seaweed: Seaweed) -> str:
+    name = f"pib-{uuid.uuid4().hex[:12]}"
+    seaweed.client().create_bucket(Bucket=name)  # type: ignore[attr-defined]
+    return name
+
+
+def store_for(seaweed: Seaweed, bucket: str, prefix: str) -> S3Store:
+    store = open_store(S3StoreSpec("s3", bucket, prefix, seaweed.endpoint_url, "us-east-1", None, 5.0, 1))
+    assert isinstance(store, S3Store)
+    return store
+
+
+def test_protocol_against_seaweedfs(creds: Seaweed, bucket: str, tmp_path: Path) -> None:
+    exercise(store_for(creds, bucket, f"t/{uuid.uuid4().hex}"), tmp_path)
+
+
+def test_protocol_without_prefix(creds: Seaweed, tmp_path: Path) -> None:
+    name = f"pib-{uuid.uuid4().hex[:12]}"
+    creds.client().create_bucket(Bucket=name)  # type: ignore[attr-defined]
+    exercise(store_for(creds, name, ""), tmp_path)
+
+
+def test_layout_and_multipart_upload(creds: Seaweed, bucket: str, tmp_path: Path) -> None:
+    prefix = f"t/{uuid.uuid4().hex}"
+    store = store_for(creds, bucket, prefix)
+    store._transfer.multipart_threshold = 1 << 20  # exercise the multipart path with a small file
+    arc = tmp_path / "a"
+    arc.write_bytes(bytes(range(256)) * (12 << 12))
+    store.put("illumos", K1, arc, b"{}")
+    keys = sorted(o["Key"] for o in creds.client().list_objects_v2(  # type: ignore[attr-defined]
+        Bucket=bucket, Prefix=prefix)["Contents"])
+    assert keys == [f"{prefix}/illumos/{K1}.json", f"{prefix}/illumos/{K1}.tar.zst"]
+    a, _ = store.get("illumos", K1, tmp_path / "dl")
+    assert a.read_bytes() == arc.read_bytes()
+
+
+def test_wrong_credentials_are_an_error_not_a_miss(creds: Seaweed, bucket: str, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    store = store_for(creds, bucket, "x")
+    with pytest.raises(StoreError) as exc:
+        store.get_meta("illumos", K1)
+    assert not isinstance(exc.value, NotFound) and exc.value.reason is Reason.STORE
+
+
+def test_unreachable_endpoint_fails_fast(creds: Seaweed, tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    store = open_store(S3StoreSpec("s3", "bucket", "", f"http://127.0.0.1:{port}", "us-east-1", None, 1.0, 1))
+    start = time.monotonic()
+    with pytest.raises(StoreError) as exc:
+        store.has("illumos", K1)
+    assert not isinstance(exc.value, NotFound)
+    with pytest.raises(StoreError):
+        store.has_many([("illumos", K1), ("extra", K1)])
+    assert time.monotonic() - start < 30
