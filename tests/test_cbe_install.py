@@ -329,3 +329,32 @@ def test_default_root_is_per_user_when_opt_is_not_writable(monkeypatch: pytest.M
     assert cbe.default_root("smartos-cbe") == tmp_path / "pib" / "cbe" / "smartos-cbe"
     monkeypatch.setattr(os, "access", lambda *_a, **_k: True)
     assert cbe.default_root("smartos-cbe-does-not-exist") == Path("/opt/smartos-cbe-does-not-exist")
+
+
+def test_a_workspace_switching_versions_stops_holding_the_old_one(tmp_path: Path, key: Ed25519PrivateKey,
+                                                                  store: Path) -> None:
+    root = tmp_path / "root"
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for version in ("1", "2"):
+        t = TinyCbe(tmp_path / version, key, store, version, f"v{version}")
+        inst = cbe.ensure(spec_for(root, t.lock, version), install=True, stores=[store],
+                          trusted_keys=[key.public_key()])
+        cbe.record_user(inst, ws)
+    assert {v.version: v.users for v in cbe.list_installed(root)} == {"1": (), "2": (ws.resolve(),)}
+    cbe.remove(root, "1")
+    with pytest.raises(CbeError):
+        cbe.remove(root, "2")
+
+
+def test_build_environment_defaults_to_a_private_scratch_home(tmp_path: Path, key: Ed25519PrivateKey,
+                                                              store: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/root-of-the-caller")
+    t = TinyCbe(tmp_path, key, store, "1", "one")
+    inst = cbe.ensure(spec_for(tmp_path / "root", t.lock), install=True, stores=[store],
+                      trusted_keys=[key.public_key()])
+    env = cbe.build_environment(inst)
+    home = Path(env["HOME"])
+    assert home != Path("/root-of-the-caller") and home.is_dir() and (home.stat().st_mode & 0o077) == 0
+    assert set(env) == {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "PIB_CBE", "PIB_CBE_PREFIX"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -206,6 +207,16 @@ def verify_full(spec: SpecLike) -> InstalledCbe:
     return _installed(spec, lock, root, state.record)
 
 
+def _scratch_home() -> Path:
+    home = Path(tempfile.gettempdir()) / f"pib-home-{os.getuid()}"
+    home.mkdir(mode=0o700, exist_ok=True)
+    st = home.lstat()
+    # Someone else's directory (or a link) in a shared /tmp is not ours to use.
+    if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077:
+        return Path(tempfile.mkdtemp(prefix="pib-home-"))
+    return home
+
+
 def build_environment(
     installed: InstalledCbe,
     extra: Mapping[str, str] | None = None,
@@ -219,8 +230,7 @@ def build_environment(
     HOME is `home` or a private scratch directory.
     """
     if home is None:
-        home = Path(tempfile.gettempdir()) / f"pib-home-{os.getuid()}"
-        home.mkdir(mode=0o700, exist_ok=True)
+        home = _scratch_home()
     env = {
         "PATH": installed.path,
         "HOME": str(home),
@@ -250,6 +260,10 @@ def record_user(installed: InstalledCbe, workspace: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(str(workspace.resolve()) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+    # A workspace uses one version at a time: it no longer holds the others.
+    for other in path.parent.parent.glob(f"*/{path.name}"):
+        if other != path:
+            other.unlink(missing_ok=True)
 
 
 def forget_user(root: Path, version: str, workspace: Path) -> None:
