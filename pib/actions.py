@@ -11,7 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from pib import state
-from pib.build import BuildEnv, BuildOptions, BuildReport, Builder, Event, Plan, default_env, plan, sweep
+from pib.build import (
+    Artifacts,
+    BuildEnv,
+    Builder,
+    BuildOptions,
+    BuildReport,
+    Event,
+    Plan,
+    default_env,
+    plan,
+    sweep,
+)
 from pib.config import Config, topo_order
 from pib.errors import PibError, Reason
 from pib.lock import FileLock
@@ -156,10 +167,16 @@ def build(
     allow_old: bool = False,
     offline: bool = False,
     image: bool = True,
+    ci: bool = False,
     on_event: Callable[[Event], None] | None = None,
     on_lock_wait: Callable[[str], None] | None = None,
 ) -> BuildReport:
     floor = check_floor(cfg.platform, allow_old=allow_old)
+    if opts.publish:
+        from pib.prebuilt import check_publish_policy, publishing_signer
+
+        check_publish_policy(cfg, floor, ci=ci)
+        publishing_signer(cfg)  # fail before building, not after
     with workspace_lock(cfg) as lock:
         lock.acquire(wait=wait_for_lock, on_wait=on_lock_wait)
         _require_checkouts(cfg, names)
@@ -172,21 +189,17 @@ def build(
         return report
 
 
-def _artifacts(cfg: Config, *, offline: bool, floor: FloorCheck, benv: BuildEnv) -> Any:
+def _artifacts(cfg: Config, *, offline: bool, floor: FloorCheck, benv: BuildEnv) -> Artifacts | None:
     if not any(c.prebuilt for c in cfg.components):
         return None
-    try:
-        from pib.prebuilt import StoreArtifacts
-    except ImportError:
-        return None
+    from pib.prebuilt import StoreArtifacts
+
     return StoreArtifacts(cfg, offline=offline, floor=floor, benv=benv)
 
 
-def _image(cfg: Config, plans: list[Plan], report: BuildReport, benv: BuildEnv, floor: FloorCheck) -> dict[str, Any] | None:
-    try:
-        from pib.imaging import make_image
-    except ImportError:
-        return None
+def _image(cfg: Config, plans: list[Plan], report: BuildReport, benv: BuildEnv, floor: FloorCheck) -> dict[str, Any]:
+    from pib.imaging import make_image
+
     return make_image(cfg, plans, report, benv, floor)
 
 
@@ -264,8 +277,55 @@ def explain(cfg: Config, name: str) -> dict[str, Any]:
 
 
 def _nearest_artifact(cfg: Config, name: str) -> tuple[str, dict[str, Any]] | None:
-    try:
-        from pib.prebuilt import nearest_artifact
-    except ImportError:
-        return None
+    from pib.prebuilt import nearest_artifact
+
     return nearest_artifact(cfg, name)
+
+
+# --------------------------------------------------------------------------
+# publish
+
+
+@dataclass(frozen=True)
+class Published:
+    component: str
+    key: str
+    stores: tuple[str, ...]
+
+
+def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = False, ci: bool = False) -> list[Published]:
+    """Upload signed artifacts of up-to-date, clean prebuilt components (all of them, or those named)."""
+    from pib.prebuilt import check_publish_policy, publish_one, remote_stores
+
+    floor = check_floor(cfg.platform)
+    check_publish_policy(cfg, floor, ci=ci)
+    chosen = list(names) if names else [c.name for c in cfg.components if c.prebuilt]
+    if not chosen:
+        raise PibError("no component is marked prebuilt = true", reason=Reason.PUBLISH,
+                       hint="mark the components whose artifacts others should restore")
+    with workspace_lock(cfg) as lock:
+        lock.acquire(wait=wait_for_lock)
+        _require_checkouts(cfg, chosen)
+        benv = build_env(cfg, install=False)
+        plans = {p.comp.name: p for p in plan(cfg, chosen, benv)}
+        for n in chosen:
+            p = plans[n]
+            if p.source.dirty:
+                raise PibError(f"cannot publish {n}: its source tree has uncommitted changes",
+                               reason=Reason.PUBLISH, hint="commit them; artifacts of dirty trees stay local")
+            if not p.up_to_date:
+                raise PibError(f"cannot publish {n}: it is not built for its current inputs "
+                               f"({'; '.join(p.reasons)})", reason=Reason.PUBLISH, hint=f"run pib build {n} first")
+        remotes = remote_stores(cfg)
+        from pib.artifacts import CbeInfo
+
+        info = CbeInfo(benv.key["name"], benv.key["version"], benv.key["lock"]) if benv.key else None
+        from pib.run import Log
+
+        out = []
+        with Log(cfg.workspace.log_dir / "publish.log") as log:
+            for n in chosen:
+                p = plans[n]
+                stores = publish_one(cfg, p, p.comp.proto, log, remotes, floor, info)
+                out.append(Published(n, p.key, stores))
+        return out

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pib import keys, state
+from pib.archive import force_rmtree
 from pib.config import ComponentConfig, Config, topo_order
 from pib.errors import PibError, Reason
 from pib.run import Cancelled, Log, minimal_env, run
@@ -129,6 +130,7 @@ class BuildReport:
     image: dict[str, Any] | None = None
     error: PibError | None = None
     policy: str = "stop"
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -154,12 +156,19 @@ class BuildReport:
                 for o in self.outcomes
             ],
             "image": self.image,
+            "warnings": list(self.warnings),
             "error": self.error.to_json() if self.error else None,
         }
 
 
 class Artifacts(Protocol):
     """Restore and publish prebuilt artifacts (implemented over the stores)."""
+
+    warnings: list[str]
+
+    def prepare(self, plans: Sequence[Plan]) -> None:
+        """Look up every stale prebuilt component at once, before building starts."""
+        ...
 
     def restore(self, plan: Plan, proto: Path, log: Log) -> tuple[str | None, str]:
         """Restore `plan` into `proto` atomically. (store name, note) on a hit, (None, why) on a miss."""
@@ -210,6 +219,10 @@ def sweep(comp: ComponentConfig) -> None:
     for leftover in (proto_tmp(comp.proto), comp.proto.with_name(f".{comp.proto.name}.pib-old")):
         if leftover.exists():
             shutil.rmtree(leftover, ignore_errors=True)
+    # Scratch directories of restore and pack (the workspace lock is held, so none is in use).
+    for kind in ("fetch", "unpack", "publish"):
+        for leftover in comp.proto.parent.glob(f".{comp.proto.name}.{kind}-*"):
+            force_rmtree(leftover)
 
 
 def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path) -> dict[str, str]:
@@ -282,6 +295,8 @@ class Builder:
         outcomes: dict[str, Outcome] = {}
         for p in plans:
             self._emit(p.comp.name, "waiting")
+        if self.artifacts is not None and not self.opts.force:
+            self.artifacts.prepare([p for p in plans if not p.up_to_date])
         pending = list(plans)
         running: dict[Future[Outcome], Plan] = {}
         stopping = False
@@ -330,6 +345,8 @@ class Builder:
                                reason=Reason.INTERRUPTED) from None
         report.outcomes = [outcomes[p.comp.name] for p in plans]
         report.seconds = time.monotonic() - t0
+        if self.artifacts is not None:
+            report.warnings = list(self.artifacts.warnings)
         failed = [o for o in report.outcomes if o.action == "failed"]
         if failed:
             first = failed[0]

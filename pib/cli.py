@@ -74,10 +74,7 @@ def _lookup(data: Any, dotted: str) -> Any:
     for part in dotted.replace("[", ".[").split("."):
         if not part:
             continue
-        if part.startswith("["):
-            cur = cur[int(part[1:-1])]
-        else:
-            cur = cur[part]
+        cur = cur[int(part[1:-1])] if part.startswith("[") else cur[part]
     return cur
 
 
@@ -125,16 +122,24 @@ def _cmd_build(args: argparse.Namespace) -> int:
     def on_wait(holder: str) -> None:
         print(f"waiting for another build of this workspace ({holder})", file=sys.stderr)
 
+    ci = args.command == "ci"
     with Progress(order, live=False if json_out or args.quiet else None) as prog:
         report = actions.build(
             cfg, names, opts,
             wait_for_lock=args.wait, allow_old=args.allow_old_platform, offline=args.offline,
-            image=not args.no_image, on_event=None if args.quiet and not prog.live else prog.event,
+            image=not args.no_image, ci=ci, on_event=None if args.quiet and not prog.live else prog.event,
             on_lock_wait=on_wait,
         )
+    if ci:
+        path = Path(args.report) if args.report else cfg.workspace.output_dir / "ci-report.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
+        print(f"report: {path}", file=sys.stderr)
     if json_out:
         emit_json(report.to_json())
     else:
+        for w in report.warnings:
+            print(f"warning: {w}", file=sys.stderr)
         print(summary(report))
         if report.image:
             print(f"image: {report.image.get('dir')}")
@@ -148,6 +153,19 @@ def _cmd_build(args: argparse.Namespace) -> int:
                     if o.log:
                         print(f"--- full log: {o.log}", file=sys.stderr)
     return report.error.exit_code if report.error is not None else 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from pib import actions
+
+    cfg = load_config(args)
+    done = actions.publish(cfg, tuple(args.components) or None, wait_for_lock=args.wait)
+    if want_json(args):
+        emit_json([{"component": p.component, "key": p.key, "stores": list(p.stores)} for p in done])
+        return 0
+    for p in done:
+        print(f"{p.component} {p.key[:12]}: published to {', '.join(p.stores)}")
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -241,14 +259,19 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--no-install", action="store_true", help="do not install a missing build environment")
     c.set_defaults(func=_cmd_configure)
 
-    for name, helptext in (("build", "build stale components (and the image)"), ("live", "same as build")):
+    for name, helptext in (("build", "build stale components (and the image)"), ("live", "same as build"),
+                           ("ci", "CI entry point: build everything, publish prebuilt components, write a JSON report")):
         b = sub.add_parser(name, help=helptext, parents=[common])
+        if name == "ci":
+            b.add_argument("--report", metavar="FILE", help="JSON report (default: output/ci-report.json)")
+            b.set_defaults(publish=True)
         b.add_argument("components", nargs="*", metavar="COMPONENT")
         b.add_argument("-j", "--jobs", type=int, default=0, help="components built at once (default: workspace.jobs)")
         b.add_argument("-k", "--keep-going", action="store_true",
                        help="after a failure, let other builds finish (default: stop them)")
         b.add_argument("--force", action="store_true", help="rebuild even if up to date; do not restore")
-        b.add_argument("--publish", action="store_true", help="upload artifacts of prebuilt components")
+        if name != "ci":
+            b.add_argument("--publish", action="store_true", help="upload artifacts of prebuilt components")
         b.add_argument("--offline", action="store_true", help="use only the local store")
         b.add_argument("--require-prebuilt", action="store_true",
                        help="a prebuilt component without an artifact is an error")
@@ -257,6 +280,12 @@ def parser() -> argparse.ArgumentParser:
         b.add_argument("--allow-old-platform", action="store_true")
         b.add_argument("-q", "--quiet", action="store_true", help="no progress view")
         b.set_defaults(func=_cmd_build)
+
+    pb = sub.add_parser("publish", help="upload signed artifacts of built, clean prebuilt components",
+                        parents=[common])
+    pb.add_argument("components", nargs="*", metavar="COMPONENT")
+    pb.add_argument("--wait", action="store_true")
+    pb.set_defaults(func=_cmd_publish)
 
     s = sub.add_parser("status", help="up to date or stale, and why", parents=[common])
     s.add_argument("components", nargs="*", metavar="COMPONENT")
