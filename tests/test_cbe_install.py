@@ -358,3 +358,12 @@ def test_build_environment_defaults_to_a_private_scratch_home(tmp_path: Path, ke
     home = Path(env["HOME"])
     assert home != Path("/root-of-the-caller") and home.is_dir() and (home.stat().st_mode & 0o077) == 0
     assert set(env) == {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "PIB_CBE", "PIB_CBE_PREFIX"}
+
+
+def test_unwritable_root_is_a_clear_error(tmp_path: Path, key: Ed25519PrivateKey, store: Path) -> None:
+    t = TinyCbe(tmp_path, key, store, "1", "one")
+    root = tmp_path / "not-a-dir"
+    root.write_text("")
+    with pytest.raises(CbeError) as exc:
+        cbe.ensure(spec_for(root, t.lock), install=True, stores=[store], trusted_keys=[key.public_key()])
+    assert exc.value.reason is Reason.CBE and exc.value.hint

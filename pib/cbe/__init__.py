@@ -8,6 +8,7 @@ complete, minimal environment a build runs with.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -189,7 +190,14 @@ def ensure(
         if state.status not in fixable:
             raise _problem(spec, lock, state, root)
         ctx = Context(root=root, log=log, stores=stores, trusted_keys=trusted_keys)
-        state = _inst.install(lock, root, ctx, replace=update, full=update)
+        try:
+            state = _inst.install(lock, root, ctx, replace=update, full=update)
+        except OSError as exc:
+            raise CbeError(
+                f"cannot install CBE {lock.name} {lock.version} into {root}: {exc.strerror or exc}",
+                where=getattr(spec, "where", None),
+                hint="install it as the owner of the CBE root, or set [cbe] root to a directory you can write",
+            ) from None
         if state.status is not Status.OK:
             raise _problem(spec, lock, state, root)
     assert state.record is not None
@@ -253,17 +261,31 @@ def _user_file(root: Path, version: str, workspace: Path) -> Path:
     return root / ".users" / version / hashlib.sha256(ws.encode()).hexdigest()[:32]
 
 
-def record_user(installed: InstalledCbe, workspace: Path) -> None:
-    """Note that workspace uses this version (shown by `pib cbe ls`, checked by rm)."""
+def record_user(installed: InstalledCbe, workspace: Path) -> bool:
+    """Note that workspace uses this version (shown by `pib cbe ls`, checked by rm).
+
+    Bookkeeping only: returns False when the root is not writable for this
+    user (a shared, read-only CBE root), which must not stop a build.
+    """
     path = _user_file(installed.root, installed.version, workspace)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(str(workspace.resolve()) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        # Sticky and world-writable like /tmp, so every user of a shared root
+        # can register a workspace but not remove another user's.
+        for d in (path.parent.parent, path.parent):
+            if not d.is_dir():
+                d.mkdir(exist_ok=True)
+                os.chmod(d, 0o1777)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(str(workspace.resolve()) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        return False
     # A workspace uses one version at a time: it no longer holds the others.
     for other in path.parent.parent.glob(f"*/{path.name}"):
         if other != path:
-            other.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                other.unlink()
+    return True
 
 
 def forget_user(root: Path, version: str, workspace: Path) -> None:
@@ -277,7 +299,7 @@ def users_of(root: Path, version: str) -> tuple[Path, ...]:
     out: list[Path] = []
     if d.is_dir():
         for f in sorted(d.iterdir()):
-            if f.suffix == ".tmp":
+            if f.name.endswith(".tmp"):
                 continue
             try:
                 ws = Path(f.read_text(encoding="utf-8").strip())
