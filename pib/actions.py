@@ -185,7 +185,7 @@ def build(
         artifacts = _artifacts(cfg, offline=offline, floor=floor, benv=benv)
         report = Builder(cfg, benv, opts, artifacts=artifacts, on_event=on_event).run(plans)
         if report.ok and image and cfg.image is not None and not names:
-            report.image = _image(cfg, plans, report, benv, floor)
+            report.image = _image(cfg, plans, report, benv, floor, force=opts.force)
         return report
 
 
@@ -197,10 +197,11 @@ def _artifacts(cfg: Config, *, offline: bool, floor: FloorCheck, benv: BuildEnv)
     return StoreArtifacts(cfg, offline=offline, floor=floor, benv=benv)
 
 
-def _image(cfg: Config, plans: list[Plan], report: BuildReport, benv: BuildEnv, floor: FloorCheck) -> dict[str, Any]:
+def _image(cfg: Config, plans: list[Plan], report: BuildReport, benv: BuildEnv, floor: FloorCheck,
+           *, force: bool) -> dict[str, Any]:
     from pib.imaging import make_image
 
-    return make_image(cfg, plans, report, benv, floor)
+    return make_image(cfg, plans, report, benv, floor, force=force)
 
 
 # --------------------------------------------------------------------------

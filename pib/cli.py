@@ -142,7 +142,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             print(f"warning: {w}", file=sys.stderr)
         print(summary(report))
         if report.image:
-            print(f"image: {report.image.get('dir')}")
+            print(f"image: {report.image.get('dir')} ({report.image.get('action', 'built')})")
         if report.error is not None:
             policy = "other running builds were allowed to finish" if opts.keep_going else \
                 "other running builds were stopped"

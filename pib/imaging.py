@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform as host_platform
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -72,10 +74,69 @@ def build_image(cfg: Config, info: Mapping[str, Any] | None = None, stamp: str |
         )
 
 
+def image_inputs(cfg: Config, keys: Mapping[str, str]) -> str:
+    """A digest of everything the image is made from, to skip remaking an unchanged image.
+
+    Overlays are fingerprinted by path, mode, size and mtime: any edit shows.
+    """
+    import pib
+    from pib import keys as keymod
+
+    overlays: dict[str, list[tuple[str, int, int, int]]] = {}
+    im = cfg.image
+    assert im is not None
+    for o in im.overlays:
+        entries = []
+        for dirpath, dirnames, filenames in os.walk(o.path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                st = os.lstat(full)
+                entries.append((os.path.relpath(full, o.path), st.st_mode, st.st_size, st.st_mtime_ns))
+        if o.manifest is not None and o.manifest.exists():
+            st = o.manifest.stat()
+            entries.append((str(o.manifest), st.st_mode, st.st_size, st.st_mtime_ns))
+        overlays[str(o.path)] = entries
+    doc = {
+        "components": dict(keys),
+        "image": repr(im),
+        "overlays": overlays,
+        "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
+        "pib": pib.__version__,
+    }
+    return keymod.digest(doc)
+
+
+def _last_image(cfg: Config) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads((cfg.workspace.state_dir / "image.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def _record_image(cfg: Config, inputs: str, image: dict[str, Any]) -> None:
+    path = cfg.workspace.state_dir / "image.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"inputs": inputs, "image": image}, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def make_image(
-    cfg: Config, plans: Sequence[Plan], report: BuildReport, benv: BuildEnv, floor: FloorCheck
+    cfg: Config, plans: Sequence[Plan], report: BuildReport, benv: BuildEnv, floor: FloorCheck,
+    *, force: bool = False,
 ) -> dict[str, Any]:
-    """The image step of `pib build`: build.json gets what the build did."""
+    """The image step of `pib build`: build.json gets what the build did.
+
+    When no input of the image changed since the last one and it is still
+    there, it is not made again (a no-op build stays a no-op).
+    """
+    inputs = image_inputs(cfg, {p.comp.name: p.key for p in plans})
+    last = _last_image(cfg)
+    if (not force and last is not None and last.get("inputs") == inputs
+            and Path(last["image"]["boot_archive"]).is_file()):
+        return {**last["image"], "action": "up-to-date"}
     by_name = {o.component: o for o in report.outcomes}
     info = {
         "workspace": cfg.workspace.name,
@@ -105,7 +166,9 @@ def make_image(
     if "SOURCE_DATE_EPOCH" not in os.environ:
         info["note"] = "SOURCE_DATE_EPOCH unset: the build stamp is the current time"
     res = build_image(cfg, info)
-    return image_json(res)
+    out = image_json(res)
+    _record_image(cfg, inputs, out)
+    return {**out, "action": "built"}
 
 
 def image_json(res: ImageResult) -> dict[str, Any]:
