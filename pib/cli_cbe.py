@@ -152,7 +152,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     from pib import cbe
     from pib.errors import CbeError
 
-    cfg = _config(args, required=args.name is None or args.store is None or args.key is None)
+    cfg = _config(args, required=False)  # flags can stand in for every setting it would give
     name = args.name or (_spec(cfg).name if cfg is not None else None)
     if name is None:
         raise CbeError("no CBE name", hint="pass --name or run inside a workspace with [cbe]")

@@ -143,3 +143,27 @@ def test_cli_verify_catches_a_hand_edit_and_install_update_repairs(tmp_path: Pat
     assert _run(ws, "cbe", "install", "--update", env=env).returncode == 0
     assert _run(ws, "cbe", "verify", "--full", env=env).returncode == 0
     assert pib(ws, "cbe", "ls").returncode == 0
+
+
+def test_cli_outside_a_workspace(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "PIB_SIGNING_KEY"}
+    base = [sys.executable, "-m", "pib"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *args], capture_output=True, text=True, cwd=tmp_path, env=env,
+                              stdin=subprocess.DEVNULL)
+
+    r = cli("cbe", "publish", str(src), "--version", "1", "--name", "x", "--store", str(tmp_path / "store"))
+    assert r.returncode == 7, r.stderr  # no signing key anywhere
+    key, _pub = _keys(tmp_path)
+    r = cli("cbe", "publish", str(tmp_path / "nope"), "--version", "1", "--name", "x",
+            "--store", str(tmp_path / "store"), "--key", str(key))
+    assert r.returncode == 7
+    r = cli("cbe", "publish", str(src), "--version", "1", "--name", "x", "--store", str(tmp_path / "store"),
+            "--key", str(key))
+    assert r.returncode == 0 and 'provider = "tarball"' in r.stdout
+    r = cli("cbe", "ls", "--root", str(tmp_path / "empty-root"), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["versions"] == []
+    assert cli("cbe").returncode == 2
