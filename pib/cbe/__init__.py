@@ -110,9 +110,9 @@ class InstalledVersion:
 
 
 def default_root(name: str) -> Path:
-    """`/opt/<name>` where /opt is writable, else a per-user directory."""
+    """`/opt/<name>` if it exists (a shared root) or /opt is writable, else a per-user directory."""
     opt = Path("/opt") / name
-    if (opt.is_dir() and os.access(opt, os.W_OK)) or (not opt.exists() and os.access("/opt", os.W_OK)):
+    if opt.is_dir() or os.access("/opt", os.W_OK):
         return opt
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "pib" / "cbe" / name
