@@ -104,6 +104,9 @@ def test_flag_day_two_versions_side_by_side_then_a_third(tmp_path: Path) -> None
         assert f"flagcc tool v{n}" in logs
         other = 2 if n == 1 else 1
         assert f"flagcc tool v{other}" not in logs and "DECOY" not in logs
+        # The log records the exact environment: only this version's prefix, no decoy, no /opt/local.
+        assert f"{root}/{n}/bin" in logs and f"{root}/{other}/" not in logs
+        assert str(decoy) not in logs and "/opt/local" not in logs
 
     ws3 = _workspace(tmp_path, 3, root, store, key, pub)
     assert _run(ws3, "cbe", "install", env=env).returncode == 0
