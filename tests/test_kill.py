@@ -1,0 +1,440 @@
+"""SIGKILL the real CLI at many points; the next run must recover and give the same image.
+
+A point is either a marker that a build script writes (and then waits on), or
+a function inside pib: the CLI runs under a small launcher that, on the n-th
+call of that function, writes a marker and sleeps. The test then stops and
+SIGKILLs pib and every process under it (build scripts run in their own
+session, so killing one process group would leave them behind), checks that
+nothing half-made is in place (proto areas, outputs, store entries, CBE
+prefixes), and runs pib again: it must succeed with the boot archive of a
+clean build made with the same SOURCE_DATE_EPOCH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pib import cbe
+from pib.archive import sha256_file
+from pib.artifacts import read_metadata
+from pib.cbe import CbeSpec, CbeStateError
+from pib.signing import load_public_key
+from pib.store.local import LocalStore
+from tests.gitutil import make_repo
+from tests.reliability import tally
+from tests.test_cbe_pip import make_wheel
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCH = "1767225600"  # 2026-01-01
+
+STEP = """\
+step() {
+  M="$PIB_WORKSPACE/marks"
+  if [ -d "$M" ]; then
+    echo $$ > "$M/$PIB_COMPONENT.$1"
+    while [ -e "$M/$PIB_COMPONENT.$1.hold" ]; do sleep 0.02; done
+  fi
+}
+"""
+
+BASE_BUILD = "#!/bin/sh\nset -e\n" + STEP + """\
+step start
+mkdir -p "$DESTDIR/etc" "$DESTDIR/bin" "$DESTDIR/share"
+printf 'root:x:0:0::/root:/bin/sh\\n' > "$DESTDIR/etc/passwd"
+printf 'root::0:\\nsys::3:\\n' > "$DESTDIR/etc/group"
+cp data "$DESTDIR/share/data"
+step half
+cp tool.sh "$DESTDIR/bin/tool"
+chmod 755 "$DESTDIR/bin/tool"
+cp data "$DESTDIR/share/data2"
+step end
+"""
+
+BASE_MANIFEST = """\
+d etc 0755 root sys
+f etc/passwd 0644 root sys
+f etc/group 0644 root sys
+d bin 0755 root sys
+f bin/tool 0755 root sys
+d share 0755 root sys
+f share/data 0644 root sys
+f share/data2 0644 root sys
+"""
+
+EXTRA_BUILD = "#!/bin/sh\nset -e\n" + STEP + """\
+step start
+mkdir -p "$DESTDIR/usr/lib"
+cp "$PIB_DEP_BASE/share/data" "$DESTDIR/usr/lib/libx.so"
+step half
+ln -s libx.so "$DESTDIR/usr/lib/libx.so.1"
+step end
+"""
+
+EXTRA_MANIFEST = """\
+d usr 0755 root sys
+d usr/lib 0755 root sys
+f usr/lib/libx.so 0755 root sys
+s usr/lib/libx.so.1=libx.so
+"""
+
+# Runs the CLI with one function wrapped: on its n-th call (whose first argument
+# contains `match`, if given) it writes the marker and waits to be killed.
+LAUNCHER = """\
+import importlib, os, sys, threading, time
+sys.path.insert(0, {repo!r})
+spec = os.environ["PIB_KILL_AT"]
+mark = os.environ["PIB_KILL_MARK"]
+mod_name, attr, nth, match = (spec.split("|") + [""])[:4]
+owner = importlib.import_module(mod_name)
+parts = attr.split(".")
+for p in parts[:-1]:
+    owner = getattr(owner, p)
+orig = getattr(owner, parts[-1])
+count = [0]
+guard = threading.Lock()
+def hook(*args, **kwargs):
+    if not match or (args and match in str(args[0])):
+        with guard:
+            count[0] += 1
+            hit = count[0] == int(nth)
+        if hit:
+            with open(mark, "w") as fh:
+                fh.write(str(os.getpid()))
+            while True:
+                time.sleep(1)
+    return orig(*args, **kwargs)
+setattr(owner, parts[-1], hook)
+from pib.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def tree_digest(root: Path) -> str:
+    """Names, kinds, modes and contents of a tree (what an image or a restore depends on)."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            st = p.lstat()
+            h.update(f"{p.relative_to(root)}\0{st.st_mode & 0o170777:o}\0".encode())
+            if p.is_symlink():
+                h.update(os.readlink(p).encode())
+            elif p.is_file():
+                h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Kit:
+    root: Path
+    env: dict[str, str]
+    launcher: Path
+    wheels: Path
+    wheel_sha: str
+    refs: dict[str, tuple[str, dict[str, str]]]  # flavour -> (boot archive hash, proto digests)
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIB_", "XDG_", "CI"))}
+    env.update({
+        "HOME": str(root / "home"),
+        "XDG_CACHE_HOME": str(root / "home" / "cache"),
+        "XDG_CONFIG_HOME": str(root / "home" / "config"),
+        "SOURCE_DATE_EPOCH": EPOCH,
+        "PYTHONPATH": str(REPO),
+    })
+    return env
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
+    root = tmp_path_factory.mktemp("kill")
+    rnd = random.Random(141)
+    data = bytes(rnd.getrandbits(8) for _ in range(96 * 1024)) * 4
+    base = make_repo(root / "repos" / "base", {"build.sh": BASE_BUILD, "manifest": BASE_MANIFEST,
+                                               "tool.sh": "#!/bin/sh\necho tool\n"})
+    (base / "data").write_bytes(data)
+    subprocess.run(["git", "-C", str(base), "add", "data"], check=True)
+    subprocess.run(["git", "-C", str(base), "commit", "-qm", "data"], check=True)
+    make_repo(root / "repos" / "extra", {"build.sh": EXTRA_BUILD, "manifest": EXTRA_MANIFEST})
+    launcher = root / "launch.py"
+    launcher.write_text(LAUNCHER.format(repo=str(REPO)))
+    _, sha = make_wheel(root / "wheels", "tinytool", "1.0")
+    k = Kit(root, _env(root), launcher, root / "wheels", sha, {})
+    for flavour in ("plain", "cbe"):
+        ws = new_ws(k, f"ref-{flavour}", cbe=flavour == "cbe")
+        assert pib(k, ws, "configure").returncode == 0
+        r = pib(k, ws, "build", "--json")
+        assert r.returncode == 0, r.stderr
+        k.refs[flavour] = (json.loads(r.stdout)["image"]["sha256"], protos(ws))
+    return k
+
+
+def protos(ws: Path) -> dict[str, str]:
+    return {n: tree_digest(ws / f"proto.{n}") for n in ("base", "extra") if (ws / f"proto.{n}").is_dir()}
+
+
+def new_ws(k: Kit, name: str, *, cbe: bool = False) -> Path:
+    ws = k.root / name
+    ws.mkdir()
+    (ws / "marks").mkdir()
+    text = f"""\
+[platform]
+min_version = "1"
+
+[local_store]
+path = "store"
+
+[components.base]
+source = "{k.root}/repos/base"
+build = ["./build.sh"]
+manifest = "manifest"
+prebuilt = true
+
+[components.extra]
+source = "{k.root}/repos/extra"
+build = ["./build.sh"]
+manifest = "manifest"
+depends = ["base"]
+
+[image]
+compression = "zstd"
+"""
+    if cbe:
+        text += '\n[cbe]\nname = "pytools"\nversion = "1"\nroot = "cbe-root"\nlock = "cbe.lock.toml"\n'
+        (ws / "cbe.lock.toml").write_text(
+            'format = 1\nname = "pytools"\nversion = "1"\nprovider = "pip"\n\n'
+            f'[pip]\nfind_links = ["{k.wheels}"]\n\n'
+            f'[[packages]]\nname = "tinytool"\nversion = "1.0"\nsha256 = "{k.wheel_sha}"\n')
+    (ws / "pib.toml").write_text(text)
+    return ws
+
+
+def pib(k: Kit, ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pib", "-C", str(ws), *args], capture_output=True, text=True,
+                          env=k.env, stdin=subprocess.DEVNULL, timeout=300)
+
+
+# --------------------------------------------------------------------------
+# Killing
+
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            out.setdefault(ppid, []).append(int(d.name))
+    return out
+
+
+def _tree(pid: int) -> list[int]:
+    kids = _children()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def kill_tree(proc: subprocess.Popen[str]) -> None:
+    """Freeze pib and everything under it, then SIGKILL them all."""
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in _tree(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+    proc.wait(timeout=30)
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    command: str  # build | configure
+    script: str = ""  # COMPONENT.STEP of a build script
+    func: str = ""  # module|attr|n[|match] for the launcher
+    before: str = ""  # how to prepare the workspace: "" | built | clobbered | rebuild
+    cbe: bool = False
+    witness: str = ""  # a glob (under the workspace) that shows the kill hit what the name says
+
+
+POINTS = [
+    # A component build.
+    Point("build script started", "build", script="base.start"),
+    Point("build script half-way through its output", "build", script="base.half", witness=".proto.base.pib-new/share/data"),
+    Point("second component half-built, first finished", "build", script="extra.half", witness="proto.base/bin/tool"),
+    Point("rebuild after a source change, half-way", "build", script="base.half", before="rebuild", witness="proto.base/bin/tool"),
+    Point("built tree complete, not yet swapped in", "build", func="pib.build|replace_dir|1", witness=".proto.base.pib-new/bin/tool"),
+    Point("proto area swapped in, build not recorded", "build", func="pib.state|save|1", witness="proto.base/bin/tool"),
+    # Packing into the local store.
+    Point("packing a fresh build", "build", func="pib.archive|pack|1"),
+    Point("packed, not yet in the local store", "build", func="pib.store.local|LocalStore.put|1", witness=".proto.base.publish-*/*.tar.zst"),
+    Point("local store: staging the archive", "build", func="pib.store.local|_link_or_copy|1"),
+    # Restoring from the local store.
+    Point("restore: reading metadata", "build", func="pib.artifacts|_restore_from|1", before="clobbered"),
+    Point("restore: verified, about to extract", "build", func="pib.archive|unpack|1", before="clobbered"),
+    Point("restore: extracting", "build", func="pib.archive|_write_all|1", before="clobbered",
+          witness=".proto.base.unpack-*/stream"),
+    Point("restore: extracted, not yet swapped in", "build", func="pib.archive|_replace_dir|1",
+          before="clobbered", witness=".proto.base.unpack-*/tree/bin/tool"),
+    # Writing the image.
+    Point("image: resolving manifests", "build", func="pib.image|resolve|1"),
+    Point("image: boot archive opened", "build", func="pib.image|write_cpio|1"),
+    Point("image: boot archive half-written", "build", func="pib.image|_HashingFile.write|1",
+          witness="output/.pib-tmp-*/platform-*/boot_archive"),
+    Point("image: writing the tarball", "build", func="pib.image|_write_tgz|1"),
+    Point("image: complete, not yet renamed", "build", func="pib.image|_replace|1",
+          witness="output/.pib-tmp-*.tgz"),
+    Point("image: written, not yet recorded", "build", func="pib.imaging|_record_image|1",
+          witness="output/platform-*/boot_archive"),
+    Point("image: old image moved aside, new one not in place", "build --force", func="os|rename|2|platform-",
+          before="built", witness="output/.pib-tmp-*/old/boot_archive"),
+    # Installing the build environment.
+    Point("CBE: pip packages installed, lock files not written", "configure", func="pib.cbe.providers.pip|write_files|1",
+          cbe=True),
+    Point("CBE: populated, install record not written", "configure", func="pib.cbe.install|_write_record|1",
+          cbe=True),
+    Point("CBE: recorded, not yet renamed into place", "configure", func="os|rename|1|@", cbe=True,
+          witness="cbe-root/.tmp/1@*/prefix/.pib/install.json"),
+]
+
+
+def _prepare(k: Kit, ws: Path, before: str) -> None:
+    if not before:
+        return
+    assert pib(k, ws, "build").returncode == 0
+    if before == "clobbered":
+        assert pib(k, ws, "clobber", "base").returncode == 0
+    elif before == "rebuild":
+        (ws / "projects" / "base" / "tool.sh").write_text("#!/bin/sh\necho changed\n")
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            _out, err = proc.communicate()
+            raise AssertionError(f"pib exited ({proc.returncode}) before reaching the point: {err[-2000:]}")
+        if time.monotonic() > end:
+            kill_tree(proc)
+            raise AssertionError("the point was never reached")
+        time.sleep(0.01)
+
+
+def _machine_key(k: Kit) -> Path:
+    return Path(k.env["XDG_CONFIG_HOME"]) / "pib" / "machine.pub"
+
+
+def check_store(k: Kit, store_dir: Path) -> int:
+    """Every entry the local store would serve verifies; returns how many."""
+    if not store_dir.exists():
+        return 0
+    store = LocalStore(store_dir)
+    keys = [load_public_key(_machine_key(k))]
+    n = 0
+    for e in store.list():
+        meta = read_metadata(store.get_meta(e.component, e.key), keys, component=e.component, key=e.key)
+        got = store_dir / ".check"
+        got.mkdir(exist_ok=True)
+        archive, _ = store.get(e.component, e.key, got)
+        assert sha256_file(archive) == (meta.archive_sha256, meta.archive_size)
+        archive.unlink()
+        n += 1
+    return n
+
+
+def check_nothing_half(k: Kit, ws: Path, flavour: str) -> None:
+    ref_hash, ref_protos = k.refs[flavour]
+    for name, digest in protos(ws).items():
+        assert digest == ref_protos[name], f"proto.{name} is in place but not a complete build"
+    for name in ("base", "extra"):
+        if (ws / ".pib" / "state" / f"{name}.json").exists():
+            assert (ws / f"proto.{name}").is_dir(), f"{name} recorded as built without its proto area"
+    out = ws / "output"
+    for d in out.glob("platform-*"):
+        if d.is_symlink():
+            if d.exists():
+                assert (d / "boot_archive.hash").is_file()
+        elif d.is_dir():
+            assert (d / "boot_archive.hash").read_text().strip() == ref_hash
+            assert sha256_file(d / "boot_archive")[0] == ref_hash
+        elif d.name.endswith(".tgz"):
+            with tarfile.open(d) as tf:
+                assert any(m.name.endswith("/boot_archive") for m in tf.getmembers())
+    check_store(k, ws / "store")
+    if flavour == "cbe":
+        spec = CbeSpec("pytools", "1", ws / "cbe-root", ws / "cbe.lock.toml")
+        # Missing or half-installed is fine (configure replaces it); "ok" with wrong contents is not.
+        with contextlib.suppress(CbeStateError):
+            cbe.verify_full(spec)
+
+
+def check_recovered(k: Kit, ws: Path, flavour: str) -> None:
+    if flavour == "cbe":
+        r = pib(k, ws, "configure")
+        assert r.returncode == 0, r.stderr
+        cbe.verify_full(CbeSpec("pytools", "1", ws / "cbe-root", ws / "cbe.lock.toml"))
+        assert not [p for p in (ws / "cbe-root" / ".tmp").iterdir() if "@" in p.name.split("trash")[0]]
+    r = pib(k, ws, "build", "--json")
+    assert r.returncode == 0, r.stderr
+    ref_hash, ref_protos = k.refs[flavour]
+    assert json.loads(r.stdout)["image"]["sha256"] == ref_hash
+    assert protos(ws) == ref_protos
+    leftovers = [p.name for p in ws.iterdir() if p.name.startswith(".proto.")]
+    assert not leftovers, f"temporaries left beside the proto areas: {leftovers}"
+    assert not list((ws / "output").glob(".pib-tmp-*"))
+    assert check_store(k, ws / "store") >= 1
+
+
+@pytest.mark.parametrize("point", POINTS, ids=[p.name for p in POINTS])
+def test_kill_then_rebuild(kit: Kit, point: Point) -> None:
+    flavour = "cbe" if point.cbe else "plain"
+    with tally("kill", point.name):
+        ws = new_ws(kit, "ws-" + hashlib.sha1(point.name.encode()).hexdigest()[:10], cbe=point.cbe)
+        if point.command.startswith("build"):
+            assert pib(kit, ws, "configure").returncode == 0
+        _prepare(kit, ws, point.before)
+        env = dict(kit.env)
+        if point.script:
+            (ws / "marks" / f"{point.script}.hold").touch()
+            mark = ws / "marks" / point.script
+            argv = [sys.executable, "-m", "pib"]
+        else:
+            mark = ws / "marks" / "func"
+            env.update(PIB_KILL_AT=point.func, PIB_KILL_MARK=str(mark))
+            argv = [sys.executable, str(kit.launcher)]
+        proc = subprocess.Popen([*argv, "-C", str(ws), *point.command.split()], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _wait_for(mark, proc)
+        finally:
+            if proc.poll() is None:
+                kill_tree(proc)
+            for hold in (ws / "marks").glob("*.hold"):
+                hold.unlink()
+        if point.witness:
+            assert list(ws.glob(point.witness)), f"killed, but not at the point: nothing matches {point.witness}"
+        if point.before == "rebuild":
+            (ws / "projects" / "base" / "tool.sh").write_text("#!/bin/sh\necho tool\n")
+        check_nothing_half(kit, ws, flavour)
+        check_recovered(kit, ws, flavour)
