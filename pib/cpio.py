@@ -52,9 +52,10 @@ class Writer:
 
     def flush(self) -> None:
         if self._buf:
-            self.size += len(self._buf)
-            self._sink.write(bytes(self._buf))
-            self._buf.clear()
+            # Hand the buffer itself over and start a new one: no copy.
+            buf, self._buf = self._buf, bytearray()
+            self.size += len(buf)
+            self._sink.write(buf)
 
     def directory(self, name: str, *, ino: int, perm: int, uid: int, gid: int, mtime: int) -> None:
         self._put(header(name.encode(), ino=ino, mode=stat.S_IFDIR | perm, uid=uid, gid=gid, nlink=2,
@@ -86,9 +87,15 @@ class Writer:
 
     def file(self, name: str, content: bytes, *, ino: int, perm: int, uid: int, gid: int, mtime: int,
              nlink: int = 1) -> None:
-        self.file_header(name, ino=ino, perm=perm, uid=uid, gid=gid, mtime=mtime, size=len(content), nlink=nlink)
-        self.data(content)
-        self.end_data(len(content))
+        # The common case (a small file read whole) in one go: this runs once per file.
+        size = len(content)
+        buf = self._buf
+        buf += header(name.encode(), ino=ino, mode=stat.S_IFREG | perm, uid=uid, gid=gid, nlink=nlink,
+                      mtime=mtime, size=size)
+        buf += content
+        buf += _PAD[size % 4]
+        if len(buf) >= self._limit:
+            self.flush()
 
     def finish(self) -> None:
         """Write the trailer and flush; the kernel stops at TRAILER!!!."""

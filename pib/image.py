@@ -508,6 +508,21 @@ def _link_groups(entries: Sequence[Resolved]) -> dict[str, list[str]]:
     return groups
 
 
+def _read_whole(r: Resolved) -> bytes:
+    """A small file in one read of size+1 bytes, which also proves it has not grown."""
+    if r.content is not None:
+        return r.content
+    assert r.source is not None
+    fd = os.open(r.source, os.O_RDONLY)
+    try:
+        data = os.read(fd, r.size + 1)
+    finally:
+        os.close(fd)
+    if len(data) != r.size:
+        raise _changed(r)
+    return data
+
+
 def write_cpio(resolution: Resolution, sink: cpio.Sink, mtime: int) -> _Written:
     """The newc stream in path order, hashing each file while it is copied."""
     entries = resolution.entries
@@ -517,45 +532,61 @@ def write_cpio(resolution: Resolution, sink: cpio.Sink, mtime: int) -> _Written:
     ino_of: dict[str, int] = {}
     digests: dict[str, str] = {}
     w = cpio.Writer(sink)
-    records: list[Record] = []
+    sha256 = hashlib.sha256
     for ino, r in enumerate(entries, 1):
         e = r.entry
-        if e.kind is Kind.DIR:
+        kind = e.kind
+        if kind is Kind.FILE and e.path not in links:
+            if r.size < _CHUNK:
+                data = _read_whole(r)
+                digests[e.path] = sha256(data).hexdigest()
+                w.file(e.path, data, ino=ino, perm=e.mode, uid=r.uid, gid=r.gid, mtime=mtime)
+            else:
+                w.file_header(e.path, ino=ino, perm=e.mode, uid=r.uid, gid=r.gid, mtime=mtime, size=r.size)
+                h = sha256()
+                for chunk in _read_file(r):
+                    h.update(chunk)
+                    w.data(chunk)
+                w.end_data(r.size)
+                digests[e.path] = h.hexdigest()
+        elif kind is Kind.DIR:
             w.directory(e.path, ino=ino, perm=e.mode, uid=r.uid, gid=r.gid, mtime=mtime)
-            records.append(Record(e.path, Kind.DIR, e.mode, *_owner(r)))
-        elif e.kind is Kind.SYMLINK:
+        elif kind is Kind.SYMLINK:
             w.symlink(e.path, e.target, ino=ino, uid=0, gid=0, mtime=mtime)
-            records.append(Record(e.path, Kind.SYMLINK, 0o777, "root:root", "0:0", len(e.target.encode()),
-                                  None, e.target))
         else:
-            target = by_path[e.target] if e.kind is Kind.HARDLINK else r
-            group = links.get(target.entry.path)
-            file_ino = ino_of.setdefault(target.entry.path, ino)
-            nlink = len(group) if group else 1
-            carries = group is None or carrier.get(e.path) == target.entry.path
+            # A member of a hard-link group: one inode, nlink names, data with the last name only.
+            target = by_path[e.target] if kind is Kind.HARDLINK else r
+            tpath = target.entry.path
+            file_ino = ino_of.setdefault(tpath, ino)
+            carries = carrier.get(e.path) == tpath
             size = target.size if carries else 0
             w.file_header(e.path, ino=file_ino, perm=target.entry.mode, uid=target.uid, gid=target.gid,
-                          mtime=mtime, size=size, nlink=nlink)
+                          mtime=mtime, size=size, nlink=len(links[tpath]))
             if carries:
-                h = hashlib.sha256()
+                h = sha256()
                 for chunk in _read_file(target):
                     h.update(chunk)
                     w.data(chunk)
                 w.end_data(size)
-                digests[target.entry.path] = h.hexdigest()
-            if e.kind is Kind.FILE:
-                records.append(Record(e.path, Kind.FILE, e.mode, *_owner(r), r.size, None))
-            else:
-                records.append(Record(e.path, Kind.HARDLINK, target.entry.mode, *_owner(target), target.size,
-                                      None, e.target))
+                digests[tpath] = h.hexdigest()
     w.finish()
-    out = []
-    for rec in records:
-        if rec.kind in (Kind.FILE, Kind.HARDLINK):
-            rec = Record(rec.path, rec.kind, rec.mode, rec.owner, rec.ids, rec.size,
-                         digests[rec.target or rec.path], rec.target)
-        out.append(rec)
-    return _Written(out, w.size)
+    return _Written(_records(entries, by_path, digests), w.size)
+
+
+def _records(entries: Sequence[Resolved], by_path: Mapping[str, Resolved], digests: Mapping[str, str]) -> list[Record]:
+    out: list[Record] = []
+    for r in entries:
+        e = r.entry
+        if e.kind is Kind.DIR:
+            out.append(Record(e.path, Kind.DIR, e.mode, *_owner(r)))
+        elif e.kind is Kind.SYMLINK:
+            out.append(Record(e.path, Kind.SYMLINK, 0o777, "root:root", "0:0", len(e.target.encode()), None, e.target))
+        elif e.kind is Kind.FILE:
+            out.append(Record(e.path, Kind.FILE, e.mode, *_owner(r), r.size, digests[e.path]))
+        else:
+            t = by_path[e.target]
+            out.append(Record(e.path, Kind.HARDLINK, t.entry.mode, *_owner(t), t.size, digests[e.target], e.target))
+    return out
 
 
 def _chmod_writable(func: Any, path: str, exc: Any) -> None:
