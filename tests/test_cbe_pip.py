@@ -92,3 +92,12 @@ def test_bad_pip_lock_is_a_clear_error_and_installs_nothing(tmp_path: Path, whee
     assert exc.value.reason is Reason.CBE
     assert exc.value.where is not None and exc.value.where.line == 9  # the [[packages]] entry
     assert not (root / "1").exists() and cbe.list_installed(root) == []
+
+
+@pytest.mark.integration
+def test_real_toolchain_from_pypi(tmp_path: Path) -> None:
+    lock = Path(__file__).resolve().parents[1] / "examples" / "platform" / "cbe" / "ninja.lock.toml"
+    inst = cbe.ensure(CbeSpec("pib-tools", "ninja-1.11.1.1", tmp_path / "root", lock), install=True)
+    out = run(["ninja", "--version"], env=cbe.build_environment(inst, home=tmp_path), capture=True).stdout
+    assert out.strip().startswith("1.11.1")
+    assert (inst.prefix / "bin" / "ninja").is_file()
