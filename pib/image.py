@@ -889,10 +889,15 @@ def assemble(
         link_tmp = tmp / "latest"
         os.symlink(name, link_tmp)
         os.replace(link_tmp, latest)
-    except BaseException:
+    except BaseException as exc:
         remove_tree(tmp)
         with contextlib.suppress(FileNotFoundError):
             tgz_tmp.unlink()
+        if isinstance(exc, OSError):
+            # A full disk or an unwritable output directory: a user's problem, not a bug.
+            raise PibError(f"cannot write the image under {output_root}: {exc.strerror or exc}",
+                           reason=Reason.IMAGE,
+                           hint="free space there (or set workspace.output_dir), then run pib build again") from exc
         raise
     remove_tree(tmp)
     timings["total"] = time.monotonic() - t0

@@ -192,13 +192,17 @@ class StoreArtifacts:
 
     def keep(self, plan: Plan, proto: Path, log: Log) -> None:
         try:
-            artifacts.publish(
+            out = artifacts.publish(
                 plan.comp.name, plan.key, plan.doc, proto, [self.local], self._signer,
                 dirty=plan.source.dirty, builder_platform=str(self.floor.host), cbe_info=self.cbe_info,
                 remote=False, log=log,
             )
         except PibError as exc:
             self._warn(f"could not keep {plan.comp.name} in the local store: {exc.message}")
+            return
+        # A store that refused the entry (e.g. a full disk) reports it in the outcome, not by raising.
+        for prob in out.problems:
+            self._warn(f"could not keep {plan.comp.name} in the local store: {prob.message}")
 
     def publish(self, plan: Plan, proto: Path, log: Log) -> tuple[str, ...]:
         return publish_one(self.cfg, plan, proto, log, self.remotes, self.floor, self.cbe_info)

@@ -190,22 +190,25 @@ def protos(ws: Path) -> dict[str, str]:
     return {n: tree_digest(ws / f"proto.{n}") for n in ("base", "extra") if (ws / f"proto.{n}").is_dir()}
 
 
-def new_ws(k: Kit, name: str, *, cbe: bool = False) -> Path:
+def new_ws(k: Kit, name: str, *, cbe: bool = False, store: str = "store", base_proto: str = "proto.base",
+           top: str = "") -> Path:
     ws = k.root / name
     ws.mkdir()
     (ws / "marks").mkdir()
     text = f"""\
+{top}
 [platform]
 min_version = "1"
 
 [local_store]
-path = "store"
+path = "{store}"
 
 [components.base]
 source = "{k.root}/repos/base"
 build = ["./build.sh"]
 manifest = "manifest"
 prebuilt = true
+proto = "{base_proto}"
 
 [components.extra]
 source = "{k.root}/repos/extra"
