@@ -180,7 +180,8 @@ def _clean_stale(root: Path, version: str) -> None:
     """Leftovers of killed installs of this version (we hold its lock)."""
     tmp = root / ".tmp"
     if tmp.is_dir():
-        for p in tmp.glob(f"{version}@*"):
+        # Also trash a killed removal left; removing it twice at once is harmless.
+        for p in [*tmp.glob(f"{version}@*"), *tmp.glob("trash@*")]:
             _rmtree(p)
 
 
