@@ -153,12 +153,12 @@ def locked(root: Path, version: str) -> Iterator[None]:
 
 
 def _discard(root: Path, path: Path) -> None:
-    """Remove a directory by first renaming it out of sight."""
+    """Remove a version's directory by first renaming it out of sight (hold its lock)."""
     if not path.exists() and not path.is_symlink():
         return
     tmp = root / ".tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    trash = Path(tempfile.mkdtemp(prefix="trash@", dir=tmp))
+    trash = Path(tempfile.mkdtemp(prefix=f"trash@{path.name}@", dir=tmp))
     target = trash / "x"
     os.rename(path, target)
     _rmtree(trash)
@@ -180,8 +180,8 @@ def _clean_stale(root: Path, version: str) -> None:
     """Leftovers of killed installs of this version (we hold its lock)."""
     tmp = root / ".tmp"
     if tmp.is_dir():
-        # Also trash a killed removal left; removing it twice at once is harmless.
-        for p in [*tmp.glob(f"{version}@*"), *tmp.glob("trash@*")]:
+        # Also what a killed removal or replacement of this version left.
+        for p in [*tmp.glob(f"{version}@*"), *tmp.glob(f"trash@{version}@*")]:
             _rmtree(p)
 
 
