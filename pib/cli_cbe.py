@@ -92,11 +92,12 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
     root, cfg = _root(args)
     current = cfg.cbe.version if cfg is not None and cfg.cbe is not None else None
-    rows = cbe.list_installed(root)
+    rows = cbe.list_installed(root, check=True)
     if want_json(args):
         emit_json({"root": str(root), "versions": [
             {"version": r.version, "name": r.name, "provider": r.provider, "lock_digest": r.lock_digest,
-             "installed_at": r.installed_at, "complete": r.complete, "users": [str(u) for u in r.users],
+             "installed_at": r.installed_at, "complete": r.complete, "state": r.state,
+             "problems": list(r.problems[:20]), "users": [str(u) for u in r.users],
              "current": r.version == current}
             for r in rows]})
         return 0
@@ -105,8 +106,8 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         print("no versions installed")
     for r in rows:
         mark = "*" if r.version == current else " "
-        state = r.provider if r.complete else "HALF-INSTALLED"
-        print(f"{mark} {r.version:<16} {state:<8} {r.lock_digest[:12]:<12} {r.installed_at}")
+        print(f"{mark} {r.version:<16} {r.provider or '-':<8} {r.state:<15} {r.lock_digest[:12] or '-':<12} "
+              f"{r.installed_at}")
         for u in r.users:
             print(f"      used by {u}")
     return 0

@@ -367,3 +367,16 @@ def test_unwritable_root_is_a_clear_error(tmp_path: Path, key: Ed25519PrivateKey
     with pytest.raises(CbeError) as exc:
         cbe.ensure(spec_for(root, t.lock), install=True, stores=[store], trusted_keys=[key.public_key()])
     assert exc.value.reason is Reason.CBE and exc.value.hint
+
+
+def test_list_with_check_reports_each_versions_state(tmp_path: Path, key: Ed25519PrivateKey,
+                                                     store: Path) -> None:
+    root = tmp_path / "root"
+    for version in ("1", "2"):
+        t = TinyCbe(tmp_path / version, key, store, version, f"v{version}")
+        cbe.ensure(spec_for(root, t.lock, version), install=True, stores=[store], trusted_keys=[key.public_key()])
+    (root / "2" / "bin" / "extra").write_text("")
+    (root / "3").mkdir()
+    states = {v.version: v.state for v in cbe.list_installed(root, check=True)}
+    assert states == {"1": "ok", "2": "modified", "3": "half-installed"}
+    assert {v.version: v.state for v in cbe.list_installed(root)} == {"1": "", "2": "", "3": ""}

@@ -107,6 +107,8 @@ class InstalledVersion:
     installed_at: str
     users: tuple[Path, ...]
     complete: bool             # False: half-installed (no valid record)
+    state: str = ""            # with check=True: ok, modified, half-installed
+    problems: tuple[str, ...] = ()
 
 
 def default_root(name: str) -> Path:
@@ -310,7 +312,9 @@ def users_of(root: Path, version: str) -> tuple[Path, ...]:
     return tuple(sorted(out))
 
 
-def list_installed(root: Path) -> list[InstalledVersion]:
+def list_installed(root: Path, *, check: bool = False) -> list[InstalledVersion]:
+    """Installed versions under root; `check` also runs each one's cheap check
+    against the copy of the lock it was installed from."""
     out: list[InstalledVersion] = []
     if not root.is_dir():
         return out
@@ -318,6 +322,10 @@ def list_installed(root: Path) -> list[InstalledVersion]:
         if p.name.startswith(".") or not p.is_dir():
             continue
         rec = _inst.read_record(p)
+        state: str = ""
+        problems: tuple[str, ...] = ()
+        if check:
+            state, problems = _state_of(p, rec)
         out.append(InstalledVersion(
             version=p.name,
             name=str(rec.get("name", "")) if rec else "",
@@ -326,8 +334,21 @@ def list_installed(root: Path) -> list[InstalledVersion]:
             installed_at=str(rec.get("installed_at", "")) if rec else "",
             users=users_of(root, p.name),
             complete=rec is not None,
+            state=state,
+            problems=problems,
         ))
     return out
+
+
+def _state_of(prefix: Path, record: Mapping[str, object] | None) -> tuple[str, tuple[str, ...]]:
+    if record is None:
+        return Status.HALF.value, ()
+    try:
+        lock = load(prefix / _inst.RECORD_DIR / "lock.toml")
+    except CbeError as exc:
+        return Status.MODIFIED.value, (exc.message,)
+    state = _inst.check(prefix, lock)
+    return state.status.value, state.problems
 
 
 def remove(root: Path, version: str, *, force: bool = False) -> None:
