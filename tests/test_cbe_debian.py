@@ -48,8 +48,9 @@ def test_gcc11_and_gcc12_side_by_side_compile_static_programs(tmp_path: Path) ->
         src.write_text(HELLO)
         env = build_environment(inst, home=tmp_path)
         assert env["PATH"].split(":")[0] == str(inst.prefix / "bin")
-        run(["cc", "-static", "-O2", "-o", tmp_path / f"hello{major}", src], env=env, cwd=tmp_path,
-            reason=Reason.BUILD)
+        # `env -i`: nothing but the CBE's PATH reaches the compiler.
+        run(["env", "-i", f"PATH={inst.path}", "cc", "-static", "-O2", "-o", tmp_path / f"hello{major}", src],
+            env=env, cwd=tmp_path, reason=Reason.BUILD)
         # Runs with an empty environment: static, no loader, no prefix needed.
         out = subprocess.run([tmp_path / f"hello{major}"], env={}, capture_output=True, text=True, check=True)
         outputs[major] = out.stdout.strip()
