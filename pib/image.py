@@ -30,7 +30,7 @@ from typing import IO, Any, BinaryIO, Literal, cast
 
 from pib import cpio
 from pib.errors import ConfigError, Location, ManifestError, PibError, Reason
-from pib.manifest import Entry, Kind, Manifest, Record, format_image_manifest, parse_file, union
+from pib.manifest import Entry, Kind, Manifest, Record, check_path, format_image_manifest, parse_file, union
 from pib.run import Log, minimal_env, run
 
 _STAMP = re.compile(r"^\d{8}T\d{6}Z$")
@@ -216,6 +216,7 @@ def resolve(
     release: Entry | None = None
     if spec.release_file:
         rel_where = spec.where or Location("<image>")
+        check_path(spec.release_file, rel_where, "image.release_file")
         release = Entry(Kind.FILE, spec.release_file, 0o444, "root", "root", where=rel_where, component=GENERATED)
         clash = next((e for e in entries if e.path == spec.release_file), None)
         if clash is not None:
@@ -747,8 +748,12 @@ def clean_stale(output_root: Path) -> None:
     for p in output_root.iterdir():
         if p.name.startswith(_TMP_PREFIX):
             pid = p.name[len(_TMP_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                remove_tree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                remove_tree(p)
+            else:
+                p.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -848,6 +853,7 @@ def assemble(
         kernel_facts = []
         area_by_name = {a.name: a for a in areas}
         for k in spec.kernels:
+            check_path(k.path, spec.where or Location("<image>"), "image.kernel path")
             area = area_by_name.get(k.component)
             src = area.path / k.path if area is not None else None
             if src is None or not src.is_file():

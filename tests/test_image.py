@@ -407,3 +407,27 @@ def test_buildstamp_from_source_date_epoch() -> None:
     with pytest.raises(PibError) as exc2:
         stamp_epoch("2026-01-01")
     assert exc2.value.reason is Reason.IMAGE
+
+
+@pytest.mark.parametrize("bad", [{"release_file": "/etc/pib-release"}, {"release_file": "etc/../x"}])
+def test_bad_release_file_setting(ws: dict[str, Path], bad: dict[str, str]) -> None:
+    with pytest.raises(PibError) as exc:
+        resolve(_spec(ws, **bad), _areas(ws))
+    assert exc.value.reason is Reason.MANIFEST
+
+
+def test_release_file_can_be_moved_or_disabled(ws: dict[str, Path]) -> None:
+    moved = resolve(_spec(ws, release_file="var/release"), _areas(ws), buildstamp=STAMP)
+    by = {r.entry.path: r for r in moved.entries}
+    assert by["var/release"].content == f"PIB_BUILDSTAMP={STAMP}\n".encode()
+    assert "etc/pib-release" not in by
+    off = resolve(_spec(ws, release_file=""), _areas(ws))
+    assert not [r for r in off.entries if r.origin == "pib"]
+
+
+def test_kernel_path_may_not_escape(ws: dict[str, Path]) -> None:
+    with pytest.raises(PibError) as exc:
+        assemble(_spec(ws, kernels=(KernelSpec("base", "../proto.extra/usr/lib/libsmall.so"),)), _areas(ws),
+                 ws["root"] / "out", STAMP, {})
+    assert exc.value.reason is Reason.MANIFEST
+    assert list((ws["root"] / "out").iterdir()) == []
