@@ -11,9 +11,12 @@ Run: python3 bench/cbe.py
 
 from __future__ import annotations
 
+import os
 import shutil
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,20 +40,26 @@ def main() -> None:
         lock = cbe.load_lock(LOCK)
         debs = debian.fetch(lock.packages, root / ".cache" / "debian", None)
 
-        def install() -> None:
-            shutil.rmtree(inst.prefix)
+        def install() -> float:
+            shutil.rmtree(inst.prefix)  # not timed: only the install itself is
+            t0 = time.perf_counter()
             cbe.ensure(spec, install=True)
+            return time.perf_counter() - t0
 
-        def bare_dpkg() -> None:
+        def bare_dpkg() -> float:
             out = tmp / "bare"
             if out.exists():
                 shutil.rmtree(out)
             out.mkdir()
+            t0 = time.perf_counter()
             for p in lock.packages:
                 sh(["dpkg", "-x", str(debs[p.name]), str(out)])
+            return time.perf_counter() - t0
 
-        t_install = median_time(install, RUNS_INSTALL, warmup=0)
-        t_dpkg = median_time(bare_dpkg, RUNS_INSTALL, warmup=0)
+        # Interleaved, so both see the same machine load.
+        samples = [(install(), bare_dpkg()) for _ in range(RUNS_INSTALL)]
+        t_install = statistics.median(a for a, _ in samples)
+        t_dpkg = statistics.median(b for _, b in samples)
         t_cheap = median_time(lambda: cbe.ensure(spec, install=False), RUNS_CHECK)
         t_full = median_time(lambda: cbe.verify_full(spec), RUNS_INSTALL)
         record = read_record(inst.prefix)
@@ -58,7 +67,9 @@ def main() -> None:
         files = sum(1 for e in record["files"].values() if e[0] == "f")
         size = sum(e[2] for e in record["files"].values() if e[0] == "f")
         rec_kb = (inst.prefix / RECORD).stat().st_size / 1024
+        load = os.getloadavg()[0]
         table = (
+            f"Load average when measured: {load:.1f} (other work on the machine slows the install rows most).\n\n"
             f"gcc-12 CBE: {len(lock.packages)} packages, {len(record['files'])} paths, {files} files, "
             f"{size / 1e6:.0f} MB; install record {rec_kb:.0f} KiB.\n\n"
             "| what | median | baseline | ratio |\n|---|---|---|---|\n"
