@@ -59,7 +59,7 @@ def plan(pin: PkgsrcPin, prefix: Path, work: Path) -> list[Step]:
 
 
 def env_for(prefix: Path) -> dict[str, str]:
-    return minimal_env({"PKG_PATH": ""}, path=f"{prefix}/sbin:{prefix}/bin:/usr/bin:/usr/sbin:/bin")
+    return minimal_env(path=f"{prefix}/sbin:{prefix}/bin:/usr/bin:/usr/sbin:/bin")
 
 
 def package_names(pkg_info_output: str) -> set[str]:
