@@ -14,10 +14,9 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pib import keys, state
 from pib.archive import force_rmtree
@@ -26,8 +25,46 @@ from pib.errors import PibError, Reason
 from pib.run import Cancelled, Log, minimal_env, run
 from pib.workspace import SourceState, source_state
 
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+T = TypeVar("T")
+R = TypeVar("R")
+
 # --------------------------------------------------------------------------
 # Planning
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int = 8) -> list[R]:
+    """fn over items on a few threads, results in order; the first exception is re-raised.
+
+    Plain threads rather than concurrent.futures: its import alone is a
+    noticeable part of a no-op build.
+    """
+    results: list[Any] = [None] * len(items)
+    errors: list[BaseException] = []
+    next_index = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(next_index, None)
+            if i is None or errors:
+                return
+            try:
+                results[i] = fn(items[i])
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, len(items)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 @dataclass(frozen=True)
@@ -61,12 +98,11 @@ def default_env(cfg: Config) -> BuildEnv:
 def plan(cfg: Config, names: Sequence[str] | None, benv: BuildEnv) -> list[Plan]:
     comps = topo_order(cfg, tuple(names) if names else None)
     index_dir = cfg.workspace.state_dir / "index"
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(comps)))) as pool:
-        sources = dict(zip(
-            [c.name for c in comps],
-            pool.map(lambda c: source_state(c.checkout, index_dir / c.name), comps),
-            strict=True,
-        ))
+    sources = dict(zip(
+        [c.name for c in comps],
+        parallel_map(lambda c: source_state(c.checkout, index_dir / c.name), comps),
+        strict=True,
+    ))
     plans: dict[str, Plan] = {}
     for c in comps:
         doc = keys.key_document(
@@ -297,7 +333,30 @@ class Builder:
             self._emit(p.comp.name, "waiting")
         if self.artifacts is not None and not self.opts.force:
             self.artifacts.prepare([p for p in plans if not p.up_to_date])
-        pending = list(plans)
+        for p in plans:
+            if p.up_to_date and not self.opts.force and all(
+                    outcomes.get(d) is not None for d in p.comp.depends):
+                outcomes[p.comp.name] = Outcome(p.comp.name, "up-to-date", 0.0, p.key, p.source.dirty)
+                self._emit(p.comp.name, "up-to-date")
+        pending = [p for p in plans if p.comp.name not in outcomes]
+        if pending:
+            self._schedule(pending, outcomes)
+        report.outcomes = [outcomes[p.comp.name] for p in plans]
+        report.seconds = time.monotonic() - t0
+        if self.artifacts is not None:
+            report.warnings = list(self.artifacts.warnings)
+        failed = [o for o in report.outcomes if o.action == "failed"]
+        if failed:
+            first = failed[0]
+            others = [o.component for o in report.outcomes if o.action == "stopped"]
+            msg = f"{first.component} failed" + (f"; stopped: {', '.join(others)}" if others else "")
+            report.error = PibError(msg, reason=Reason.PREBUILT_MISSING if first.detail.startswith("no prebuilt")
+                                    else Reason.BUILD, detail=first.detail)
+        return report
+
+    def _schedule(self, pending: list[Plan], outcomes: dict[str, Outcome]) -> None:
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
         running: dict[Future[Outcome], Plan] = {}
         stopping = False
         with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
@@ -343,18 +402,6 @@ class Builder:
                 wait(list(running))
                 raise PibError("interrupted; running builds were stopped, nothing half-built was kept",
                                reason=Reason.INTERRUPTED) from None
-        report.outcomes = [outcomes[p.comp.name] for p in plans]
-        report.seconds = time.monotonic() - t0
-        if self.artifacts is not None:
-            report.warnings = list(self.artifacts.warnings)
-        failed = [o for o in report.outcomes if o.action == "failed"]
-        if failed:
-            first = failed[0]
-            others = [o.component for o in report.outcomes if o.action == "stopped"]
-            msg = f"{first.component} failed" + (f"; stopped: {', '.join(others)}" if others else "")
-            report.error = PibError(msg, reason=Reason.PREBUILT_MISSING if first.detail.startswith("no prebuilt")
-                                    else Reason.BUILD, detail=first.detail)
-        return report
 
     def _one(self, p: Plan) -> Outcome:
         c = p.comp
