@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from pib.image import (
     stamp_epoch,
 )
 from pib.manifest import diff
-from pib.run import run
+from pib.run import minimal_env, run
 
 STAMP = "20260101T120000Z"
 
@@ -431,3 +432,61 @@ def test_kernel_path_may_not_escape(ws: dict[str, Path]) -> None:
                  ws["root"] / "out", STAMP, {})
     assert exc.value.reason is Reason.MANIFEST
     assert list((ws["root"] / "out").iterdir()) == []
+
+
+# --- the kernel unpacks what assemble() writes ------------------------------------------
+
+KERNEL_COMPONENT = Path(__file__).resolve().parents[1] / "examples" / "platform" / "components" / "kernel"
+
+
+@pytest.fixture(scope="session")
+def debian_kernel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example platform's pinned Debian kernel, fetched (and cached) by its own build script."""
+    proto = tmp_path_factory.mktemp("image-kernel-proto")
+    env = minimal_env({"DESTDIR": str(proto)})
+    for var in ("XDG_CACHE_HOME", "PIB_CACHE"):
+        if var in os.environ:
+            env[var] = os.environ[var]
+    run(["./build.sh"], cwd=KERNEL_COMPONENT, env=env, timeout=600)
+    return proto / "boot" / "vmlinuz"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_linux_boots_the_assembled_archive(debian_kernel: Path, tmp_path: Path, compression: str) -> None:
+    """Real kernel, real initramfs unpacking: owners, modes, hard links and the release file arrive intact."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    proto = tmp_path / "proto"
+    _write(proto / "bin/busybox", Path(busybox).read_bytes())
+    _write(proto / "etc/passwd", "root:x:0:0::/:/bin/sh\nsvc:x:1234:4321::/:\n")
+    _write(proto / "etc/group", "root::0:\nsvc::4321:\n")
+    _write(proto / "srv/data", "payload\n")
+    _write(proto / "init", """#!/bin/sh
+/bin/busybox mount -t proc proc /proc
+. /etc/pib-release
+S="/bin/busybox stat -c"
+echo "PIB-BOOT-OK stamp=$PIB_BUILDSTAMP key=$PIB_KEY_CORE data=$($S %u:%g:%a /srv/data)" \\
+  "links=$($S %h /bin/busybox):$($S %i /bin/busybox):$($S %i /bin/bb2)" \\
+  "dir=$($S %u:%g:%a /srv) rel=$($S %a /etc/pib-release) body=$(/bin/busybox cat /srv/data)"
+/bin/busybox sleep 600
+""")
+    _write(tmp_path / "m", "d bin 0755 root root\nd etc 0755 root root\nd proc 0555 root root\n"
+           "d srv 0750 svc svc\nf bin/busybox 0755 root root\nh bin/bb2=bin/busybox\ns bin/sh=busybox\n"
+           "f etc/passwd 0644 root root\nf etc/group 0644 root root\nf init 0755 root root\n"
+           "f srv/data 0640 svc svc\n")
+    spec = ImageSpec(compression=compression)  # type: ignore[arg-type]
+    res = assemble(spec, [ProtoArea("core", proto, tmp_path / "m")], tmp_path / "out", STAMP, {},
+                   component_keys={"core": "c0ffee"})
+    from pib.boot import Platform, boot
+
+    booted = boot(Platform(STAMP, debian_kernel, res.boot_archive), log_dir=tmp_path / "log", timeout=120)
+    assert booted.passed, booted.outcome
+    line = booted.marker_line or ""
+    fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
+    assert fields["stamp"] == STAMP and fields["key"] == "c0ffee"
+    assert fields["data"] == "1234:4321:640"
+    assert fields["dir"] == "1234:4321:750"
+    assert fields["rel"] == "444"
+    assert fields["body"] == "payload"
+    nlink, ino_a, ino_b = fields["links"].split(":")
+    assert nlink == "2" and ino_a == ino_b
