@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import ROOT, median_time, sh, write_section  # noqa: E402
+from bench.report import ROOT, median_time, sh, write_section
 
 RUNS = 15
 N = 6
@@ -59,9 +59,10 @@ def main() -> None:
         t_git = median_time(git_status, RUNS)
         ratio = t_pib / t_git
         table = (
-            "| what | median of %d | \n|---|---|\n| `pib build` (no-op, 6 components, 500 files each) | %.3f s |\n"
-            "| `git status --porcelain` in each of the 6 checkouts | %.3f s |\n| ratio | %.2fx |\n"
-        ) % (RUNS, t_pib, t_git, ratio)
+            f"| what | median of {RUNS} |\n|---|---|\n"
+            f"| `pib build` (no-op, 6 components, 500 files each) | {t_pib:.3f} s |\n"
+            f"| `git status --porcelain` in each of the 6 checkouts | {t_git:.3f} s |\n| ratio | {ratio:.2f}x |\n"
+        )
         verdict = (f"Targets: no-op under 0.3 s ({'met' if t_pib < 0.3 else 'NOT met'}); within 5x of the git "
                    f"baseline ({'met' if ratio <= 5 else 'NOT met'}). For scale, BitBake needs about 5 s for its no-op.")
         print(table + "\n" + verdict)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from pib.build import (
     Event,
     Plan,
     default_env,
+    parallel_map,
     plan,
     sweep,
 )
@@ -70,8 +70,7 @@ def configure(cfg: Config, *, update: bool = False, allow_old: bool = False, ins
     with Log(log_dir / "configure.log") as log:
         benv = build_env(cfg, install=install_cbe, log=log)
         comps = topo_order(cfg)
-        with ThreadPoolExecutor(max_workers=min(4, max(1, len(comps)))) as pool:
-            reports = tuple(pool.map(lambda c: ensure_checkout(c, update=update, log=log), comps))
+        reports = tuple(parallel_map(lambda c: ensure_checkout(c, update=update, log=log), comps, workers=4))
     return ConfigureReport(floor, reports, benv.description, time.monotonic() - t0)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform as host_platform
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pib import state

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pib import artifacts
+from pib.build import parallel_map
 from pib.config import Config, StoreConfig
 from pib.errors import PibError, Reason
 from pib.run import Log
@@ -154,13 +154,12 @@ class StoreArtifacts:
             except PibError as exc:
                 return store.name, None, exc.message
 
-        with ThreadPoolExecutor(max_workers=len(self.remotes)) as pool:
-            for name, found, error in pool.map(ask, self.remotes):
-                if found is None:
-                    self._down.add(name)
-                    self._warn(f"store {name} is unavailable ({error}); building locally what it would have provided")
-                else:
-                    self._known[name] = found
+        for name, found, error in parallel_map(ask, self.remotes):
+            if found is None:
+                self._down.add(name)
+                self._warn(f"store {name} is unavailable ({error}); building locally what it would have provided")
+            else:
+                self._known[name] = found
 
     def _candidates(self, plan: Plan) -> list[Store]:
         if plan.source.dirty:

@@ -7,6 +7,7 @@ command fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shlex
@@ -45,7 +46,7 @@ class Log:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] = open(path, "a", encoding="utf-8", errors="replace")
+        self._fh: IO[str] = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by close()
 
     def write(self, text: str) -> None:
         self._fh.write(text)
@@ -208,14 +209,10 @@ def _communicate(proc: subprocess.Popen[bytes], timeout: float | None) -> tuple[
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ proto area is noticed without walking it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -70,10 +71,8 @@ def save(state_dir: Path, rec: Record) -> None:
 
 
 def forget(state_dir: Path, name: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         _path(state_dir, name).unlink()
-    except FileNotFoundError:
-        pass
 
 
 def now() -> float:

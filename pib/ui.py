@@ -121,7 +121,7 @@ class Progress:
 def summary(report: BuildReport) -> str:
     rows = []
     for o in report.outcomes:
-        extra = o.store and f"from {o.store}" or (", ".join(f"published to {s}" for s in o.published))
+        extra = (o.store and f"from {o.store}") or (", ".join(f"published to {s}" for s in o.published))
         if o.action in ("failed", "stopped", "skipped") and o.detail:
             extra = o.detail.splitlines()[0]
         rows.append([o.component, o.action, seconds(o.seconds) if o.seconds else "-", o.key[:12] + ("+dirty" if o.dirty else ""), extra])

@@ -221,7 +221,7 @@ def test_second_build_refuses_or_waits(three: Path) -> None:
         assert waiter.poll() is None  # still waiting for the lock
     finally:
         lock.release()
-    out, err = waiter.communicate(timeout=60)
+    _, err = waiter.communicate(timeout=60)
     assert waiter.returncode == 0, err
     assert "waiting for another build" in err
 
