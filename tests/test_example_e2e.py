@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from pib.run import minimal_env, run
+from pib.signing import generate_keypair
+from tests.services.seaweed import Seaweed
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "platform"
@@ -32,12 +34,14 @@ def _example_module() -> ModuleType:
 make_workspace = _example_module().make_workspace
 
 
-def pib(ws: Path, *args: str, check: bool = True) -> Any:
+def pib(ws: Path, *args: str, check: bool = True, creds: Seaweed | None = None) -> Any:
     """Run the real CLI with --json and return its parsed output."""
     env = minimal_env({"PYTHONPATH": str(REPO)})
-    for var in ("XDG_CACHE_HOME", "PIB_CACHE"):
+    for var in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "PIB_CACHE"):
         if var in os.environ:
             env[var] = os.environ[var]
+    if creds is not None:
+        env.update(AWS_ACCESS_KEY_ID=creds.access_key, AWS_SECRET_ACCESS_KEY=creds.secret_key)
     res = run([sys.executable, "-m", "pib", "-C", str(ws), *args, "--json"], env=env, capture=True,
               check=check, timeout=900, what=f"pib {args[0]}")
     return json.loads(res.stdout)
@@ -57,21 +61,36 @@ def marker_keys(line: str) -> dict[str, str]:
     return fields
 
 
-def isolate(ws: Path, store: Path) -> None:
-    """Give the workspace its own local store, so the test neither reads nor fills the user's."""
-    (ws / "pib.local.toml").write_text(f'[local_store]\npath = "{store}"\n', encoding="utf-8")
+BUCKET = "pib-e2e"
+
+
+def isolate(ws: Path, store: Path, s3: Seaweed, key: Path, *, publish: bool) -> None:
+    """The workspace's own local store (the test neither reads nor fills the user's), and the
+    SeaweedFS S3 server as its shared remote, trusting (and with `publish`, signing with) `key`."""
+    text = f'[local_store]\npath = "{store}"\n\n[trust]\npublic_keys = ["{key}.pub"]\n'
+    if publish:
+        text += f'signing_key = "{key}.key"\npublish = "always"\n'
+    text += (f'\n[[store]]\nname = "s3"\ntype = "s3"\nbucket = "{BUCKET}"\nprefix = "example"\n'
+             f'endpoint_url = "{s3.endpoint_url}"\nregion = "us-east-1"\n')
+    (ws / "pib.local.toml").write_text(text, encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
-def story(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """From scratch: configure, build, boot; shared by the tests below, which only read it."""
+def story(tmp_path_factory: pytest.TempPathFactory, seaweed: Seaweed) -> dict[str, Any]:
+    """From scratch: configure, build (publishing to S3), boot; the tests below only read it."""
     root = tmp_path_factory.mktemp("e2e")
+    key = root / "keys" / "ci"
+    key.parent.mkdir()
+    generate_keypair(key.with_suffix(".key"), key.with_suffix(".pub"))
+    client: Any = seaweed.client()
+    client.create_bucket(Bucket=BUCKET)
     ws = make_workspace(root)
-    isolate(ws, root / "store")
-    configured = pib(ws, "configure")
-    first = pib(ws, "build")
+    isolate(ws, root / "store", seaweed, key, publish=True)
+    configured = pib(ws, "configure", creds=seaweed)
+    first = pib(ws, "build", "--publish", creds=seaweed)
     booted = pib(ws, "boot")
-    return {"root": root, "ws": ws, "configured": configured, "first": first, "boot": booted}
+    return {"root": root, "ws": ws, "key": key, "s3": seaweed,
+            "configured": configured, "first": first, "boot": booted}
 
 
 def test_from_scratch_everything_is_built_and_boots(story: dict[str, Any]) -> None:
@@ -145,3 +164,34 @@ def test_noop_then_one_line_change_in_core(story: dict[str, Any]) -> None:
     committed = pib(ws, "build")
     assert actions(committed)["core"] == "up-to-date"
     assert keys(committed)["core"] == keys(changed)["core"]
+
+
+def _second_workspace(story: dict[str, Any], name: str, store: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    root: Path = story["root"]
+    ws = make_workspace(root, name=name, repos=root / "repos")
+    isolate(ws, store, story["s3"], story["key"], publish=False)
+    pib(ws, "configure", creds=story["s3"])
+    built = pib(ws, "build", creds=story["s3"])
+    return built, pib(ws, "boot")
+
+
+def test_first_build_published_the_prebuilt_components(story: dict[str, Any]) -> None:
+    published = {c["component"]: c["published"] for c in story["first"]["components"]}
+    assert published == {"kernel": ["s3"], "extra": ["s3"], "core": []}  # core is not prebuilt
+
+
+def test_second_workspace_restores_from_the_warm_local_store(story: dict[str, Any]) -> None:
+    built, booted = _second_workspace(story, "second", story["root"] / "store")
+    assert actions(built) == {"kernel": "restored", "extra": "restored", "core": "built"}
+    assert {c["component"]: c["store"] for c in built["components"] if c["action"] == "restored"} == {
+        "kernel": "local", "extra": "local"}
+    assert keys(built) == keys(story["first"])
+    assert booted["passed"] and marker_keys(booted["marker_line"]) == keys(story["first"])
+
+
+def test_empty_local_store_restores_from_s3(story: dict[str, Any]) -> None:
+    built, booted = _second_workspace(story, "third", story["root"] / "empty-store")
+    assert actions(built) == {"kernel": "restored", "extra": "restored", "core": "built"}
+    assert {c["component"]: c["store"] for c in built["components"] if c["action"] == "restored"} == {
+        "kernel": "s3", "extra": "s3"}
+    assert booted["passed"] and marker_keys(booted["marker_line"]) == keys(story["first"])
