@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pib.errors import Reason
 from pib.manifest import (
@@ -213,3 +215,29 @@ def test_malformed_image_manifest_names_line() -> None:
     with pytest.raises(ManifestError) as exc:
         parse_image_manifest("# pib boot_archive.manifest 1\na f 0644\n", "bm")
     assert exc.value.where is not None and exc.value.where.line == 2
+
+
+_seg = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-+", min_size=1, max_size=8).filter(
+    lambda s: s not in (".", ".."))
+_path = st.lists(_seg, min_size=1, max_size=4).map("/".join)
+_name = st.sampled_from(["root", "bin", "sys", "adm", "other", "netadm", "1234"])
+_entry = st.one_of(
+    st.builds(lambda k, p, m, u, g: f"{k} {p} {m:04o} {u} {g}", st.sampled_from("fd"), _path,
+              st.integers(0, 0o7777), _name, _name),
+    st.builds(lambda p, t: f"s {p}={t}", _path, st.one_of(_path, _path.map(lambda p: "../" + p),
+                                                           _path.map(lambda p: "/" + p))),
+    st.builds(lambda p, t: f"h {p}={t}", _path, _path),
+)
+
+
+@given(st.lists(_entry, max_size=30))
+def test_any_valid_manifest_round_trips(lines: list[str]) -> None:
+    # Keep the first line per path so the input has no conflicting duplicates.
+    seen: dict[str, str] = {}
+    for line in lines:
+        seen.setdefault(line.split()[1].split("=")[0], line)
+    text = "".join(line + "\n" for line in seen.values())
+    m = parse_text(text, "gen")
+    assert len(m.entries) == len(seen)
+    assert parse_text(m.to_text(), "again").entries == m.entries
+    assert m.to_text() == text
