@@ -490,3 +490,12 @@ echo "PIB-BOOT-OK stamp=$PIB_BUILDSTAMP key=$PIB_KEY_CORE data=$($S %u:%g:%a /sr
     assert fields["body"] == "payload"
     nlink, ino_a, ino_b = fields["links"].split(":")
     assert nlink == "2" and ino_a == ino_b
+
+
+def test_zstd_output_does_not_depend_on_the_number_of_cores() -> None:
+    """The boot archive uses threads=-1 (all cores); reproducibility across machines needs this."""
+    import zstandard
+
+    data = b"".join(b"%08d some text that compresses\n" % i for i in range(400_000))
+    outs = {zstandard.ZstdCompressor(level=3, threads=n, write_checksum=True).compress(data) for n in (1, 2, 3, 8)}
+    assert len(outs) == 1
