@@ -84,18 +84,16 @@ def build_env(cfg: Config, *, install: bool, log: Any = None) -> BuildEnv:
         return default_env(cfg)
     from pib import cbe as cbe_mod
 
-    spec = cbe_mod.CbeSpec(
-        name=cfg.cbe.name,
-        version=cfg.cbe.version,
-        root=cfg.cbe.root,
-        lock=cfg.cbe.lock,
-        system_path=cfg.cbe.system_path,
-    )
-    installed = cbe_mod.ensure(spec, install=install, log=log)
+    stores: list[object] = []
+    keys: list[object] = []
+    if install:  # only an install may need to fetch a prefix tarball
+        stores, keys = cbe_mod.stores_and_keys(cfg)
+    installed = cbe_mod.ensure(cfg.cbe, install=install, log=log, stores=stores, trusted_keys=keys)
     cbe_mod.record_user(installed, cfg.workspace.root)
     return BuildEnv(
         path=installed.path,
-        env=dict(installed.env),
+        env={"PIB_CBE": f"{installed.name}-{installed.version}", "PIB_CBE_PREFIX": str(installed.prefix),
+             **installed.env},
         key={"name": installed.name, "version": installed.version, "lock": installed.lock_digest},
         description=f"{installed.name} {installed.version} at {installed.prefix}",
     )

@@ -266,6 +266,10 @@ def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path) -> dic
     env = minimal_env(path=benv.path)
     build_dir = cfg.workspace.state_dir / "build" / c.name
     build_dir.mkdir(parents=True, exist_ok=True)
+    # A private HOME: nothing from the user's dotfiles or ~/.local reaches a build.
+    home = cfg.workspace.state_dir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env["HOME"] = str(home)
     env.update(benv.env)
     env.update({
         "DESTDIR": str(destdir),

@@ -53,6 +53,12 @@ def store_spec(s: StoreConfig) -> StoreSpec:
     return S3StoreSpec(s.name, s.bucket, s.prefix, s.endpoint_url, s.region, s.profile, s.timeout, s.retries)
 
 
+def store_specs(cfg: Config) -> list[StoreSpec]:
+    """The machine's local store, then the configured ones, in lookup order."""
+    return [LocalStoreSpec(cfg.local_store.path, cfg.local_store.quota, "local"),
+            *(store_spec(s) for s in cfg.stores)]
+
+
 def local_store(cfg: Config) -> Store:
     return open_store(LocalStoreSpec(cfg.local_store.path, cfg.local_store.quota, "local"))
 

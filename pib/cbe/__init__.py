@@ -367,24 +367,9 @@ def stores_and_keys(cfg: Any) -> tuple[list[object], list[object]]:
     Takes a pib.config.Config; returns store specs (opened when a tarball is
     actually fetched) and the trusted public key files.
     """
-    from pib.store import HttpStoreSpec, LocalStoreSpec, S3StoreSpec
+    from pib.prebuilt import store_specs
 
-    stores: list[object] = []
-    local = getattr(cfg, "local_store", None)
-    if local is not None:
-        stores.append(LocalStoreSpec(local.path, quota_bytes=local.quota))
-    for s in getattr(cfg, "stores", ()):
-        if s.type == "local" and s.path is not None:
-            stores.append(LocalStoreSpec(s.path, name=s.name))
-        elif s.type == "http" and s.url:
-            stores.append(HttpStoreSpec(s.name, s.url, token_env=s.token_env, user_env=s.user_env,
-                                        password_env=s.password_env, timeout=s.timeout, retries=s.retries))
-        elif s.type == "s3" and s.bucket:
-            stores.append(S3StoreSpec(s.name, s.bucket, prefix=s.prefix, endpoint_url=s.endpoint_url,
-                                      region=s.region, profile=s.profile, timeout=s.timeout, retries=s.retries))
-    trust = getattr(cfg, "trust", None)
-    keys: list[object] = list(getattr(trust, "public_keys", ()) or ())
-    return stores, keys
+    return list(store_specs(cfg)), list(cfg.trust.public_keys)
 
 
 def signing_key(path: Path | None, env_var: str | None) -> Signer:
