@@ -155,7 +155,7 @@ def _within(path: str, by_path: Mapping[str, Entry]) -> Entry | None:
     return by_path.get("/".join(done)) if done else None
 
 
-def _read_db(source: str, where: Location, id_field: int, problems: list[Problem], kind: str) -> dict[str, int]:
+def _read_db(source: str, where: Location, id_field: int, problems: list[Problem]) -> dict[str, int]:
     out: dict[str, int] = {}
     try:
         with open(source, encoding="utf-8", errors="replace") as fh:
@@ -255,14 +255,16 @@ def resolve(
             if _within(posixpath.join(base, e.target), by_path) is None:
                 warnings.append(f"{e.where}: symlink {e.path} -> {e.target} points at nothing in the image")
 
-    users = groups = None
+    # Owners resolve through the image's own databases (uid and gid are both the third field).
+    dbs: dict[str, dict[str, int] | None] = {}
     for dbname in ("etc/passwd", "etc/group"):
         entry = _within(dbname, by_path)
+        if entry is not None and entry.kind is Kind.HARDLINK:
+            entry = by_path.get(entry.target)
+        dbs[dbname] = None
         if entry is not None and entry.path in found:
-            if dbname == "etc/passwd":
-                users = _read_db(found[entry.path][1], entry.where, 2, problems, "passwd")
-            else:
-                groups = _read_db(found[entry.path][1], entry.where, 2, problems, "group")
+            dbs[dbname] = _read_db(found[entry.path][1], entry.where, 2, problems)
+    users, groups = dbs["etc/passwd"], dbs["etc/group"]
     unknown_users: set[str] = set()
     unknown_groups: set[str] = set()
     out: list[Resolved] = []
@@ -282,6 +284,7 @@ def resolve(
         else:
             out.append(Resolved(e, e.component))
     if problems:
+        problems.sort(key=lambda p: (p.where.path, p.where.line))
         raise ImageManifestError(problems)
     return Resolution(tuple(out), tuple(warnings), search)
 
