@@ -9,6 +9,7 @@ import pytest
 
 from pib.cli import main
 from pib.errors import EXIT_CODES, Reason
+from tests.gitutil import make_repo, pib
 
 REAL = Path("/work/shared/testdata/smartos-manifests")
 
@@ -37,3 +38,67 @@ def test_manifest_diff_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert changes["etc/issue"]["status"] == "added"
     assert main(["manifest", "diff", str(a), str(b)]) == 0
     assert capsys.readouterr().out.splitlines() == ["+ etc/issue", "~ etc/motd (owner)"]
+
+
+# --- against a workspace ------------------------------------------------------------------
+
+BUILD = """\
+#!/bin/sh
+set -e
+mkdir -p "$DESTDIR/bin" "$DESTDIR/boot" "$DESTDIR/etc"
+head -c 300000 /dev/urandom > "$DESTDIR/bin/big"
+echo small > "$DESTDIR/bin/small"
+printf 'root:x:0:0::/:/bin/sh\\n' > "$DESTDIR/etc/passwd"
+printf 'root::0:\\n' > "$DESTDIR/etc/group"
+echo kernel > "$DESTDIR/boot/vmlinuz"
+"""
+MANIFEST = ("d bin 0755 root root\nd etc 0755 root root\nf bin/big 0755 root root\nf bin/small 0755 root root\n"
+            "f etc/passwd 0644 root root\nf etc/group 0644 root root\n")
+
+
+def _workspace(tmp_path: Path, manifest: str = MANIFEST) -> Path:
+    make_repo(tmp_path / "repos" / "core", {"build.sh": BUILD, "manifest": manifest})
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "pib.toml").write_text("""\
+[platform]
+min_version = "1"
+[components.core]
+source = "../repos/core"
+build = ["./build.sh"]
+manifest = "manifest"
+[image]
+kernel = ["core:boot/vmlinuz"]
+""")
+    assert pib(ws, "configure").returncode == 0
+    return ws
+
+
+@pytest.mark.integration
+def test_image_sizes_and_rebuild_through_the_cli(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path)
+    built = pib(ws, "build", "--json")
+    assert built.returncode == 0, built.stderr
+    sizes = pib(ws, "image", "--sizes", "--json")
+    assert sizes.returncode == 0, sizes.stderr
+    report = json.loads(sizes.stdout)
+    core = next(c for c in report["components"] if c["name"] == "core")
+    assert core["largest"][0] == {"path": "bin/big", "bytes": 300000}
+    image = pib(ws, "image", "--stamp", "20260101T000000Z", "--json")
+    assert image.returncode == 0, image.stderr
+    facts = json.loads(image.stdout)
+    assert facts["buildstamp"] == "20260101T000000Z"
+    assert Path(facts["dir"], "vmlinuz").is_file()
+    check = pib(ws, "manifest", "check", "--json")
+    assert check.returncode == 0 and json.loads(check.stdout)["entries"] == 6
+    bad_stamp = pib(ws, "image", "--stamp", "yesterday")
+    assert bad_stamp.returncode == EXIT_CODES[Reason.IMAGE]
+
+
+@pytest.mark.integration
+def test_workspace_manifest_check_names_the_line(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, MANIFEST + "f bin/../x 0644 root root\n")
+    r = pib(ws, "manifest", "check", "--json")
+    assert r.returncode == EXIT_CODES[Reason.MANIFEST]
+    err = json.loads(r.stdout)["error"]
+    assert err["where"].endswith("manifest:7")
