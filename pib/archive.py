@@ -291,6 +291,7 @@ class _Scanner:
         self.path = path
         self.limits = limits
         self.members: dict[str, _Member] = {}
+        self.parents: set[str] = set()  # every proper ancestor of an accepted member
         self.data_left = 0  # bytes of the current member's data (incl. padding) still to pass
         self.pending_long: dict[bytes, str] = {}
         self.zero_blocks = 0
@@ -413,12 +414,16 @@ class _Scanner:
             raise self.refuse("the archive root is not a directory")
         # Every proper ancestor already in the archive must be a directory:
         # no member is ever written through a symlink or below a file.
+        # `parents` caches ancestors already checked, so deep trees stay linear.
         parent = posixpath.dirname(name)
-        while parent:
+        while parent and parent not in self.parents:
             seen = self.members.get(parent)
             if seen is not None and seen.kind != "dir":
                 raise self.refuse(f"{raw_name}: lies below a {seen.kind} member")
+            self.parents.add(parent)
             parent = posixpath.dirname(parent)
+        if typeflag != _DIR and name in self.parents:
+            raise self.refuse(f"{raw_name}: a non-directory over a directory with members")
         if typeflag == _DIR:
             self.members[name] = _Member("dir")
         elif typeflag == _SYMLINK:
