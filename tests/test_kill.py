@@ -92,8 +92,9 @@ f usr/lib/libx.so 0755 root sys
 s usr/lib/libx.so.1=libx.so
 """
 
-# Runs the CLI with one function wrapped: on its n-th call (whose first argument
-# contains `match`, if given) it writes the marker and waits to be killed.
+# Runs the CLI with one function wrapped: on its n-th call (whose arguments
+# contain `match`, if given) it writes the marker and waits to be killed, or,
+# with PIB_KILL_GO set, until that file exists and then carries on.
 LAUNCHER = """\
 import importlib, os, sys, threading, time
 sys.path.insert(0, {repo!r})
@@ -107,16 +108,17 @@ for p in parts[:-1]:
 orig = getattr(owner, parts[-1])
 count = [0]
 guard = threading.Lock()
+go = os.environ.get("PIB_KILL_GO")
 def hook(*args, **kwargs):
-    if not match or (args and match in str(args[0])):
+    if not match or match in repr(args[:1]) + repr(kwargs):
         with guard:
             count[0] += 1
             hit = count[0] == int(nth)
         if hit:
             with open(mark, "w") as fh:
                 fh.write(str(os.getpid()))
-            while True:
-                time.sleep(1)
+            while not (go and os.path.exists(go)):
+                time.sleep(0.05)
     return orig(*args, **kwargs)
 setattr(owner, parts[-1], hook)
 from pib.cli import main
