@@ -43,6 +43,7 @@ import fcntl
 import hashlib
 import os
 import posixpath
+import queue
 import shutil
 import stat
 import tempfile
@@ -520,29 +521,68 @@ def _parse_number(field: bytes) -> int | None:
 
 
 class _Decompressed:
-    """The archive's decompressed bytes in bounded reads, counted against the limit."""
+    """The archive's decompressed bytes in bounded reads, counted against the limit.
+
+    A thread decompresses ahead (python-zstandard releases the GIL) while the
+    caller parses headers, so the two overlap; at most PREFETCH reads are
+    buffered.
+    """
+
+    PREFETCH = 4
 
     def __init__(self, path: Path, limits: Limits) -> None:
         self.path = path
         # Headers and padding come on top of member data; allow for them.
         self.bound = limits.max_bytes + (limits.max_members + 64) * 3 * BLOCK
         self.count = 0
-        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
-        self._reader = zstandard.ZstdDecompressor().stream_reader(self._fh, read_across_frames=True)
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self.PREFETCH)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._produce, name="unpack-decompress", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
+                produced = 0
+                while not self._stop.is_set():
+                    try:
+                        chunk: bytes = reader.read(READ_SIZE)
+                    except zstandard.ZstdError as exc:
+                        raise _refuse(self.path, f"corrupt zstd data ({exc})") from exc
+                    produced += len(chunk)
+                    if produced > self.bound:
+                        raise _refuse(self.path, f"decompresses past the bound of {self.bound} bytes")
+                    self._put(chunk)
+                    if not chunk:
+                        return
+        except BaseException as exc:
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def read(self) -> bytes:
-        try:
-            chunk: bytes = self._reader.read(READ_SIZE)
-        except zstandard.ZstdError as exc:
-            raise _refuse(self.path, f"corrupt zstd data ({exc})") from exc
-        self.count += len(chunk)
-        if self.count > self.bound:
-            raise _refuse(self.path, f"decompresses past the bound of {self.bound} bytes")
-        return chunk
+        if self._done:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self.count += len(item)
+        if not item:
+            self._done = True
+        return item
 
     def close(self) -> None:
-        self._reader.close()  # type: ignore[no-untyped-call]
-        self._fh.close()
+        self._stop.set()
+        self._thread.join()
 
 
 def validate(archive: Path, limits: Limits = Limits()) -> UnpackResult:

@@ -10,7 +10,7 @@ from pib.errors import Reason, StoreError
 from pib.store import HttpStoreSpec, NotFound, open_store
 from pib.store.http import HttpStore
 from tests.services.badhttp import MODES, BadHttp
-from tests.services.nginx import Nginx
+from tests.services.nginx import BASIC_PASSWORD, BASIC_USER, Nginx
 from tests.storecheck import K1, exercise
 
 pytestmark = pytest.mark.integration
@@ -48,6 +48,21 @@ def test_bearer_token(nginx: Nginx, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     store = fresh(nginx, "private/", token_env="PIB_TEST_TOKEN")
     store.put("illumos", K1, arc, b"{}")
     assert store.has("illumos", K1)
+
+
+def test_basic_auth(nginx: Nginx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    arc = tmp_path / "a"
+    arc.write_bytes(b"data")
+    monkeypatch.setenv("PIB_TEST_USER", BASIC_USER)
+    monkeypatch.setenv("PIB_TEST_PASSWORD", "wrong")
+    wrong = fresh(nginx, "basic/", user_env="PIB_TEST_USER", password_env="PIB_TEST_PASSWORD")
+    with pytest.raises(StoreError) as exc:
+        wrong.put("illumos", K1, arc, b"{}")
+    assert not isinstance(exc.value, NotFound)
+    monkeypatch.setenv("PIB_TEST_PASSWORD", BASIC_PASSWORD)
+    store = fresh(nginx, "basic/", user_env="PIB_TEST_USER", password_env="PIB_TEST_PASSWORD")
+    store.put("illumos", K1, arc, b"{}")
+    assert store.get_meta("illumos", K1) == b"{}"
 
 
 @pytest.mark.parametrize("mode", [*MODES, "refused"])

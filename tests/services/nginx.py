@@ -1,11 +1,13 @@
 """A real nginx (Debian nginx-light) serving a WebDAV-style artifact store on a free loopback port.
 
 `/` is open (PUT/DELETE via dav_methods, JSON autoindex for listing);
-`/private/` answers 401 unless the request carries `Bearer <token>`.
+`/private/` answers 401 unless the request carries `Bearer <token>`,
+`/basic/` unless it carries basic credentials BASIC_USER:BASIC_PASSWORD.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -18,6 +20,8 @@ import pytest
 from tests.services.ports import free_ports, stop, wait_listening
 
 TOKEN = "pib-test-token"
+BASIC_USER, BASIC_PASSWORD = "pib", "s3cret"
+_BASIC = base64.b64encode(f"{BASIC_USER}:{BASIC_PASSWORD}".encode()).decode()
 
 _DAV = """
             dav_methods PUT DELETE;
@@ -75,6 +79,10 @@ http {{
         }}
         location /private/ {{
             if ($http_authorization != "Bearer {TOKEN}") {{ return 401; }}
+{_DAV}
+        }}
+        location /basic/ {{
+            if ($http_authorization != "Basic {_BASIC}") {{ return 401; }}
 {_DAV}
         }}
     }}
