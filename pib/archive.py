@@ -3,8 +3,9 @@
 Packing drives GNU tar (through pib.run.run) with zstd as its compressor:
 `--sort=name`, mtimes clamped to an epoch, uid/gid 0 and no user names, GNU
 format. Equal trees therefore give equal archives, and the speed is exactly
-that of `tar -I 'zstd -T0 -3'`, which a pure-Python tarfile writer cannot
-match on 20,000 small files.
+that of `tar -I 'zstd -T0 -3'` (1.05x measured, SHA-256 included: it is
+computed while zstd is still writing), which a pure-Python tarfile writer
+cannot match on 20,000 small files.
 
 Unpacking is where safety matters, so one parser decides and one program
 writes, and the program only ever sees what the parser accepted:
@@ -24,8 +25,11 @@ writes, and the program only ever sees what the parser accepted:
    fresh directory inside a private 0700 temporary directory beside the
    destination. GNU tar itself also refuses `..` and defers links with
    absolute or `..` targets, a second fence. A fifo keeps the single
-   decompression: measured, this is about as fast as `tar -I zstd -xf`,
-   while a separate validation pass costs a second decompression.
+   decompression (done ahead in a thread, overlapping the parsing):
+   measured on 20,000 files / 255 MB (bench/artifacts.py) this unpacks in
+   1.05x the time of `tar -I zstd -xf`, while a separate validation pass
+   first would add a second decompression and parse (~0.45 s, ~1.6x).
+   Pure-Python tarfile extraction was not competitive at 20,000 files.
 4. At the end, every symlink is resolved against the complete member table
    (following symlinks inside the archive); one whose target leaves the tree
    is refused. Only then is the new tree renamed into place (an atomic
@@ -314,7 +318,7 @@ class _Scanner:
                 out.append(self.pending)
                 self.pending = b""
             out.append(memoryview(buf)[:safe])
-        if parsed > safe:
+        if parsed > safe and not self.ended:
             self.pending += bytes(buf[safe:parsed])
         self.held = buf[parsed:]
         return out
@@ -327,9 +331,11 @@ class _Scanner:
         view = memoryview(buf)
         while pos < n:
             if self.ended:
+                # Padding after the marker must be zeros; it is not forwarded,
+                # since tar may stop reading at the marker.
                 if buf[pos:] != bytes(n - pos):
                     raise self.refuse("data after the end-of-archive marker")
-                return n, n
+                return n, safe
             if self.data_left:
                 take = min(self.data_left, n - pos)
                 pos += take
@@ -667,7 +673,7 @@ def _extract_through_fifo(
         try:
             while chunk := stream.read():
                 for part in scanner.feed(chunk):
-                    _write_all(fd, memoryview(part), failure)
+                    _write_all(fd, memoryview(part), worker, failure)
         finally:
             stream.close()
         total = stream.count
@@ -709,11 +715,12 @@ def _open_fifo_writer(fifo: Path, worker: threading.Thread, failure: list[BaseEx
     return fd
 
 
-def _write_all(fd: int, data: memoryview, failure: list[BaseException]) -> None:
+def _write_all(fd: int, data: memoryview, worker: threading.Thread, failure: list[BaseException]) -> None:
     while data:
         try:
             n = os.write(fd, data)
         except BrokenPipeError:
+            worker.join(timeout=10)  # tar has exited; its error says more than the broken pipe
             if failure:
                 raise failure[0] from None
             raise VerifyError("tar stopped reading the archive early") from None

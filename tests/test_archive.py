@@ -246,3 +246,20 @@ def test_pack_of_missing_dir_is_an_error(tmp_path: Path) -> None:
         archive.pack(tmp_path / "nope", tmp_path / "a.tar.zst", epoch=1)
     assert getattr(exc.value, "reason", None) is Reason.BUILD
     assert not (tmp_path / "a.tar.zst").exists()
+
+
+def test_long_zero_padding_after_end_marker_is_fine(tmp_path: Path) -> None:
+    # tar may stop reading at the end marker; the padding must not break the pipe
+    arc = write_raw(tmp_path / "z.tar.zst", tar_bytes([Entry("a", data=b"x" * 700)]) + bytes(3 << 20))
+    archive.unpack(arc, tmp_path / "out")
+    assert (tmp_path / "out/a").read_bytes() == b"x" * 700
+
+
+def test_long_names_split_across_reads(tmp_path: Path) -> None:
+    # many long-name members and sizes that make headers straddle the 1 MiB read boundaries
+    entries = [Entry(f"{'d' * 150}/{i:04d}-{'n' * 120}", data=os.urandom(4093 + i)) for i in range(400)]
+    arc = write_archive(tmp_path / "l.tar.zst", entries)
+    archive.unpack(arc, tmp_path / "out")
+    got = sorted(p.name for p in (tmp_path / "out" / ("d" * 150)).iterdir())
+    assert got == sorted(e.name.split("/")[1] for e in entries)
+    assert (tmp_path / "out" / entries[7].name).read_bytes() == entries[7].data
