@@ -12,6 +12,7 @@ from __future__ import annotations
 import calendar
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -21,7 +22,9 @@ import tarfile
 import tempfile
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
@@ -195,7 +198,49 @@ def _read_whole(r: Resolved) -> bytes:
     return data
 
 
-def write_cpio(resolution: Resolution, sink: cpio.Sink, mtime: int) -> _Written:
+def _load_batch(batch: Sequence[Resolved]) -> list[tuple[bytes, str]]:
+    out = []
+    for r in batch:
+        data = _read_whole(r)
+        out.append((data, hashlib.sha256(data).hexdigest()))
+    return out
+
+
+_BATCH = 64   # files per read-ahead task: amortises the cost of a task
+_AHEAD = 16   # tasks in flight: bounds the memory read ahead
+
+
+@contextlib.contextmanager
+def _read_ahead(files: Sequence[Resolved], workers: int) -> Iterator[Iterator[tuple[bytes, str]]]:
+    """Small files read and hashed by worker threads, in order, a bounded distance ahead.
+
+    os.read and SHA-256 release the GIL, so this overlaps with building the
+    stream and with the compressor's own threads.
+    """
+    if workers <= 0:
+        yield ((d, hashlib.sha256(d).hexdigest()) for d in map(_read_whole, files))
+        return
+    batches = iter([files[i:i + _BATCH] for i in range(0, len(files), _BATCH)])
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pib-read") as pool:
+        pending: deque[Future[list[tuple[bytes, str]]]] = deque(
+            pool.submit(_load_batch, b) for b in itertools.islice(batches, _AHEAD))
+
+        def results() -> Iterator[tuple[bytes, str]]:
+            while pending:
+                done = pending.popleft().result()
+                nxt = next(batches, None)
+                if nxt is not None:
+                    pending.append(pool.submit(_load_batch, nxt))
+                yield from done
+
+        try:
+            yield results()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def write_cpio(resolution: Resolution, sink: cpio.Sink, mtime: int, read_threads: int = 2) -> _Written:
     """The newc stream in path order, hashing each file while it is copied."""
     entries = resolution.entries
     by_path = {r.entry.path: r for r in entries}
@@ -204,14 +249,23 @@ def write_cpio(resolution: Resolution, sink: cpio.Sink, mtime: int) -> _Written:
     ino_of: dict[str, int] = {}
     digests: dict[str, str] = {}
     w = cpio.Writer(sink)
+    small = [r for r in entries if r.entry.kind is Kind.FILE and r.entry.path not in links and r.size < _CHUNK]
+    with _read_ahead(small, read_threads) as loaded:
+        _write_entries(w, entries, by_path, links, carrier, ino_of, digests, loaded, mtime)
+    w.finish()
+    return _Written(_records(entries, by_path, digests), w.size)
+
+
+def _write_entries(w: cpio.Writer, entries: Sequence[Resolved], by_path: Mapping[str, Resolved],
+                   links: Mapping[str, list[str]], carrier: Mapping[str, str], ino_of: dict[str, int],
+                   digests: dict[str, str], loaded: Iterator[tuple[bytes, str]], mtime: int) -> None:
     sha256 = hashlib.sha256
     for ino, r in enumerate(entries, 1):
         e = r.entry
         kind = e.kind
         if kind is Kind.FILE and e.path not in links:
             if r.size < _CHUNK:
-                data = _read_whole(r)
-                digests[e.path] = sha256(data).hexdigest()
+                data, digests[e.path] = next(loaded)
                 w.file(e.path, data, ino=ino, perm=e.mode, uid=r.uid, gid=r.gid, mtime=mtime)
             else:
                 w.file_header(e.path, ino=ino, perm=e.mode, uid=r.uid, gid=r.gid, mtime=mtime, size=r.size)
@@ -241,8 +295,6 @@ def write_cpio(resolution: Resolution, sink: cpio.Sink, mtime: int) -> _Written:
                     w.data(chunk)
                 w.end_data(size)
                 digests[tpath] = h.hexdigest()
-    w.finish()
-    return _Written(_records(entries, by_path, digests), w.size)
 
 
 def _records(entries: Sequence[Resolved], by_path: Mapping[str, Resolved], digests: Mapping[str, str]) -> list[Record]:

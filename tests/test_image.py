@@ -499,3 +499,34 @@ def test_zstd_output_does_not_depend_on_the_number_of_cores() -> None:
     data = b"".join(b"%08d some text that compresses\n" % i for i in range(400_000))
     outs = {zstandard.ZstdCompressor(level=3, threads=n, write_checksum=True).compress(data) for n in (1, 2, 3, 8)}
     assert len(outs) == 1
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_file_changing_under_the_writer_is_an_error(ws: dict[str, Path], threads: int) -> None:
+    import io
+
+    from pib.image import write_cpio
+
+    res = resolve(_spec(ws), _areas(ws))
+    _write(ws["extra"] / "usr/lib/libsmall.so", b"grown larger than before")
+    with pytest.raises(PibError) as exc:
+        write_cpio(res, io.BytesIO(), 0, read_threads=threads)
+    assert exc.value.reason is Reason.IMAGE
+
+
+def test_read_ahead_gives_the_same_stream(ws: dict[str, Path]) -> None:
+    import io
+
+    from pib.image import write_cpio
+
+    many = ws["root"] / "proto.many"
+    lines = ["d usr/share 0755 root sys"]
+    for i in range(1500):  # more than the read-ahead window of batches
+        _write(many / f"usr/share/f{i:04d}", f"{i}\n" * (i % 7))
+        lines.append(f"f usr/share/f{i:04d} 0644 root sys")
+    _write(ws["root"] / "many.manifest", "\n".join(lines) + "\n")
+    res = resolve(_spec(ws), [*_areas(ws), ProtoArea("many", many, ws["root"] / "many.manifest")])
+    a, b = io.BytesIO(), io.BytesIO()
+    write_cpio(res, a, 0, read_threads=0)
+    write_cpio(res, b, 0, read_threads=3)
+    assert a.getvalue() == b.getvalue()
