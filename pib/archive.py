@@ -408,6 +408,9 @@ class _Scanner:
                 if prefix:
                     raw_name = f"{prefix}/{raw_name}"
         name = self._normalize(raw_name, "member name")
+        if raw_name.endswith("/") and typeflag != _DIR:
+            # GNU tar would make a directory of it (the old BSD convention); refuse the ambiguity
+            raise self.refuse(f"{raw_name}: non-directory member with a trailing slash")
         mode = _parse_number(header[100:108])
         if mode is None or mode < 0 or mode > 0o7777:
             raise self.refuse(f"{raw_name}: bad mode field")

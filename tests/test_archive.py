@@ -139,6 +139,7 @@ HOSTILE: dict[str, list[Entry]] = {
     "setgid": [Entry("bin/x", data=b"x", mode=0o2755)],
     "duplicate": [Entry("a", data=b"1"), Entry("a", data=b"2")],
     "file-then-below": [Entry("a", data=b"1"), Entry("a/b", data=b"2")],
+    "file-with-trailing-slash": [Entry("a/", data=b"1"), Entry("a/b", data=b"2")],
     "symlink-over-populated-dir": [Entry("a/b/c", data=b"1"), Entry("a/b", "symlink", target="..")],
 }
 
