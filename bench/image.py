@@ -178,7 +178,9 @@ zstd level 3 on both sides. pib's boot archive: {res.size / 1e6:.1f} MB; baselin
 | parse and validate the {entries}-line manifest | {parse_s * 1000:.0f} ms |
 | resolve (union, search 3 areas, owners, links) | {resolve_s * 1000:.0f} ms |
 
-Load average when the runs ended: {_load()} (2 cores; other work on the machine inflates wall times).
+Load average when the runs ended: {_load()} (2 cores). Wall times on a shared machine follow its load:
+runs on this machine on the day this benchmark was written gave wall ratios from 1.0x (load 3.5) to 2.7x
+(load 10), while the CPU ratio stayed between 0.9x and 1.03x; the CPU figure is the stable one.
 
 Targets: ratio <= 1.2x ({'met' if ratio <= 1.2 else 'NOT met'}); parse under 0.5 s ({'met' if parse_s < 0.5 else 'NOT met'}).
 """
