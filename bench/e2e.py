@@ -262,8 +262,9 @@ def report(phases: list[Phase], args: argparse.Namespace) -> str:
         acts = ", ".join(f"{k}: {v}" for k, v in p.actions.items())
         rows.append(f"| ({p.name}) | {p.what} | {p.wall:.2f} s | {p.build_cmds:.2f} s | {p.qemu:.2f} s | "
                     f"{p.overhead:.2f} s | {acts} |")
-    steps = ["", "Steps of each phase: " + "; ".join(
-        f"({p.name}) " + " + ".join(f"`{s.command}` {s.wall:.2f} s" for s in p.steps) for p in phases)]
+    steps = ["", "Steps of each phase (pib's own share in brackets): " + "; ".join(
+        f"({p.name}) " + " + ".join(f"`{s.command}` {s.wall:.2f} s [{s.wall - s.build_cmds - s.qemu:.2f} s]"
+                                    for s in p.steps) for p in phases)]
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
