@@ -41,10 +41,11 @@ def commit(path: Path, message: str) -> None:
     sh(["git", "commit", "-q", "--allow-empty", "-m", message], path)
 
 
-def pib(ws: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    """The real CLI, as a user runs it."""
+def pib(ws: Path, *args: str, check: bool = False,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI, as a user runs it (env: variables added to this process's environment)."""
     return subprocess.run([sys.executable, "-m", "pib", "-C", str(ws), *args], capture_output=True, text=True,
-                          check=check, stdin=subprocess.DEVNULL)
+                          check=check, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
 MAKEFILE = """\
