@@ -530,3 +530,43 @@ def test_read_ahead_gives_the_same_stream(ws: dict[str, Path]) -> None:
     write_cpio(res, a, 0, read_threads=0)
     write_cpio(res, b, 0, read_threads=3)
     assert a.getvalue() == b.getvalue()
+
+
+@pytest.mark.integration
+def test_real_smartos_manifests_assemble(tmp_path: Path) -> None:
+    """The three real manifests, resolved and archived against a proto area holding their files."""
+    from pib.manifest import parse_file
+
+    real = sorted(Path("/work/shared/testdata/smartos-manifests").glob("*.manifest"))
+    proto = tmp_path / "proto"
+    names: set[str] = set()
+    have: set[str] = set()
+    for m in real:
+        for e in parse_file(m).entries:
+            have.add(e.path)
+            if e.kind.value == "f":
+                _write(proto / e.path, f"content of {e.path}\n")
+            if e.kind.value in "fd":
+                names.update((e.user, e.group))
+    # The manifests come from a larger image: supply the parent directories they take for granted.
+    parents = sorted({p for path in have for p in _ancestors(path)} - have)
+    extra = tmp_path / "parents.manifest"
+    _write(extra, "".join(f"d {p} 0755 root root\n" for p in parents))
+    ids = {n: i for i, n in enumerate(sorted(names | {"root"}))}
+    _write(proto / "etc/passwd", "".join(f"{n}:x:{i}:{i}::/:\n" for n, i in ids.items()))
+    _write(proto / "etc/group", "".join(f"{n}::{i}:\n" for n, i in ids.items()))
+    if "etc/passwd" not in have:
+        _write(extra, extra.read_text() + "f etc/passwd 0644 root root\nf etc/group 0644 root root\n")
+    areas = [ProtoArea(f"m{i}", proto, m) for i, m in enumerate(real)] + [ProtoArea("parents", proto, extra)]
+    res = assemble(ImageSpec(release_file=""), areas, tmp_path / "out", STAMP, {})
+    raw = tmp_path / "raw.cpio"
+    run(["zstd", "-q", "-d", "-f", "-o", raw, res.boot_archive])
+    listing = run(["cpio", "-t", "-F", raw], capture=True)
+    assert len(listing.stdout.split()) == res.entries
+    assert "usr/img/lib/64" in listing.stdout.split()
+    assert res.entries == len(have | set(parents) | {"etc/passwd", "etc/group"})
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
