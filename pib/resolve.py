@@ -8,6 +8,7 @@ checked; every problem is reported at once with the manifest line it came from.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import re
@@ -107,6 +108,7 @@ class Resolution:
     entries: tuple[Resolved, ...]  # sorted by path: parents before children
     warnings: tuple[str, ...]
     search: tuple[tuple[str, Path], ...]
+    problems: tuple[Problem, ...] = ()  # only with strict=False
 
 
 def search_path(spec: ImageSpec, areas: Sequence[ProtoArea]) -> tuple[tuple[str, Path], ...]:
@@ -192,8 +194,12 @@ def resolve(
     *,
     buildstamp: str = "",
     component_keys: Mapping[str, str] | None = None,
+    strict: bool = True,
 ) -> Resolution:
-    """Union the manifests, find every file, check links, parents and owners; all problems at once."""
+    """Union the manifests, find every file, check links, parents and owners; all problems at once.
+
+    strict=False returns the problems in the Resolution instead of raising (for reports).
+    """
     manifests = load_manifests(spec, areas)
     entries = list(union(manifests))
     problems: list[Problem] = []
@@ -283,10 +289,10 @@ def resolve(
                 out.append(Resolved(e, e.component, None, 0, uid, gid))
         else:
             out.append(Resolved(e, e.component))
-    if problems:
-        problems.sort(key=lambda p: (p.where.path, p.where.line))
+    problems.sort(key=lambda p: (p.where.path, p.where.line))
+    if problems and strict:
         raise ImageManifestError(problems)
-    return Resolution(tuple(out), tuple(warnings), search)
+    return Resolution(tuple(out), tuple(warnings), search, tuple(problems))
 
 
 # --- sizes ----------------------------------------------------------------------------
@@ -306,9 +312,12 @@ class SizeReport:
     components: tuple[ComponentSize, ...]  # largest first
     archive_size: int | None = None
     max_size: int | None = None
+    missing: tuple[str, ...] = ()  # files the manifests name that no proto area has (yet)
 
     def format(self) -> str:
         lines = []
+        if self.missing:
+            lines.append(f"not counted: {len(self.missing)} file(s) not built yet, e.g. {self.missing[0]}")
         if self.archive_size is not None:
             budget = f" (budget {_human(self.max_size)})" if self.max_size is not None else ""
             lines.append(f"boot archive: {_human(self.archive_size)}{budget}")
@@ -322,6 +331,7 @@ class SizeReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "total": self.total, "archive_size": self.archive_size, "max_size": self.max_size,
+            "missing": list(self.missing),
             "components": [{"name": c.name, "bytes": c.bytes, "files": c.files,
                             "largest": [{"path": p, "bytes": s} for p, s in c.largest]} for c in self.components],
         }
@@ -354,8 +364,15 @@ def sizes_of(resolution: Resolution, top: int = 5, archive_size: int | None = No
 
 
 def size_report(spec: ImageSpec, areas: Sequence[ProtoArea], top: int = 5) -> SizeReport:
-    """`pib image --sizes`: what the image would contain, by component, without writing anything."""
-    return sizes_of(resolve(spec, areas), top, None, spec.max_size)
+    """`pib image --sizes`: what the image would contain, by component, without writing anything.
+
+    Works at any time: files not built yet are listed as missing; malformed
+    manifests still raise.
+    """
+    res = resolve(spec, areas, strict=False)
+    report = sizes_of(res, top, None, spec.max_size)
+    missing = tuple(p.path for p in res.problems if p.kind == "missing")
+    return dataclasses.replace(report, missing=missing)
 
 
 class SizeBudgetError(PibError):

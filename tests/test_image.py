@@ -281,6 +281,14 @@ def test_size_budget(ws: dict[str, Path]) -> None:
     assert ok.size <= 10_000_000
 
 
+def test_size_report_before_everything_is_built(ws: dict[str, Path]) -> None:
+    (ws["extra"] / "usr/lib/libbig.so").unlink()
+    report = size_report(_spec(ws), _areas(ws))
+    assert report.missing == ("usr/lib/libbig.so",)
+    assert report.components[0].name == "base"
+    assert report.to_json()["missing"] == ["usr/lib/libbig.so"]
+
+
 @pytest.mark.integration
 def test_manifest_diff_between_images(ws: dict[str, Path]) -> None:
     a = assemble(_spec(ws), _areas(ws), ws["root"] / "o1", STAMP, {})
