@@ -105,6 +105,25 @@ under it at one point (a marker a build script writes, or the n-th call of a fun
 checks that the point was really reached; the disk-full cases mount a 64 KiB tmpfs (a real ENOSPC, no
 injection).
 
+## What the fault tests found (fixed)
+
+- A `pib.toml` that is not UTF-8 crashed the loader with a traceback; it is now a config error naming the line.
+- A full disk while writing the image crashed `pib build` with a traceback (`OSError`); it is now an image error
+  that names the output directory, and the temporary image directory is removed.
+- A local store that could not keep a fresh build (e.g. a full disk) only said so in the component log; the
+  build now warns.
+- Scratch directories of a killed restore or pack (`.proto.NAME.fetch-*`, `.unpack-*`, `.publish-*`) were
+  left beside the proto area forever; the next build of that component now removes them.
+
+## Known limits
+
+- Build commands run in their own session so a failed build can stop its whole process tree. If pib itself is
+  SIGKILLed (not interrupted), a running build command is orphaned and keeps running, and may still write
+  into the `.proto.NAME.pib-new` directory that the next build starts afresh; the kill tests therefore kill
+  pib and every process under it.
+- A restored archive is bounded by the unpack limits (64 GiB, two million members by default): a bomb that
+  declares its size is refused at its header, but one that stays under the bound is extracted in full.
+
 ## Every case
 
 | family | case | tried | passed | held | seconds |

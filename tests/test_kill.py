@@ -31,7 +31,8 @@ from pib import cbe
 from pib.archive import sha256_file
 from pib.artifacts import read_metadata
 from pib.cbe import CbeSpec, CbeStateError
-from pib.signing import load_public_key
+from pib.signing import generate_keypair, load_public_key
+from pib.store import HttpStoreSpec, Store, open_store
 from pib.store.local import LocalStore
 from tests.gitutil import make_repo
 from tests.reliability import tally
@@ -110,7 +111,7 @@ count = [0]
 guard = threading.Lock()
 go = os.environ.get("PIB_KILL_GO")
 def hook(*args, **kwargs):
-    if not match or match in repr(args[:1]) + repr(kwargs):
+    if not match or match in repr(args) + repr(kwargs):
         with guard:
             count[0] += 1
             hit = count[0] == int(nth)
@@ -177,6 +178,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
     make_repo(root / "repos" / "extra", {"build.sh": EXTRA_BUILD, "manifest": EXTRA_MANIFEST})
     launcher = root / "launch.py"
     launcher.write_text(LAUNCHER.format(repo=str(REPO)))
+    generate_keypair(root / "key.priv", root / "key.pub")
     _, sha = make_wheel(root / "wheels", "tinytool", "1.0")
     k = Kit(root, _env(root), launcher, root / "wheels", sha, {})
     for flavour in ("plain", "cbe"):
@@ -193,7 +195,7 @@ def protos(ws: Path) -> dict[str, str]:
 
 
 def new_ws(k: Kit, name: str, *, cbe: bool = False, store: str = "store", base_proto: str = "proto.base",
-           top: str = "") -> Path:
+           top: str = "", remote: str = "") -> Path:
     ws = k.root / name
     ws.mkdir()
     (ws / "marks").mkdir()
@@ -221,6 +223,10 @@ depends = ["base"]
 [image]
 compression = "zstd"
 """
+    if remote:
+        text += (f'\n[[store]]\nname = "remote"\ntype = "http"\nurl = "{remote}"\ntimeout = 10\n\n'
+                 f'[trust]\npublic_keys = ["{k.root}/key.pub"]\nsigning_key = "{k.root}/key.priv"\n'
+                 'publish = "always"\n')
     if cbe:
         text += '\n[cbe]\nname = "pytools"\nversion = "1"\nroot = "cbe-root"\nlock = "cbe.lock.toml"\n'
         (ws / "cbe.lock.toml").write_text(
@@ -280,6 +286,7 @@ class Point:
     func: str = ""  # module|attr|n[|match] for the launcher
     before: str = ""  # how to prepare the workspace: "" | built | clobbered | rebuild
     cbe: bool = False
+    remote: bool = False  # publish to an nginx store (checked like the local one)
     witness: str = ""  # a glob (under the workspace) that shows the kill hit what the name says
 
 
@@ -314,6 +321,11 @@ POINTS = [
           witness="output/platform-*/boot_archive"),
     Point("image: old image moved aside, new one not in place", "build --force", func="os|rename|2|platform-",
           before="built", witness="output/.pib-tmp-*/old/boot_archive"),
+    # Publishing to a remote store.
+    Point("publish: signed, nothing uploaded", "build --publish", func="pib.store.http|HttpStore.put|1",
+          remote=True),
+    Point("publish: archive uploaded, metadata not", "build --publish", func="pib.store.http|HttpStore._send|2|'PUT'",
+          remote=True, witness="remote:base/*.tar.zst"),
     # Installing the build environment.
     Point("CBE: pip packages installed, lock files not written", "configure", func="pib.cbe.providers.pip|write_files|1",
           cbe=True),
@@ -350,17 +362,25 @@ def _machine_key(k: Kit) -> Path:
     return Path(k.env["XDG_CONFIG_HOME"]) / "pib" / "machine.pub"
 
 
-def check_store(k: Kit, store_dir: Path) -> int:
-    """Every entry the local store would serve verifies; returns how many."""
-    if not store_dir.exists():
+def check_store(k: Kit, store_dir: Path | str) -> int:
+    """Every entry the local store (or the remote at a URL) would serve verifies; returns how many."""
+    store: Store
+    if isinstance(store_dir, str):
+        store = open_store(HttpStoreSpec("remote", store_dir))
+        store_dir = k.root / "remote-check"
+        keys = [load_public_key(k.root / "key.pub")]
+    elif not store_dir.exists():
         return 0
-    store = LocalStore(store_dir)
-    keys = [load_public_key(_machine_key(k))]
+    else:
+        store = LocalStore(store_dir)
+        keys = [load_public_key(_machine_key(k))]
     n = 0
     for e in store.list():
         meta = read_metadata(store.get_meta(e.component, e.key), keys, component=e.component, key=e.key)
         got = store_dir / ".check"
         got.mkdir(exist_ok=True)
+        # A remote answers only for entries whose metadata exists (it is written last).
+        assert store.has(e.component, e.key)
         archive, _ = store.get(e.component, e.key, got)
         assert sha256_file(archive) == (meta.archive_sha256, meta.archive_size)
         archive.unlink()
@@ -368,7 +388,7 @@ def check_store(k: Kit, store_dir: Path) -> int:
     return n
 
 
-def check_nothing_half(k: Kit, ws: Path, flavour: str) -> None:
+def check_nothing_half(k: Kit, ws: Path, flavour: str, remote: str = "") -> None:
     ref_hash, ref_protos = k.refs[flavour]
     for name, digest in protos(ws).items():
         assert digest == ref_protos[name], f"proto.{name} is in place but not a complete build"
@@ -387,6 +407,8 @@ def check_nothing_half(k: Kit, ws: Path, flavour: str) -> None:
             with tarfile.open(d) as tf:
                 assert any(m.name.endswith("/boot_archive") for m in tf.getmembers())
     check_store(k, ws / "store")
+    if remote:
+        check_store(k, remote)
     if flavour == "cbe":
         spec = CbeSpec("pytools", "1", ws / "cbe-root", ws / "cbe.lock.toml")
         # Missing or half-installed is fine (configure replaces it); "ok" with wrong contents is not.
@@ -394,7 +416,7 @@ def check_nothing_half(k: Kit, ws: Path, flavour: str) -> None:
             cbe.verify_full(spec)
 
 
-def check_recovered(k: Kit, ws: Path, flavour: str) -> None:
+def check_recovered(k: Kit, ws: Path, flavour: str, remote: str = "") -> None:
     if flavour == "cbe":
         r = pib(k, ws, "configure")
         assert r.returncode == 0, r.stderr
@@ -409,13 +431,17 @@ def check_recovered(k: Kit, ws: Path, flavour: str) -> None:
     assert not leftovers, f"temporaries left beside the proto areas: {leftovers}"
     assert not list((ws / "output").glob(".pib-tmp-*"))
     assert check_store(k, ws / "store") >= 1
+    if remote:
+        check_store(k, remote)
 
 
 @pytest.mark.parametrize("point", POINTS, ids=[p.name for p in POINTS])
-def test_kill_then_rebuild(kit: Kit, point: Point) -> None:
+def test_kill_then_rebuild(kit: Kit, point: Point, request: pytest.FixtureRequest) -> None:
     flavour = "cbe" if point.cbe else "plain"
+    name = "ws-" + hashlib.sha1(point.name.encode()).hexdigest()[:10]
+    remote = f"{request.getfixturevalue('nginx').url}/kill-{os.getpid()}-{name}" if point.remote else ""
     with tally("kill", point.name):
-        ws = new_ws(kit, "ws-" + hashlib.sha1(point.name.encode()).hexdigest()[:10], cbe=point.cbe)
+        ws = new_ws(kit, name, cbe=point.cbe, remote=remote)
         if point.command.startswith("build"):
             assert pib(kit, ws, "configure").returncode == 0
         _prepare(kit, ws, point.before)
@@ -437,9 +463,13 @@ def test_kill_then_rebuild(kit: Kit, point: Point) -> None:
                 kill_tree(proc)
             for hold in (ws / "marks").glob("*.hold"):
                 hold.unlink()
-        if point.witness:
+        if point.witness.startswith("remote:"):
+            served = Path(request.getfixturevalue("nginx").root) / remote.rsplit("/", 1)[1]
+            assert list(served.glob(point.witness[7:])), "killed, but the archive was not uploaded"
+            assert not list(served.glob("base/*.json"))
+        elif point.witness:
             assert list(ws.glob(point.witness)), f"killed, but not at the point: nothing matches {point.witness}"
         if point.before == "rebuild":
             (ws / "projects" / "base" / "tool.sh").write_text("#!/bin/sh\necho tool\n")
-        check_nothing_half(kit, ws, flavour)
-        check_recovered(kit, ws, flavour)
+        check_nothing_half(kit, ws, flavour, remote)
+        check_recovered(kit, ws, flavour, remote)
