@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -284,7 +285,7 @@ class Point:
     command: str  # build | configure
     script: str = ""  # COMPONENT.STEP of a build script
     func: str = ""  # module|attr|n[|match] for the launcher
-    before: str = ""  # how to prepare the workspace: "" | built | clobbered | rebuild
+    before: str = ""  # how to prepare the workspace: "" | built | clobbered | rebuild | published
     cbe: bool = False
     remote: bool = False  # publish to an nginx store (checked like the local one)
     witness: str = ""  # a glob (under the workspace) that shows the kill hit what the name says
@@ -326,6 +327,8 @@ POINTS = [
           remote=True),
     Point("publish: archive uploaded, metadata not", "build --publish", func="pib.store.http|HttpStore._send|2|'PUT'",
           remote=True, witness="remote:base/*.tar.zst"),
+    Point("restore from the remote: downloading", "build", func="pib.store.http|HttpStore._stream_to|1",
+          remote=True, before="published", witness=".proto.base.fetch-*"),
     # Installing the build environment.
     Point("CBE: pip packages installed, lock files not written", "configure", func="pib.cbe.providers.pip|write_files|1",
           cbe=True),
@@ -339,8 +342,12 @@ POINTS = [
 def _prepare(k: Kit, ws: Path, before: str) -> None:
     if not before:
         return
-    assert pib(k, ws, "build").returncode == 0
-    if before == "clobbered":
+    assert pib(k, ws, "build", *(["--publish"] if before == "published" else [])).returncode == 0
+    if before == "published":
+        # Only the remote has base now.
+        assert pib(k, ws, "clobber", "base").returncode == 0
+        shutil.rmtree(ws / "store")
+    elif before == "clobbered":
         assert pib(k, ws, "clobber", "base").returncode == 0
     elif before == "rebuild":
         (ws / "projects" / "base" / "tool.sh").write_text("#!/bin/sh\necho changed\n")
@@ -373,12 +380,13 @@ def check_store(k: Kit, store_dir: Path | str) -> int:
         return 0
     else:
         store = LocalStore(store_dir)
-        keys = [load_public_key(_machine_key(k))]
+        # Local builds are signed by the machine key; entries restored from the remote keep its signature.
+        keys = [load_public_key(_machine_key(k)), load_public_key(k.root / "key.pub")]
     n = 0
     for e in store.list():
         meta = read_metadata(store.get_meta(e.component, e.key), keys, component=e.component, key=e.key)
         got = store_dir / ".check"
-        got.mkdir(exist_ok=True)
+        got.mkdir(parents=True, exist_ok=True)
         # A remote answers only for entries whose metadata exists (it is written last).
         assert store.has(e.component, e.key)
         archive, _ = store.get(e.component, e.key, got)
