@@ -330,3 +330,76 @@ def test_non_utf8_config_is_a_config_error_with_line() -> None:
         assert exc.where is not None and exc.where.line == 2
     else:
         raise AssertionError("invalid UTF-8 was accepted")
+
+
+# --------------------------------------------------------------------------
+# CBE lock files (they come from a repository, so they are input too)
+
+LOCK = """\
+format = 1
+name = "smartos-cbe"
+version = "1"
+provider = "pkgsrc"
+
+[path]
+bin = ["bin", "sbin"]
+
+[pkgsrc]
+bootstrap_url = "file:///k.tgz"
+bootstrap_sha256 = "{}"
+prefix = "/opt/smartos-cbe/1"
+repository = "https://pkgsrc.smartos.org/packages/SmartOS/2024Q4/x86_64/All"
+packages = ["gcc13-13.2.0", "gmake-4.4.1"]
+
+[[packages]]
+name = "tinytool"
+version = "1.0"
+sha256 = "{}"
+""".format("b" * 64, "a" * 64)
+
+_LOCK_KEYS = ["format", "name", "version", "provider", "path", "bin", "pkgsrc", "pip", "tarball", "debian",
+              "packages", "sha256", "bootstrap_url", "bootstrap_sha256", "prefix", "repository", "find_links",
+              "index_url", "files", "env", "url", "a", ""]
+
+
+@st.composite
+def mutated_lock(draw: st.DrawFn) -> str:
+    lines = LOCK.splitlines()
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(lines) - 1))
+        op = draw(st.integers(0, 3))
+        if op == 0:
+            del lines[i]
+        elif op == 1:
+            lines.insert(i, lines[i])
+        elif op == 2 and "=" in lines[i]:
+            lines[i] = lines[i].split("=", 1)[0] + "= " + _toml_value(draw(values))
+        else:
+            lines[i] = f"{draw(st.sampled_from(_LOCK_KEYS))} = {_toml_value(draw(scalars))}"
+        if not lines:
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def test_cbe_lock_parser() -> None:
+    from pib.cbe.lock import load as load_lock
+    from pib.errors import CbeError
+
+    path = _CONFIG_DIR / "cbe.lock.toml"
+    path.write_text(LOCK)
+    assert load_lock(path).name == "smartos-cbe"
+    lock_docs = st.dictionaries(st.sampled_from(_LOCK_KEYS), values, max_size=6).map(to_toml)
+    with tally("fuzz", "CBE lock parser") as t:
+        t.tried = 0
+
+        @FUZZ
+        @given(st.one_of(mutated_lock(), lock_docs, st.binary(max_size=100).map(lambda b: b.decode("latin-1"))))
+        def prop(text: str) -> None:
+            t.tried += 1
+            path.write_bytes(text.encode("utf-8", "surrogatepass"))
+            try:
+                load_lock(path)
+            except CbeError as exc:
+                assert exc.reason is Reason.CBE
+
+        prop()
