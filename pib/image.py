@@ -428,6 +428,11 @@ def _level_for(path: Path) -> int:
     return 0 if len(zlib.compress(sample, 1)) > 0.9 * len(sample) else 6
 
 
+# build.json records how a build went (built or restored, timings): it stays
+# beside the tarball, whose bytes depend only on the image's inputs.
+_NOT_IN_TARBALL = frozenset({"build.json"})
+
+
 def _write_tgz(src_dir: Path, arc_root: str, dest: Path, mtime: int) -> None:
     """A reproducible tarball: sorted names, fixed owners and times."""
     with open(dest, "wb") as raw:
@@ -442,6 +447,8 @@ def _write_tgz(src_dir: Path, arc_root: str, dest: Path, mtime: int) -> None:
                 return ti
             tar.addfile(info(arc_root, 0o755, tarfile.DIRTYPE))
             for p in sorted(src_dir.iterdir(), key=lambda x: x.name.encode()):
+                if p.name in _NOT_IN_TARBALL:
+                    continue
                 size = p.stat().st_size
                 gz.set_level(_level_for(p))
                 with open(p, "rb") as fh:
