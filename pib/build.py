@@ -164,6 +164,7 @@ class BuildReport:
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
     image: dict[str, Any] | None = None
+    boot: dict[str, Any] | None = None
     error: PibError | None = None
     policy: str = "stop"
     warnings: list[str] = field(default_factory=list)
@@ -192,6 +193,7 @@ class BuildReport:
                 for o in self.outcomes
             ],
             "image": self.image,
+            "boot": self.boot,
             "warnings": list(self.warnings),
             "error": self.error.to_json() if self.error else None,
         }

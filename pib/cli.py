@@ -105,6 +105,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from pib import actions
     from pib.build import BuildOptions
     from pib.config import topo_order
+    from pib.errors import PibError
     from pib.ui import Progress, summary
 
     cfg = load_config(args)
@@ -130,6 +131,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
             image=not args.no_image, ci=ci, on_event=None if args.quiet and not prog.live else prog.event,
             on_lock_wait=on_wait,
         )
+    if args.boot and report.error is None and report.image:
+        from pib.boot import locate
+        from pib.cli_boot import boot_configured
+
+        result = boot_configured(cfg, locate(cfg.workspace.output_dir, report.image["buildstamp"]))
+        report.boot = result.to_json()
+        try:
+            result.check()
+        except PibError as exc:
+            report.error = exc
     if ci:
         path = Path(args.report) if args.report else cfg.workspace.output_dir / "ci-report.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +154,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(summary(report))
         if report.image:
             print(f"image: {report.image.get('dir')} ({report.image.get('action', 'built')})")
+        if report.boot:
+            b = report.boot
+            print(f"boot: {'PASS' if b['passed'] else 'FAIL'} in {b['seconds']:.1f}s: {b['marker_line']}")
         if report.error is not None:
             policy = "other running builds were allowed to finish" if opts.keep_going else \
                 "other running builds were stopped"
@@ -276,6 +290,7 @@ def parser() -> argparse.ArgumentParser:
         b.add_argument("--require-prebuilt", action="store_true",
                        help="a prebuilt component without an artifact is an error")
         b.add_argument("--no-image", action="store_true", help="build components only")
+        b.add_argument("--boot", action="store_true", help="then boot the image in QEMU (like pib boot)")
         b.add_argument("--wait", action="store_true", help="wait for another build of this workspace to end")
         b.add_argument("--allow-old-platform", action="store_true")
         b.add_argument("-q", "--quiet", action="store_true", help="no progress view")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pib.boot import BootResult, Platform
+    from pib.config import Config
 
 
 def register(sub: Any) -> None:
@@ -21,7 +25,7 @@ def register(sub: Any) -> None:
 
 
 def _cmd_boot(args: argparse.Namespace) -> int:
-    from pib.boot import Platform, boot, locate
+    from pib.boot import Platform, locate
     from pib.cli import emit_json, load_config, want_json
     from pib.errors import PibError, Reason
 
@@ -33,19 +37,31 @@ def _cmd_boot(args: argparse.Namespace) -> int:
         platform = Platform(args.stamp or "custom", args.kernel.resolve(), args.boot_archive.resolve())
     else:
         platform = locate(cfg.workspace.output_dir, args.stamp)
-    bc = cfg.boot
-    result = boot(
-        platform,
-        log_dir=cfg.workspace.log_dir,
-        marker=bc.marker,
-        memory=args.memory or bc.memory,
-        timeout=args.timeout or bc.timeout,
-        append=bc.append,
-        qemu=bc.qemu,
-    )
+    result = boot_configured(cfg, platform, memory=args.memory, timeout=args.timeout)
     if want_json(args):
         emit_json({"stamp": platform.stamp, **result.to_json()})
         return 0 if result.passed else result_exit_code()
+    return report(result)
+
+
+def boot_configured(cfg: Config, platform: Platform, *, memory: int | None = None,
+                    timeout: float | None = None) -> BootResult:
+    """Boot with the workspace's [boot] settings (also used by `pib build --boot`)."""
+    from pib.boot import boot
+
+    bc = cfg.boot
+    return boot(
+        platform,
+        log_dir=cfg.workspace.log_dir,
+        marker=bc.marker,
+        memory=memory or bc.memory,
+        timeout=timeout or bc.timeout,
+        append=bc.append,
+        qemu=bc.qemu,
+    )
+
+
+def report(result: BootResult) -> int:
     if result.passed:
         print(f"boot: PASS in {result.seconds:.1f}s: {result.marker_line}")
         print(f"console log: {result.log_path}")
