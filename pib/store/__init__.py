@@ -13,7 +13,7 @@ Every remote call has connect/read time-outs and a small retry budget.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -93,6 +93,21 @@ class Store(Protocol):
     def list(self, component: str | None = None) -> Entries: ...
 
     def delete(self, component: str, key: str) -> None: ...
+
+
+PARALLEL = 16  # requests a remote store gets at once (existence rounds)
+
+
+def has_concurrently(has: Callable[[str, str], bool], pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """has() for many entries in one concurrent round, not N sequential round trips."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = list(dict.fromkeys(pairs))
+    if not todo:
+        return set()
+    with ThreadPoolExecutor(max_workers=min(PARALLEL, len(todo))) as pool:
+        answers = list(pool.map(lambda p: has(*p), todo))
+    return {p for p, yes in zip(todo, answers, strict=True) if yes}
 
 
 def check_names(component: str, key: str) -> None:

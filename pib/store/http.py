@@ -21,7 +21,6 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, TypeVar
@@ -35,6 +34,7 @@ from pib.store import (
     NotFound,
     StoreEntry,
     check_names,
+    has_concurrently,
     is_component_name,
     is_key,
 )
@@ -42,7 +42,6 @@ from pib.store import (
 CHUNK = 1 << 20
 MIN_RATE = 64 * 1024  # bytes/s an archive download must keep up after its first `timeout` seconds
 MAX_META = 1 << 20
-PARALLEL = 16
 
 T = TypeVar("T")
 _Rows = list[tuple[str, str, float, int]]  # name, type, mtime, size of an index listing
@@ -139,12 +138,7 @@ class HttpStore:
         return self._attempts(f"HEAD {path}", head)
 
     def has_many(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        todo = list(dict.fromkeys(pairs))
-        if not todo:
-            return set()
-        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(todo))) as pool:
-            answers = list(pool.map(lambda p: self.has(*p), todo))
-        return {p for p, yes in zip(todo, answers, strict=True) if yes}
+        return has_concurrently(self.has, pairs)
 
     def get_meta(self, component: str, key: str) -> bytes:
         check_names(component, key)

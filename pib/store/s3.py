@@ -13,7 +13,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,11 +26,13 @@ from pib.errors import StoreError
 from pib.store import (
     ARCHIVE_SUFFIX,
     META_SUFFIX,
+    PARALLEL,
     Entries,
     NotFound,
     S3StoreSpec,
     StoreEntry,
     check_names,
+    has_concurrently,
     is_component_name,
     is_key,
 )
@@ -39,7 +40,6 @@ from pib.store import (
 CHUNK = 1 << 20
 MIN_RATE = 64 * 1024
 MAX_META = 1 << 20
-PARALLEL = 16
 T = TypeVar("T")
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
@@ -101,12 +101,7 @@ class S3Store:
         return True
 
     def has_many(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        todo = list(dict.fromkeys(pairs))
-        if not todo:
-            return set()
-        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(todo))) as pool:
-            answers = list(pool.map(lambda p: self.has(*p), todo))
-        return {p for p, yes in zip(todo, answers, strict=True) if yes}
+        return has_concurrently(self.has, pairs)
 
     def get_meta(self, component: str, key: str) -> bytes:
         check_names(component, key)
