@@ -9,8 +9,10 @@ the old one only when the build succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -254,6 +256,8 @@ def replace_dir(new: Path, dest: Path) -> None:
 
 def sweep(comp: ComponentConfig) -> None:
     """Remove leftovers of a killed earlier run beside the proto area."""
+    if proto_tmp(comp.proto).exists():
+        stop_orphans(proto_tmp(comp.proto))
     for leftover in (proto_tmp(comp.proto), comp.proto.with_name(f".{comp.proto.name}.pib-old")):
         if leftover.exists():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -261,6 +265,29 @@ def sweep(comp: ComponentConfig) -> None:
     for kind in ("fetch", "unpack", "publish"):
         for leftover in comp.proto.parent.glob(f".{comp.proto.name}.{kind}-*"):
             force_rmtree(leftover)
+
+
+def stop_orphans(destdir: Path) -> None:
+    """SIGKILL build commands still writing into `destdir`, orphaned when an earlier pib was killed.
+
+    Build commands run in sessions of their own, so killing pib leaves them running. Every process of
+    a build inherits PIB_PROTO=destdir; the workspace lock is held, so none of them belongs to a live
+    build. Without /proc (not Linux) there is nothing to find.
+    """
+    wanted = f"PIB_PROTO={destdir}".encode()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if wanted in environ:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path) -> dict[str, str]:
