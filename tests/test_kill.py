@@ -49,7 +49,10 @@ step() {
   M="$PIB_WORKSPACE/marks"
   if [ -d "$M" ]; then
     echo $$ > "$M/$PIB_COMPONENT.$1"
-    while [ -e "$M/$PIB_COMPONENT.$1.hold" ]; do sleep 0.02; done
+    # A hold is taken by one build only (a later build passes), and released by removing .held.PID.
+    if mv "$M/$PIB_COMPONENT.$1.hold" "$M/$PIB_COMPONENT.$1.held.$$" 2>/dev/null; then
+      while [ -e "$M/$PIB_COMPONENT.$1.held.$$" ]; do sleep 0.02; done
+    fi
   fi
 }
 """
@@ -469,7 +472,7 @@ def test_kill_then_rebuild(kit: Kit, point: Point, request: pytest.FixtureReques
         finally:
             if proc.poll() is None:
                 kill_tree(proc)
-            for hold in (ws / "marks").glob("*.hold"):
+            for hold in [*(ws / "marks").glob("*.hold"), *(ws / "marks").glob("*.held.*")]:
                 hold.unlink()
         if point.witness.startswith("remote:"):
             served = Path(request.getfixturevalue("nginx").root) / remote.rsplit("/", 1)[1]
@@ -481,3 +484,40 @@ def test_kill_then_rebuild(kit: Kit, point: Point, request: pytest.FixtureReques
             (ws / "projects" / "base" / "tool.sh").write_text("#!/bin/sh\necho tool\n")
         check_nothing_half(kit, ws, flavour, remote)
         check_recovered(kit, ws, flavour, remote)
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped; only its exit status is left
+
+
+def test_build_command_orphaned_by_a_killed_pib_is_stopped(kit: Kit) -> None:
+    """Only pib is killed (its build command, in a session of its own, lives on): the next build stops it."""
+    with tally("kill", "only pib killed, its build command orphaned"):
+        ws = new_ws(kit, "ws-orphan")
+        assert pib(kit, ws, "configure").returncode == 0
+        (ws / "marks" / "base.half.hold").touch()
+        proc = subprocess.Popen([sys.executable, "-m", "pib", "-C", str(ws), "build"], env=kit.env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            _wait_for(ws / "marks" / "base.half", proc)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        orphan = int((ws / "marks" / "base.half").read_text())
+        assert _running(orphan)
+        try:
+            r = pib(kit, ws, "build", "--json")
+            assert r.returncode == 0, r.stderr
+            assert not _running(orphan), "the orphaned build command still runs"
+            assert json.loads(r.stdout)["image"]["sha256"] == kit.refs["plain"][0]
+            assert protos(ws) == kit.refs["plain"][1]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(orphan, signal.SIGKILL)
+            for hold in (ws / "marks").glob("*.held.*"):
+                hold.unlink()
