@@ -101,7 +101,7 @@ Wall time: {seconds:.0f} s; pytest: {total} tests, {failures} failed, {errors} e
 
 "Tried" counts hypothesis examples for the fuzz family ({args.fuzz_examples} per property in this run;
 the normal test suite runs 150) and one per case elsewhere. A kill case SIGKILLs pib and every process
-under it at one point (a marker a build script writes, or the n-th call of a function inside pib) and
+under it (one case kills pib alone) at one point (a marker a build script writes, or the n-th call of a function inside pib) and
 checks that the point was really reached; the disk-full cases mount a 64 KiB tmpfs (a real ENOSPC, no
 injection).
 
@@ -114,13 +114,12 @@ injection).
   build now warns.
 - Scratch directories of a killed restore or pack (`.proto.NAME.fetch-*`, `.unpack-*`, `.publish-*`) were
   left beside the proto area forever; the next build of that component now removes them.
+- Build commands run in sessions of their own, so when pib alone was SIGKILLed its build command lived on and
+  could still write into the `.proto.NAME.pib-new` directory that the next build starts afresh; the next
+  build now stops such orphans first (they carry `PIB_PROTO` naming that directory; Linux `/proc`).
 
 ## Known limits
 
-- Build commands run in their own session so a failed build can stop its whole process tree. If pib itself is
-  SIGKILLed (not interrupted), a running build command is orphaned and keeps running, and may still write
-  into the `.proto.NAME.pib-new` directory that the next build starts afresh; the kill tests therefore kill
-  pib and every process under it.
 - A restored archive is bounded by the unpack limits (64 GiB, two million members by default): a bomb that
   declares its size is refused at its header, but one that stays under the bound is extracted in full.
 
