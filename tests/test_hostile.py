@@ -12,6 +12,7 @@ clean build's proto area and image.
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pib.archive import pack, sha256_file
 from pib.artifacts import canonical, make_metadata
 from pib.signing import Signer, load_signer
+from pib.store import HttpStoreSpec, open_store
 from pib.store.local import LocalStore
 from tests.reliability import tally
 from tests.tarcraft import Entry, tar_bytes, write_archive, write_raw
@@ -250,3 +252,39 @@ def test_hostile_artifact_is_refused_and_built_locally(kit: Kit, case: str, tmp_
         assert again.returncode == 0
         r = pib(kit, ws, "build", "--json")
         assert {c["component"]: c["action"] for c in json.loads(r.stdout)["components"]}["base"] == "restored"
+
+
+REMOTE_CASES = ["path traversal (..)", "symlink escaping, then a write through it", "setuid bit", "flipped bit",
+                "valid archive, signature of an untrusted key", "artifact of another component replayed"]
+
+
+@pytest.mark.parametrize("case", REMOTE_CASES, ids=REMOTE_CASES)
+def test_hostile_artifact_from_the_remote_is_refused_and_not_cached(kit: Kit, case: str, tmp_path: Path,
+                                                                   request: pytest.FixtureRequest) -> None:
+    with tally("hostile", f"from the remote (nginx): {case}"):
+        name = "hr-" + "".join(c if c.isalnum() else "-" for c in case)[:40]
+        url = f"{request.getfixturevalue('nginx').url}/hostile-{os.getpid()}-{name}"
+        ws = new_ws(kit, name, remote=url)
+        assert pib(kit, ws, "configure").returncode == 0
+        status = json.loads(pib(kit, ws, "status", "--json").stdout)
+        key = next(c["key"] for c in status["components"] if c["component"] == "base")
+        outside = kit.root / f"outside-{name}"
+        outside.mkdir()
+        (outside / "sentinel").write_text("untouched\n")
+        work = tmp_path / "craft"
+        work.mkdir()
+        publisher = load_signer(kit.root / "key.priv")  # the key the remote's artifacts are trusted by
+        archive, meta = CASES[case](Ctx(kit, ws, outside, key, publisher, work))
+        open_store(HttpStoreSpec("remote", url)).put("base", key, archive, meta)
+
+        r = pib(kit, ws, "build", "--json")
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        assert {c["component"]: c["action"] for c in data["components"]}["base"] == "built"
+        assert "store remote: base: verify:" in "\n".join(data["warnings"]), data["warnings"]
+        assert sorted(p.name for p in outside.iterdir()) == ["sentinel"]
+        assert data["image"]["sha256"] == kit.refs["plain"][0]
+        # The local store holds this machine's own build, never the refused download.
+        local = LocalStore(ws / "store")
+        signer = json.loads(local.get_meta("base", key))["signer"]
+        assert signer == load_signer(Path(kit.env["XDG_CONFIG_HOME"]) / "pib" / "machine.key").key_id
