@@ -196,6 +196,12 @@ def restore(
             problems.append(StoreProblem(store.name, exc.reason, exc.message))
             _note(log, f"{store.name}: {exc.reason.value}: {exc.message}")
             continue
+        except OSError as exc:
+            # No room (or no permission) beside the proto area: a problem, and the caller builds locally.
+            message = f"cannot restore into {proto_dir.parent}: {exc.strerror or exc}"
+            problems.append(StoreProblem(store.name, Reason.STORE, message))
+            _note(log, f"{store.name}: {message}")
+            continue
         meta_bytes, archive_bytes, metadata, archive = hit
         seconds = time.monotonic() - start
         try:
