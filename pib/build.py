@@ -480,7 +480,11 @@ class Builder:
         self._emit(c.name, "building", start, note)
         new = proto_tmp(c.proto)
         shutil.rmtree(new, ignore_errors=True)
-        new.mkdir(parents=True)
+        try:
+            new.mkdir(parents=True)
+        except OSError as exc:
+            raise PibError(f"cannot create {new}: {exc.strerror or exc}", reason=Reason.BUILD,
+                           hint="free space (or fix permissions) where the proto area lives") from exc
         env = component_env(self.cfg, p, self.benv, new)
         res = run(list(c.build), cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
                   what=f"build of {c.name}")
