@@ -25,9 +25,18 @@ __all__ = ["kit"]  # the shared workspace kit is a module fixture of the kill te
 @pytest.fixture
 def small(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs (smaller than any image or proto area of the kit)."""
-    mnt = tmp_path / "small"
+    yield from _tmpfs(tmp_path / "small", "size=64k,mode=0755")
+
+
+@pytest.fixture
+def no_inodes(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs with room but no free inode: not even a directory can be made there."""
+    yield from _tmpfs(tmp_path / "small", "size=1m,nr_inodes=1,mode=0755")
+
+
+def _tmpfs(mnt: Path, options: str) -> Iterator[Path]:
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
                        capture_output=True, text=True)
     assert r.returncode == 0, f"cannot mount a tmpfs (these tests need root): {r.stderr}"
     try:
@@ -101,3 +110,20 @@ def test_local_store_on_a_full_disk(kit: Kit, small: Path) -> None:
         assert check_store(kit, small / "store") == 0
         leftovers = [p for p in (small / "store").rglob("*") if p.is_file()]
         assert leftovers == [], f"half-written store files kept: {leftovers}"
+
+
+def test_restore_with_no_room_for_a_directory(kit: Kit, no_inodes: Path) -> None:
+    with tally("diskfull", "restore where not even a directory can be made (tmpfs, no inodes)"):
+        ws = new_ws(kit, "df-inodes")
+        assert pib(kit, ws, "configure").returncode == 0
+        assert pib(kit, ws, "build").returncode == 0
+        _mounted_in(ws, no_inodes, "small")
+        text = (ws / "pib.toml").read_text().replace('proto = "proto.base"', 'proto = "small/proto.base"')
+        (ws / "pib.toml").write_text(text)
+        r = pib(kit, ws, "build", "--json")
+        assert "Traceback" not in r.stderr, r.stderr
+        assert r.returncode == EXIT_CODES[Reason.BUILD], r.stderr
+        data = _json(r)
+        warnings = " ".join(data.get("warnings", []))  # type: ignore[arg-type]
+        assert "space" in warnings.lower(), warnings
+        assert list(no_inodes.iterdir()) == []

@@ -99,7 +99,8 @@ s usr/lib/libx.so.1=libx.so
 
 # Runs the CLI with one function wrapped: on its n-th call (whose arguments
 # contain `match`, if given) it writes the marker and waits to be killed, or,
-# with PIB_KILL_GO set, until that file exists and then carries on.
+# with PIB_KILL_GO set, until that file exists and then carries on; with
+# PIB_KILL_ERRNO set it raises that OSError instead (an injected fault).
 LAUNCHER = """\
 import importlib, os, sys, threading, time
 sys.path.insert(0, {repo!r})
@@ -114,11 +115,15 @@ orig = getattr(owner, parts[-1])
 count = [0]
 guard = threading.Lock()
 go = os.environ.get("PIB_KILL_GO")
+fail = int(os.environ.get("PIB_KILL_ERRNO", "0"))  # raise OSError(errno) instead of waiting
 def hook(*args, **kwargs):
     if not match or match in repr(args) + repr(kwargs):
         with guard:
             count[0] += 1
             hit = count[0] == int(nth)
+        if hit and fail:
+            open(mark, "w").close()
+            raise OSError(fail, os.strerror(fail))
         if hit:
             with open(mark, "w") as fh:
                 fh.write(str(os.getpid()))
