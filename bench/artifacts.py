@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import write_section
 from pib import archive, artifacts, signing
+from pib.fsutil import force_rmtree
 from pib.store import HttpStoreSpec
 from pib.store.http import HttpStore
 from pib.store.local import LocalStore
@@ -128,7 +129,7 @@ def main() -> None:
 
         def clean() -> None:
             for p in ws.iterdir():
-                archive.force_rmtree(p)
+                force_rmtree(p)
 
         def pib_restore() -> None:
             out = artifacts.restore("bench", KEY, [], [pub], ws / "proto", None, local_store=local)

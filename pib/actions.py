@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pib.build import (
 )
 from pib.config import Config, topo_order
 from pib.errors import PibError, Reason
+from pib.fsutil import remove_tree
 from pib.lock import FileLock
 from pib.platform import FloorCheck, check_floor
 from pib.workspace import CheckoutReport, clean_checkout, ensure_checkout
@@ -223,7 +223,7 @@ def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False) -
             if had_proto:
                 _remove_tree(c.proto)
             state.forget(cfg.workspace.state_dir, c.name)
-            shutil.rmtree(cfg.workspace.state_dir / "build" / c.name, ignore_errors=True)
+            remove_tree(cfg.workspace.state_dir / "build" / c.name)
             cleaned = (c.checkout / ".git").exists()
             if cleaned:
                 clean_checkout(c)
@@ -234,9 +234,9 @@ def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False) -
 def _remove_tree(path: Path) -> None:
     # Rename first so a killed clobber never leaves a half-deleted proto area in place.
     doomed = path.with_name(f".{path.name}.pib-old")
-    shutil.rmtree(doomed, ignore_errors=True)
+    remove_tree(doomed)
     path.rename(doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
+    remove_tree(doomed)
 
 
 # --------------------------------------------------------------------------

@@ -48,12 +48,10 @@ import hashlib
 import os
 import posixpath
 import queue
-import shutil
 import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -61,6 +59,7 @@ from typing import BinaryIO
 import zstandard
 
 from pib.errors import PibError, Reason, VerifyError
+from pib.fsutil import force_rmtree
 from pib.run import Log, minimal_env, run
 
 BLOCK = 512
@@ -764,30 +763,3 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL):
         return False
     raise OSError(err, os.strerror(err), str(b))
-
-
-def force_rmtree(path: Path) -> None:
-    """Remove a tree even when it holds read-only directories."""
-
-    def onexc(func: Callable[..., object], p: str, exc: BaseException) -> None:
-        if isinstance(exc, FileNotFoundError):
-            return
-        parent = os.path.dirname(p)
-        with contextlib.suppress(OSError):
-            os.chmod(parent, 0o700)
-        with contextlib.suppress(OSError):
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-                shutil.rmtree(p, onerror=_ignore)
-                return
-            os.unlink(p)
-
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-        return
-    if path.exists():
-        shutil.rmtree(path, onerror=lambda f, p, e: onexc(f, p, e[1]))
-
-
-def _ignore(*_: object) -> None:
-    return None

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pib
-from pib.archive import Limits, force_rmtree, pack, sha256_file, unpack
+from pib.archive import Limits, pack, sha256_file, unpack
 from pib.errors import PibError, Reason, StoreError, VerifyError
+from pib.fsutil import force_rmtree
 from pib.run import Log
 from pib.signing import PublicKey, Signer, verify
 from pib.store import NotFound, Store, check_names

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import threading
 import time
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pib import keys, state
-from pib.archive import force_rmtree
 from pib.config import ComponentConfig, Config, topo_order
 from pib.errors import PibError, Reason
+from pib.fsutil import force_rmtree, remove_tree
 from pib.run import Cancelled, Log, minimal_env, run
 from pib.workspace import SourceState, source_state
 
@@ -247,11 +246,11 @@ def proto_tmp(proto: Path) -> Path:
 def replace_dir(new: Path, dest: Path) -> None:
     """Put `new` at `dest`, removing what was there; never a half tree at `dest`."""
     old = dest.with_name(f".{dest.name}.pib-old")
-    shutil.rmtree(old, ignore_errors=True)
+    remove_tree(old)
     if dest.exists() or dest.is_symlink():
         dest.rename(old)
     new.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+    remove_tree(old)
 
 
 def sweep(comp: ComponentConfig) -> None:
@@ -260,7 +259,7 @@ def sweep(comp: ComponentConfig) -> None:
         stop_orphans(proto_tmp(comp.proto))
     for leftover in (proto_tmp(comp.proto), comp.proto.with_name(f".{comp.proto.name}.pib-old")):
         if leftover.exists():
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove_tree(leftover)
     # Scratch directories of restore and pack (the workspace lock is held, so none is in use).
     for kind in ("fetch", "unpack", "publish"):
         for leftover in comp.proto.parent.glob(f".{comp.proto.name}.{kind}-*"):
@@ -449,13 +448,13 @@ class Builder:
             try:
                 return self._restore_or_build(p, log, start)
             except Cancelled as exc:
-                shutil.rmtree(proto_tmp(c.proto), ignore_errors=True)
+                remove_tree(proto_tmp(c.proto))
                 self._emit(c.name, "stopped", start)
                 log.line(f"pib: stopped: {exc.message}")
                 return Outcome(c.name, "stopped", time.monotonic() - start, p.key, p.source.dirty, str(log_path),
                                detail="stopped because another component failed")
             except PibError as exc:
-                shutil.rmtree(proto_tmp(c.proto), ignore_errors=True)
+                remove_tree(proto_tmp(c.proto))
                 log.line(f"pib: failed: {exc.message}")
                 self._emit(c.name, "failed", start, exc.message)
                 detail = exc.message + (f"\n{exc.detail}" if exc.detail else "")
@@ -479,7 +478,7 @@ class Builder:
                                hint="publish one from CI, or build without --require-prebuilt")
         self._emit(c.name, "building", start, note)
         new = proto_tmp(c.proto)
-        shutil.rmtree(new, ignore_errors=True)
+        remove_tree(new)
         try:
             new.mkdir(parents=True)
         except OSError as exc:

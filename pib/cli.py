@@ -19,7 +19,49 @@ if TYPE_CHECKING:
     from pib.config import Config
 
 # Command groups living in their own modules; each has register(subparsers).
-_EXTENSIONS = ("pib.cli_cbe", "pib.cli_store", "pib.cli_image", "pib.cli_boot")
+_EXTENSIONS = {
+    "pib.cli_cbe": ("cbe",),
+    "pib.cli_store": ("cache", "keygen"),
+    "pib.cli_image": ("image", "manifest"),
+    "pib.cli_boot": ("boot",),
+}
+_CORE = ("config", "configure", "build", "live", "ci", "publish", "status", "explain", "clobber")
+
+
+class _Skipped:
+    """Stands in for the parsers of commands not being run: building all of
+    them costs more than a no-op build's own work."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
+class _OnlySub:
+    def __init__(self, sub: Any, only: str | None) -> None:
+        self._sub = sub
+        self._only = only
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if self._only is None or name == self._only:
+            return self._sub.add_parser(name, **kwargs)
+        return _Skipped()
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command word of argv, when it names a known command (else None: build everything)."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help", "--version"):
+            return None
+        if a == "-C":
+            i += 2
+            continue
+        if not a.startswith("-"):
+            known = _CORE + tuple(c for cmds in _EXTENSIONS.values() for c in cmds)
+            return a if a in known else None
+        i += 1
+    return None
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -252,14 +294,15 @@ def _cmd_clobber(args: argparse.Namespace) -> int:
 # parser
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with `only`, just that command's sub-parser is built."""
     common = common_options()
     p = argparse.ArgumentParser(prog="pib", description="Build platform images from components, "
                                 "never rebuilding what has not changed.", parents=[common])
     from pib import __version__
 
     p.add_argument("--version", action="version", version=f"pib {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub: Any = _OnlySub(p.add_subparsers(dest="command", metavar="COMMAND"), only)
 
     cfg = sub.add_parser("config", help="show the resolved configuration", parents=[common])
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
@@ -317,7 +360,9 @@ def parser() -> argparse.ArgumentParser:
     cl.add_argument("--wait", action="store_true")
     cl.set_defaults(func=_cmd_clobber)
 
-    for mod_name in _EXTENSIONS:
+    for mod_name, commands in _EXTENSIONS.items():
+        if only is not None and only not in commands:
+            continue
         try:
             mod = importlib.import_module(mod_name)
         except ModuleNotFoundError as exc:
@@ -331,7 +376,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pib.errors import PibError
 
-    p = parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    p = parser(_command_of(argv))
     args = p.parse_args(argv)
     if not getattr(args, "func", None):
         p.print_help()

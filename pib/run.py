@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import shlex
 import signal
 import subprocess
 import threading
@@ -57,7 +56,7 @@ class Log:
         self.write(f"[{stamp}] {text}\n")
 
     def command(self, argv: Sequence[str], cwd: Path | None, env: Mapping[str, str] | None) -> None:
-        self.line(f"$ {shlex.join(argv)}")
+        self.line(f"$ {_join(argv)}")
         if cwd is not None:
             self.write(f"  cwd: {cwd}\n")
         if env is not None:
@@ -82,6 +81,12 @@ class Log:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _join(argv: Sequence[str]) -> str:
+    import shlex  # only when a command is logged or fails
+
+    return shlex.join(argv)
 
 
 def tail_of(path: Path, lines: int = 20, since: int = 0) -> str:
@@ -183,7 +188,7 @@ def run(
                         raise
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        raise PibError(f"{what or shlex.join(args)} timed out after {timeout:.0f}s", reason=reason) from None
+        raise PibError(f"{what or _join(args)} timed out after {timeout:.0f}s", reason=reason) from None
     except BaseException:
         _kill_group(proc)
         raise
@@ -196,7 +201,7 @@ def run(
         detail = log.tail(since=output_from) if log is not None else (err or out)[-4000:]
         where = f" (log: {log.path})" if log is not None else ""
         raise PibError(
-            f"{what or shlex.join(args)} failed with exit code {proc.returncode}{where}",
+            f"{what or _join(args)} failed with exit code {proc.returncode}{where}",
             reason=reason,
             detail=detail.strip(),
         )

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pib.config import ComponentConfig
 from pib.errors import PibError, Reason
+from pib.fsutil import remove_tree
 from pib.run import Log, minimal_env, run
 
 _PR = re.compile(r"^PR-(\d+)$")
@@ -91,7 +91,7 @@ def ensure_checkout(comp: ComponentConfig, *, update: bool = False, log: Log | N
             )
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.cloning")
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         args = ["clone", "--quiet"]
         if comp.branch and not _PR.match(comp.branch):
             args += ["--branch", comp.branch]
@@ -188,7 +188,9 @@ def source_state(checkout: Path, index: Path | None) -> SourceState:
     index.parent.mkdir(parents=True, exist_ok=True)
     real = checkout / ".git" / "index"
     if not index.exists() and real.is_file():
-        shutil.copyfile(real, index)  # seeds stat data: the first hash is cheap too
+        from shutil import copyfile
+
+        copyfile(real, index)  # seeds stat data: the first hash is cheap too
     env = {"GIT_INDEX_FILE": str(index)}
     git(["add", "--all", "--", "."], checkout, env=env)
     tree = git(["write-tree"], checkout, env=env).strip()
