@@ -38,7 +38,7 @@ FAMILIES = {
                                                  "every entry verifies"),
     "fuzz": ("tests/test_fuzz.py", "hypothesis examples against the manifest parser and config loader; "
                                    "only pib's own errors"),
-    "diskfull": ("tests/test_diskfull.py", "a real full file system (tmpfs) under restore, image and store; "
+    "diskfull": ("tests/test_diskfull.py", "a full file system (tmpfs) under restore, image and store; "
                                            "clear error, nothing half-written kept"),
 }
 DOC = ROOT / "docs" / "reliability.md"
@@ -102,14 +102,17 @@ Wall time: {seconds:.0f} s; pytest: {total} tests, {failures} failed, {errors} e
 "Tried" counts hypothesis examples for the fuzz family ({args.fuzz_examples} per property in this run;
 the normal test suite runs 150) and one per case elsewhere. A kill case SIGKILLs pib and every process
 under it (one case kills pib alone) at one point (a marker a build script writes, or the n-th call of a function inside pib) and
-checks that the point was really reached; the disk-full cases mount a 64 KiB tmpfs (a real ENOSPC, no
-injection).
+checks that the point was really reached. The disk-full cases mount small tmpfs file systems (64 KiB, or
+with no free inode) for a real ENOSPC; where mounting is not allowed they inject ENOSPC at the failing write
+instead, and their case names below say which ran.
 
 ## What the fault tests found (fixed)
 
 - A `pib.toml` that is not UTF-8 crashed the loader with a traceback; it is now a config error naming the line.
 - A full disk while writing the image crashed `pib build` with a traceback (`OSError`); it is now an image error
   that names the output directory, and the temporary image directory is removed.
+- A restore where not even the scratch directory could be made (no free inode) crashed with a traceback; it
+  is now a store problem and a local build, and a proto area that cannot be created is a build error.
 - A local store that could not keep a fresh build (e.g. a full disk) only said so in the component log; the
   build now warns.
 - Scratch directories of a killed restore or pack (`.proto.NAME.fetch-*`, `.unpack-*`, `.publish-*`) were
