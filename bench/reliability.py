@@ -36,7 +36,7 @@ FAMILIES = {
                                        "warning, local build"),
     "concurrency": ("tests/test_concurrency.py", "4 simultaneous builds sharing stores; images right, "
                                                  "every entry verifies"),
-    "fuzz": ("tests/test_fuzz.py", "hypothesis examples against the manifest parser and config loader; "
+    "fuzz": ("tests/test_fuzz.py", "hypothesis examples against the manifest, config and CBE lock parsers; "
                                    "only pib's own errors"),
     "diskfull": ("tests/test_diskfull.py", "a full file system (tmpfs) under restore, image and store; "
                                            "clear error, nothing half-written kept"),
