@@ -221,6 +221,11 @@ class Artifacts(Protocol):
         """Upload to the remotes allowed to receive it; names of the stores written."""
         ...
 
+    def publish_missing(self, plans: Sequence[Plan], log: Log) -> dict[str, tuple[str, ...]]:
+        """Upload artifacts of components that were not built now (up to date or restored) to the
+        remotes that lack them, e.g. after an earlier publish was interrupted."""
+        ...
+
 
 @dataclass(frozen=True)
 class BuildOptions:
@@ -373,6 +378,9 @@ class Builder:
         pending = [p for p in plans if p.comp.name not in outcomes]
         if pending:
             self._schedule(pending, outcomes)
+        if self.opts.publish and self.artifacts is not None and all(
+                o.action in ("up-to-date", "built", "restored") for o in outcomes.values()):
+            report.error = self._publish_rest(plans, outcomes)
         report.outcomes = [outcomes[p.comp.name] for p in plans]
         report.seconds = time.monotonic() - t0
         if self.artifacts is not None:
@@ -385,6 +393,22 @@ class Builder:
             report.error = PibError(msg, reason=Reason.PREBUILT_MISSING if first.detail.startswith("no prebuilt")
                                     else Reason.BUILD, detail=first.detail)
         return report
+
+    def _publish_rest(self, plans: Sequence[Plan], outcomes: dict[str, Outcome]) -> PibError | None:
+        assert self.artifacts is not None
+        rest = [p for p in plans if p.comp.prebuilt and outcomes[p.comp.name].action in ("up-to-date", "restored")]
+        if not rest:
+            return None
+        try:
+            with Log(self.cfg.workspace.log_dir / f"publish.{self.stamp}.log") as log:
+                done = self.artifacts.publish_missing(rest, log)
+        except PibError as exc:
+            return exc
+        for name, stores in done.items():
+            o = outcomes[name]
+            outcomes[name] = Outcome(o.component, o.action, o.seconds, o.key, o.dirty, o.log, o.detail, o.store,
+                                     stores, o.command_seconds)
+        return None
 
     def _schedule(self, pending: list[Plan], outcomes: dict[str, Outcome]) -> None:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait

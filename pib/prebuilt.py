@@ -212,6 +212,20 @@ class StoreArtifacts:
     def publish(self, plan: Plan, proto: Path, log: Log) -> tuple[str, ...]:
         return publish_one(self.cfg, plan, proto, log, self.remotes, self.floor, self.cbe_info)
 
+    def publish_missing(self, plans: Sequence[Plan], log: Log) -> dict[str, tuple[str, ...]]:
+        targets = [s for s in self.remotes if _may_publish(self.cfg, s.name)]
+        wanted = [(p.comp.name, p.key) for p in plans if not p.source.dirty]
+        if not targets or not wanted:
+            return {}
+        have = dict(zip([s.name for s in targets], parallel_map(lambda s: s.has_many(wanted), targets), strict=True))
+        out: dict[str, tuple[str, ...]] = {}
+        for p in plans:
+            lacking = [s for s in targets if (p.comp.name, p.key) not in have[s.name]]
+            if lacking and not p.source.dirty:
+                log.line(f"pib: {p.comp.name}: not in {', '.join(s.name for s in lacking)}; publishing")
+                out[p.comp.name] = publish_one(self.cfg, p, p.comp.proto, log, lacking, self.floor, self.cbe_info)
+        return out
+
 
 def publish_one(
     cfg: Config, plan: Plan, proto: Path, log: Log | None, remotes: Sequence[Store], floor: FloorCheck,

@@ -154,3 +154,22 @@ def test_an_unreachable_store_is_one_warning_and_a_local_build(tmp_path: Path) -
     warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "store ci" in warnings[0]
     assert (ws / "proto.extra" / "usr" / "bin" / "extra").exists()
+
+
+def test_publish_fills_a_remote_that_lacks_an_up_to_date_component(
+        setup: tuple[Path, Path, Path, dict[str, str]], nginx: Nginx) -> None:
+    a, _b, keys, env = setup
+    signing = {**env, "CI_SIGNING_KEY": str(keys / "ci.key"), "CI": "true"}
+    assert pib(a, "ci", env=signing).returncode == 0
+    # As if that upload had been interrupted: the remote lost the entry.
+    prefix = (a / "pib.toml").read_text().split('url = "', 1)[1].split('"', 1)[0].rsplit("/", 1)[1]
+    for f in (nginx.root / prefix / "extra").iterdir():
+        f.unlink()
+    r = pib(a, "ci", "--json", env=signing)
+    assert r.returncode == 0, r.stderr
+    comp = json.loads(r.stdout)["components"][0]
+    assert comp["action"] == "up-to-date" and comp["published"] == ["ci"]
+    assert len(list((nginx.root / prefix / "extra").glob("*.json"))) == 1
+    # Once the remote has it, a further run uploads nothing.
+    again = json.loads(pib(a, "ci", "--json", env=signing).stdout)["components"][0]
+    assert again["published"] == []
