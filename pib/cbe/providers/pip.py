@@ -44,6 +44,13 @@ def site_dirs(prefix: Path, python_version: str | None = None) -> list[str]:
     return out
 
 
+_NETWORK_ENV = frozenset({
+    "PIP_CERT", "PIP_CLIENT_CERT", "PIP_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+})
+
+
 def install_argv(lock: Lock, prefix: Path, req_file: Path, cache: Path, python: str) -> list[str]:
     argv = [
         python, "-m", "pip", "install",
@@ -70,6 +77,9 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
     req_file.write_text(requirements(lock), encoding="utf-8")
     cache = ctx.cache / "pip"
     env = minimal_env({"PIP_CONFIG_FILE": os.devnull, "PYTHONNOUSERSITE": "1", "HOME": str(prefix.parent)})
+    # How this machine reaches the index (certificates, proxies) carries over; what gets
+    # installed does not depend on it: every file is pinned by hash.
+    env.update({k: v for k, v in os.environ.items() if k in _NETWORK_ENV})
     try:
         run(install_argv(lock, prefix, req_file, cache, python), env=env, log=ctx.log, reason=Reason.CBE,
             what="pip install of the CBE's packages")
