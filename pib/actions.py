@@ -179,7 +179,9 @@ def build(
         _require_checkouts(cfg, names)
         benv = build_env(cfg, install=False)
         plans = plan(cfg, names, benv)
-        artifacts = _artifacts(cfg, offline=offline, floor=floor, benv=benv)
+        # The stores are opened only when something may be restored or published.
+        needed = opts.publish or any(p.comp.prebuilt and (opts.force or not p.up_to_date) for p in plans)
+        artifacts = _artifacts(cfg, offline=offline, floor=floor, benv=benv) if needed else None
         report = Builder(cfg, benv, opts, artifacts=artifacts, on_event=on_event).run(plans)
         if report.ok and image and cfg.image is not None and not names:
             report.image = _image(cfg, plans, report, benv, floor, force=opts.force)

@@ -1,4 +1,8 @@
-"""From a workspace's config and its last build to the platform image."""
+"""From a workspace's config and its last build to the platform image.
+
+pib.image is imported only when an image is really made: an up-to-date image
+costs a no-op build nothing but a fingerprint of its inputs.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,17 @@ from typing import TYPE_CHECKING, Any
 from pib import state
 from pib.config import Config
 from pib.errors import ConfigError
-from pib.image import ImageResult, ImageSpec, KernelSpec, Overlay, ProtoArea, assemble, buildstamp
 from pib.run import Log
 
 if TYPE_CHECKING:
     from pib.build import BuildEnv, BuildReport, Plan
+    from pib.image import ImageResult, ImageSpec, ProtoArea
     from pib.platform import FloorCheck
 
 
 def image_spec(cfg: Config) -> ImageSpec:
+    from pib.image import ImageSpec, KernelSpec, Overlay
+
     im = cfg.image
     if im is None:
         raise ConfigError("this workspace has no [image] section", hint="add [image] to pib.toml (see README)")
@@ -37,6 +43,8 @@ def image_spec(cfg: Config) -> ImageSpec:
 
 def proto_areas(cfg: Config) -> list[ProtoArea]:
     """Component proto areas in config order, each with its manifest (if it has one)."""
+    from pib.image import ProtoArea
+
     return [
         ProtoArea(c.name, c.proto, c.checkout / c.manifest if c.manifest else None)
         for c in cfg.components
@@ -54,6 +62,8 @@ def component_keys(cfg: Config) -> dict[str, str]:
 
 
 def build_image(cfg: Config, info: Mapping[str, Any] | None = None, stamp: str | None = None) -> ImageResult:
+    from pib.image import assemble, buildstamp
+
     keys = component_keys(cfg)
     missing = [c.name for c in cfg.components if c.name not in keys]
     if missing:

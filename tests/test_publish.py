@@ -173,3 +173,19 @@ def test_publish_fills_a_remote_that_lacks_an_up_to_date_component(
     # Once the remote has it, a further run uploads nothing.
     again = json.loads(pib(a, "ci", "--json", env=signing).stdout)["components"][0]
     assert again["published"] == []
+
+
+def test_publishing_can_require_the_oldest_supported_platform(
+        setup: tuple[Path, Path, Path, dict[str, str]]) -> None:
+    a, _b, keys, env = setup
+    signing = {**env, "CI_SIGNING_KEY": str(keys / "ci.key"), "CI": "true"}
+    # This host (Debian 12 or newer) is newer than the floor "1": fine for building, not for publishing.
+    (a / "pib.local.toml").write_text("[trust]\nrequire_oldest_platform = true\n")
+    r = pib(a, "ci", env=signing)
+    assert r.returncode == EXIT_CODES[Reason.PUBLISH]
+    assert "oldest supported platform 1" in r.stderr
+    assert pib(a, "build", env=env).returncode == 0
+    # The metadata of every artifact records the platform it was built on.
+    store = a.parent / "store-a" / "extra"
+    meta = json.loads(next(store.glob("*.json")).read_text())
+    assert "os-release" in meta["builder_platform"]
