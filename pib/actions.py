@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pib import state
 from pib.build import (
@@ -38,8 +37,7 @@ def workspace_lock(cfg: Config) -> FileLock:
 # configure
 
 
-@dataclass(frozen=True)
-class ConfigureReport:
+class ConfigureReport(NamedTuple):
     floor: FloorCheck
     checkouts: tuple[CheckoutReport, ...]
     cbe: str
@@ -103,8 +101,7 @@ def build_env(cfg: Config, *, install: bool, log: Any = None) -> BuildEnv:
 # status
 
 
-@dataclass(frozen=True)
-class ComponentStatus:
+class ComponentStatus(NamedTuple):
     name: str
     up_to_date: bool
     reasons: tuple[str, ...]
@@ -207,8 +204,7 @@ def _image(cfg: Config, plans: list[Plan], report: BuildReport, benv: BuildEnv, 
 # clobber
 
 
-@dataclass(frozen=True)
-class ClobberReport:
+class ClobberReport(NamedTuple):
     component: str
     removed_proto: bool
     cleaned_checkout: bool
@@ -286,8 +282,7 @@ def _nearest_artifact(cfg: Config, name: str) -> tuple[str, dict[str, Any]] | No
 # publish
 
 
-@dataclass(frozen=True)
-class Published:
+class Published(NamedTuple):
     component: str
     key: str
     stores: tuple[str, ...]

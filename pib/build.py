@@ -15,9 +15,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from pib import keys, state
 from pib.config import ComponentConfig, Config, topo_order
@@ -68,8 +67,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int = 8) -> 
     return results
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     comp: ComponentConfig
     source: SourceState
     doc: dict[str, Any]
@@ -82,8 +80,7 @@ class Plan:
         return not self.reasons
 
 
-@dataclass(frozen=True)
-class BuildEnv:
+class BuildEnv(NamedTuple):
     """How builds run: the CBE's PATH and variables, or the minimal system one."""
 
     path: str
@@ -138,16 +135,14 @@ def _reasons(c: ComponentConfig, key: str, doc: dict[str, Any], rec: state.Recor
 # Events and outcomes
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     component: str
     state: str  # waiting | building | restoring | built | restored | up-to-date | failed | stopped | skipped | publishing
     elapsed: float = 0.0
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     component: str
     action: str  # up-to-date | built | restored | failed | stopped | skipped
     seconds: float
@@ -160,15 +155,17 @@ class Outcome:
     command_seconds: float = 0.0
 
 
-@dataclass
 class BuildReport:
-    outcomes: list[Outcome] = field(default_factory=list)
-    seconds: float = 0.0
-    image: dict[str, Any] | None = None
-    boot: dict[str, Any] | None = None
-    error: PibError | None = None
-    policy: str = "stop"
-    warnings: list[str] = field(default_factory=list)
+    """What a build did; filled in as it goes (the one mutable result)."""
+
+    def __init__(self, policy: str = "stop") -> None:
+        self.outcomes: list[Outcome] = []
+        self.seconds = 0.0
+        self.image: dict[str, Any] | None = None
+        self.boot: dict[str, Any] | None = None
+        self.error: PibError | None = None
+        self.policy = policy
+        self.warnings: list[str] = []
 
     @property
     def ok(self) -> bool:
@@ -227,8 +224,7 @@ class Artifacts(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class BuildOptions:
+class BuildOptions(NamedTuple):
     jobs: int = 1
     keep_going: bool = False
     force: bool = False

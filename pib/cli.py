@@ -282,7 +282,7 @@ def _cmd_clobber(args: argparse.Namespace) -> int:
         return 2
     reps = actions.clobber(cfg, names, wait_for_lock=args.wait)
     if want_json(args):
-        emit_json([r.__dict__ for r in reps])
+        emit_json([r._asdict() for r in reps])
         return 0
     for r in reps:
         print(f"{r.component}: proto area {'removed' if r.removed_proto else 'absent'}, "

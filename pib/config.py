@@ -7,14 +7,12 @@ value remembers the file and line it came from, so errors (and
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pib.errors import ConfigError, Location
 from pib.tomlloc import Locator
@@ -26,8 +24,7 @@ _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class WorkspaceConfig:
+class WorkspaceConfig(NamedTuple):
     name: str
     root: Path
     projects_dir: Path
@@ -37,16 +34,14 @@ class WorkspaceConfig:
     jobs: int
 
 
-@dataclass(frozen=True)
-class PlatformConfig:
+class PlatformConfig(NamedTuple):
     min_version: str | None
     detector: str  # auto | smartos | os-release | command
     command: tuple[str, ...]
     where: Location
 
 
-@dataclass(frozen=True)
-class CbeConfig:
+class CbeConfig(NamedTuple):
     name: str
     version: str
     root: Path | None
@@ -55,8 +50,7 @@ class CbeConfig:
     where: Location
 
 
-@dataclass(frozen=True)
-class ComponentConfig:
+class ComponentConfig(NamedTuple):
     name: str
     source: str | None  # git URL or path to clone from
     path: Path | None  # use this existing checkout in place instead of cloning
@@ -73,8 +67,7 @@ class ComponentConfig:
     where: Location
 
 
-@dataclass(frozen=True)
-class StoreConfig:
+class StoreConfig(NamedTuple):
     name: str
     type: str  # local | http | s3
     path: Path | None = None
@@ -90,17 +83,15 @@ class StoreConfig:
     timeout: float = 10.0
     retries: int = 2
     publish: bool = True
-    where: Location = field(default_factory=lambda: Location(""))
+    where: Location = Location("")
 
 
-@dataclass(frozen=True)
-class LocalStoreConfig:
+class LocalStoreConfig(NamedTuple):
     path: Path
     quota: int | None
 
 
-@dataclass(frozen=True)
-class TrustConfig:
+class TrustConfig(NamedTuple):
     public_keys: tuple[Path, ...]
     signing_key: Path | None
     signing_key_env: str | None
@@ -108,14 +99,12 @@ class TrustConfig:
     require_oldest_platform: bool
 
 
-@dataclass(frozen=True)
-class OverlayConfig:
+class OverlayConfig(NamedTuple):
     path: Path
     manifest: Path | None
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(NamedTuple):
     kernels: tuple[tuple[str, str], ...]  # (component, path in its proto area)
     overlays: tuple[OverlayConfig, ...]
     compression: str
@@ -125,8 +114,7 @@ class ImageConfig:
     where: Location
 
 
-@dataclass(frozen=True)
-class BootConfig:
+class BootConfig(NamedTuple):
     memory: int
     timeout: float
     marker: str
@@ -134,8 +122,7 @@ class BootConfig:
     qemu: str
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     workspace: WorkspaceConfig
     platform: PlatformConfig
     cbe: CbeConfig | None
@@ -397,6 +384,8 @@ class _Section:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             key = unknown[0]
+            import difflib  # only for this message
+
             near = difflib.get_close_matches(key, sorted(self.used), n=1)
             hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(sorted(self.used))}"
             raise ConfigError(

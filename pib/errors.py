@@ -7,7 +7,7 @@ Only pib.cli catches it; the reason picks the exit code.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Reason(enum.Enum):
@@ -49,8 +49,7 @@ EXIT_CODES: dict[Reason, int] = {
 }
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
     """Where a user-supplied value came from: file and 1-based line."""
 
     path: str

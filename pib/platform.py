@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pib.config import PlatformConfig
 from pib.errors import PibError, Reason
@@ -19,8 +19,7 @@ from pib.run import run
 OS_RELEASE = Path("/etc/os-release")
 
 
-@dataclass(frozen=True)
-class HostPlatform:
+class HostPlatform(NamedTuple):
     kind: str  # smartos | os-release | command
     version: str
     description: str
@@ -83,8 +82,7 @@ def older(a: str, b: str) -> bool:
     return version_key(a) < version_key(b)
 
 
-@dataclass(frozen=True)
-class FloorCheck:
+class FloorCheck(NamedTuple):
     host: HostPlatform
     minimum: str | None
     ok: bool

@@ -15,9 +15,8 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from pib.errors import PibError, Reason
 
@@ -102,8 +101,7 @@ def tail_of(path: Path, lines: int = 20, since: int = 0) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     argv: tuple[str, ...]
     returncode: int
     stdout: str
@@ -220,8 +218,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=5)
 
 
-@dataclass(frozen=True)
-class Watched:
+class Watched(NamedTuple):
     """How a watched process ended."""
 
     argv: tuple[str, ...]

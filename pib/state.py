@@ -11,13 +11,11 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class ProtoFingerprint:
+class ProtoFingerprint(NamedTuple):
     inode: int
     mtime_ns: int
     entries: int
@@ -32,8 +30,7 @@ class ProtoFingerprint:
         return cls(st.st_ino, st.st_mtime_ns, entries)
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     component: str
     key: str
     doc: dict[str, Any]
@@ -66,7 +63,7 @@ def save(state_dir: Path, rec: Record) -> None:
     path = _path(state_dir, rec.component)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(rec), indent=1, sort_keys=True), encoding="utf-8")
+    tmp.write_text(json.dumps({**rec._asdict(), "proto": rec.proto._asdict() if rec.proto else None}, indent=1, sort_keys=True), encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pib.config import ComponentConfig
 from pib.errors import PibError, Reason
@@ -40,8 +40,7 @@ def git(args: list[str], cwd: Path, *, log: Log | None = None, env: Mapping[str,
     return res.stdout
 
 
-@dataclass(frozen=True)
-class SourceState:
+class SourceState(NamedTuple):
     tree: str  # git tree of the working tree content
     head: str | None  # HEAD commit (None in an empty repository)
     head_tree: str | None
@@ -52,8 +51,7 @@ class SourceState:
         return self.tree != self.head_tree
 
 
-@dataclass(frozen=True)
-class CheckoutReport:
+class CheckoutReport(NamedTuple):
     name: str
     action: str  # cloned | checked-out | updated | unchanged
     branch: str | None
@@ -193,7 +191,7 @@ def source_state(checkout: Path, index: Path | None) -> SourceState:
         copyfile(real, index)  # seeds stat data: the first hash is cheap too
     env = {"GIT_INDEX_FILE": str(index)}
     git(["add", "--all", "--", "."], checkout, env=env)
-    tree = git(["write-tree"], checkout, env=env).strip()
+    tree = _tree_of_index(checkout, index, env)
     branch, head = _read_head(checkout / ".git")
     if head is None:
         out = git(["rev-parse", "--verify", "--quiet", "HEAD"], checkout, check=False).split()
@@ -201,6 +199,39 @@ def source_state(checkout: Path, index: Path | None) -> SourceState:
     if head is None:
         return SourceState(tree, None, None, branch)
     return SourceState(tree, head, _head_tree(checkout, head, index), branch)
+
+
+def _tree_of_index(checkout: Path, index: Path, env: Mapping[str, str]) -> str:
+    """`git write-tree` of the private index, skipped when the index is byte-for-byte the last one.
+
+    An index file ends with the SHA-1 of its content, and the tree is a
+    function of that content: equal checksums, equal trees.
+    """
+    memo = index.with_name(index.name + ".tree")
+    checksum = _index_checksum(index)
+    try:
+        last_sum, _, last_tree = memo.read_text(encoding="ascii").partition(" ")
+        if checksum and last_sum == checksum and last_tree.strip():
+            return last_tree.strip()
+    except OSError:
+        pass
+    tree = git(["write-tree"], checkout, env=env).strip()
+    # write-tree may store its cache in the index: remember the checksum it leaves behind.
+    checksum = _index_checksum(index)
+    if checksum:
+        tmp = memo.with_name(memo.name + f".{os.getpid()}")
+        tmp.write_text(f"{checksum} {tree}\n", encoding="ascii")
+        os.replace(tmp, memo)
+    return tree
+
+
+def _index_checksum(index: Path) -> str:
+    try:
+        with open(index, "rb") as fh:
+            fh.seek(-20, os.SEEK_END)
+            return fh.read(20).hex()
+    except OSError:
+        return ""
 
 
 def _read_head(gitdir: Path) -> tuple[str | None, str | None]:
