@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pib.errors import ConfigError, Location
 from pib.tomlloc import Locator
+from pib.tomlloc import loads as toml_loads
 
 CONFIG_NAME = "pib.toml"
 LOCAL_NAME = "pib.local.toml"
@@ -187,15 +187,8 @@ class _Doc:
                 where=Location(str(path), raw[: exc.start].count(b"\n") + 1),
                 hint="save the file as UTF-8",
             ) from exc
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            m = re.search(r"line (\d+)", str(exc))
-            raise ConfigError(
-                f"not valid TOML: {exc}",
-                where=Location(str(path), int(m.group(1)) if m else 0),
-                hint="fix the syntax; see the config reference in README.md",
-            ) from exc
+        data = toml_loads(text, str(path), ConfigError, what=path.name,
+                          hint="fix the syntax; see the config reference in README.md")
         # Later files win, so search them first.
         self.locators.insert(0, (Locator(str(path), text), data))
         _merge(self.data, data)

@@ -9,8 +9,10 @@ first line).
 from __future__ import annotations
 
 import re
+import tomllib
+from typing import Any
 
-from pib.errors import Location
+from pib.errors import Location, PibError
 
 Path_ = tuple[str | int, ...]
 
@@ -77,3 +79,13 @@ class Locator:
 
     def at(self, path: Path_) -> Location:
         return Location(self.path, self.line_of(path))
+
+
+def loads(text: str, path: str, error: type[PibError], *, what: str, hint: str) -> dict[str, Any]:
+    """tomllib.loads, with a syntax error turned into `error` at file:line."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise error(f"{what} is not valid TOML: {exc}", where=Location(path, int(m.group(1)) if m else 0),
+                    hint=hint) from None

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pib.errors import CbeError, Location
 from pib.tomlloc import Locator
+from pib.tomlloc import loads as toml_loads
 
 PROVIDERS = ("debian", "pip", "tarball", "pkgsrc")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -111,15 +111,7 @@ def load(path: Path) -> Lock:
 
 def parse(text: str, path: Path) -> Lock:
     loc = Locator(str(path), text)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"line (\d+)", str(exc))
-        raise CbeError(
-            f"CBE lock is not valid TOML: {exc}",
-            where=Location(str(path), int(m.group(1)) if m else 0),
-            hint="fix the TOML syntax",
-        ) from None
+    data = toml_loads(text, str(path), CbeError, what="CBE lock", hint="fix the TOML syntax")
     return _Parser(path, loc, data).lock()
 
 
