@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import write_section
+from bench.report import median_time, write_section
 from pib import archive, artifacts, signing
 from pib.fsutil import force_rmtree
 from pib.store import HttpStoreSpec
@@ -86,16 +86,6 @@ def interleaved(a: Callable[[], object], b: Callable[[], object], runs: int,
     return statistics.median(sa), statistics.median(sb)
 
 
-def median(fn: Callable[[], object], runs: int) -> float:
-    fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
-
-
 def main() -> None:
     where = os.environ.get("PIB_BENCH_DIR") or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
     tmp = Path(tempfile.mkdtemp(prefix="pib-bench-artifacts-", dir=where))
@@ -149,9 +139,9 @@ def main() -> None:
         )
         rows.append(("unpack alone (policy-checked)", pib_unpack, base_x2))
         clean()
-        verify_sha = median(lambda: archive.sha256_file(pib_arc), RUNS)
-        verify_sig = median(lambda: artifacts.read_metadata(meta, [pub], component="bench", key=KEY), RUNS)
-        scan = median(lambda: archive.validate(pib_arc), RUNS)
+        verify_sha = median_time(lambda: archive.sha256_file(pib_arc), RUNS)
+        verify_sig = median_time(lambda: artifacts.read_metadata(meta, [pub], component="bench", key=KEY), RUNS)
+        scan = median_time(lambda: archive.validate(pib_arc), RUNS)
 
         proc, server = start_nginx(tmp / "nginx")
         try:
