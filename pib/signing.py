@@ -87,33 +87,29 @@ def _write_atomic(path: Path, text: str, mode: int) -> None:
         raise
 
 
+def _key_text(path_or_value: str | Path, prefix: str, what: str, hint: str) -> tuple[str, str]:
+    """The key text, given either itself (e.g. an env var's value) or the file holding it; and its source."""
+    text = str(path_or_value).strip()
+    if text.startswith(prefix):
+        return text, f"the {what} value"
+    path = Path(text)
+    try:
+        return path.read_text(encoding="ascii").strip(), str(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}", hint=hint) from exc
+
+
 def load_signer(path_or_value: str | Path) -> Signer:
     """Load a private key from a file path, or from the key text itself (e.g. an env var's value)."""
-    text = str(path_or_value).strip()
-    source = "the signing key value"
-    if not text.startswith(PRIVATE_PREFIX):
-        path = Path(text)
-        source = str(path)
-        try:
-            text = path.read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read signing key {path}: {exc}",
-                              hint="create one with `pib keygen` or point the setting at the right file") from exc
+    text, source = _key_text(path_or_value, PRIVATE_PREFIX, "signing key",
+                             "create one with `pib keygen` or point the setting at the right file")
     seed = _decode(text, PRIVATE_PREFIX, source)
     return Signer(Ed25519PrivateKey.from_private_bytes(seed))
 
 
 def load_public_key(path_or_value: str | Path) -> PublicKey:
-    text = str(path_or_value).strip()
-    source = "a trusted key value"
-    if not text.startswith(PUBLIC_PREFIX):
-        path = Path(text)
-        source = str(path)
-        try:
-            text = path.read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read trusted public key {path}: {exc}",
-                              hint="check the trusted key list; `pib keygen` writes NAME.pub") from exc
+    text, source = _key_text(path_or_value, PUBLIC_PREFIX, "trusted public key",
+                             "check the trusted key list; `pib keygen` writes NAME.pub")
     return PublicKey(_decode(text, PUBLIC_PREFIX, source))
 
 

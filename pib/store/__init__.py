@@ -96,6 +96,9 @@ class Store(Protocol):
 
 
 PARALLEL = 16  # requests a remote store gets at once (existence rounds)
+CHUNK = 1 << 20  # transfer block size of the remote backends
+MIN_RATE = 64 * 1024  # bytes/s an archive download must keep up after its first `timeout` seconds
+MAX_META = 1 << 20  # metadata larger than this is refused unread
 
 
 def has_concurrently(has: Callable[[str, str], bool], pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:

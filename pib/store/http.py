@@ -28,7 +28,10 @@ from typing import IO, TypeVar
 from pib.errors import StoreError
 from pib.store import (
     ARCHIVE_SUFFIX,
+    CHUNK,
+    MAX_META,
     META_SUFFIX,
+    MIN_RATE,
     Entries,
     HttpStoreSpec,
     NotFound,
@@ -38,10 +41,6 @@ from pib.store import (
     is_component_name,
     is_key,
 )
-
-CHUNK = 1 << 20
-MIN_RATE = 64 * 1024  # bytes/s an archive download must keep up after its first `timeout` seconds
-MAX_META = 1 << 20
 
 T = TypeVar("T")
 _Rows = list[tuple[str, str, float, int]]  # name, type, mtime, size of an index listing

@@ -25,7 +25,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pib.errors import StoreError
 from pib.store import (
     ARCHIVE_SUFFIX,
+    CHUNK,
+    MAX_META,
     META_SUFFIX,
+    MIN_RATE,
     PARALLEL,
     Entries,
     NotFound,
@@ -37,9 +40,6 @@ from pib.store import (
     is_key,
 )
 
-CHUNK = 1 << 20
-MIN_RATE = 64 * 1024
-MAX_META = 1 << 20
 T = TypeVar("T")
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
