@@ -11,7 +11,7 @@ from pib.cli import main
 from pib.errors import EXIT_CODES, Reason
 from tests.gitutil import make_repo, pib
 
-REAL = Path("/work/shared/testdata/smartos-manifests")
+REAL = Path(__file__).parent / "data" / "smartos-manifests"  # real SmartOS manifests, vendored
 
 
 def test_manifest_check_real_files(capsys: pytest.CaptureFixture[str]) -> None:

@@ -547,7 +547,7 @@ def test_real_smartos_manifests_assemble(tmp_path: Path) -> None:
     """The three real manifests, resolved and archived against a proto area holding their files."""
     from pib.manifest import parse_file
 
-    real = sorted(Path("/work/shared/testdata/smartos-manifests").glob("*.manifest"))
+    real = sorted((Path(__file__).parent / "data" / "smartos-manifests").glob("*.manifest"))
     proto = tmp_path / "proto"
     names: set[str] = set()
     have: set[str] = set()

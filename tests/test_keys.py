@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -82,8 +83,9 @@ def test_tree_follows_content(tmp_path: Path) -> None:
     assert committed.tree == untracked.tree and not committed.dirty
 
     # The user's own index is untouched by all of this.
-    st = os.popen(f"git -C {repo} status --porcelain").read()
-    assert st == ""
+    st = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True,
+                        check=True)
+    assert st.stdout == "" and st.returncode == 0
 
 
 def test_two_identical_dirty_trees_share_a_key(tmp_path: Path) -> None:

@@ -23,9 +23,7 @@ from pib.manifest import (
     union,
 )
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "smartos-manifests"
-if not REAL.is_dir():
-    REAL = Path("/work/shared/testdata/smartos-manifests")
+REAL = Path(__file__).parent / "data" / "smartos-manifests"  # real SmartOS manifests, vendored
 REAL_FILES = sorted(REAL.glob("*.manifest"))
 
 

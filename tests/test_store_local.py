@@ -101,6 +101,8 @@ def test_concurrent_puts_and_gets_never_show_half_entries(tmp_path: Path) -> Non
         except BaseException as exc:
             errors.append(exc)
 
+    hits: list[int] = []
+
     def reader(n: int) -> None:
         try:
             for i in range(30):
@@ -109,6 +111,7 @@ def test_concurrent_puts_and_gets_never_show_half_entries(tmp_path: Path) -> Non
                 except NotFound:
                     continue
                 assert a.stat().st_size == 200_000 and m.read_bytes() == b'{"x":1}'
+                hits.append(n)
         except BaseException as exc:
             errors.append(exc)
 
@@ -119,6 +122,11 @@ def test_concurrent_puts_and_gets_never_show_half_entries(tmp_path: Path) -> Non
         t.join()
     assert errors == []
     assert list((store.root / ".tmp").iterdir()) == []
+    # Once the writer is done, every reader must find the whole entry: a store whose
+    # get() never finds anything would pass the loop above.
+    for n in range(3):
+        a, m = store.get("c", K1, tmp_path / f"after-{n}")
+        assert a.read_bytes() == arc.read_bytes() and m.read_bytes() == b'{"x":1}'
 
 
 def test_memory_store_failure_injection(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Artifact stores: one small protocol, several backends.
 
 Layout in every backend: `<prefix>/<component>/<key>.tar.zst` (the archive)
-and `<prefix>/<component>/<key>.json` (its signed metadata). Writers put the
+and `<prefix>/<component>/<key>.json` (its signed metadata); pinned input
+files (sources, CBE packages) at `<prefix>/sources/sha256/<hash>`. Writers put the
 archive first and the metadata last, and delete in the opposite order, so a
 reader that sees the metadata always finds the whole entry.
 
@@ -25,6 +26,7 @@ META_SUFFIX = ".json"
 
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")
 _KEY_RE = re.compile(r"^[0-9a-f]{16,128}$")
+_BLOB_RE = re.compile(r"^sources/sha256/[0-9a-f]{64}$")
 
 
 class NotFound(StoreError):
@@ -94,6 +96,13 @@ class Store(Protocol):
 
     def delete(self, component: str, key: str) -> None: ...
 
+    # Pinned input files by content (`sources/sha256/<hash>`): the stores double as mirrors.
+    def has_blobs(self, paths: Iterable[str]) -> set[str]: ...
+
+    def get_blob(self, path: str, dest: Path, max_size: int) -> None: ...
+
+    def put_blob(self, path: str, src: Path) -> None: ...
+
 
 PARALLEL = 16  # requests a remote store gets at once (existence rounds)
 CHUNK = 1 << 20  # transfer block size of the remote backends
@@ -120,6 +129,12 @@ def check_names(component: str, key: str) -> None:
                          hint="component names are letters, digits and ._+-")
     if not _KEY_RE.match(key):
         raise StoreError(f"invalid artifact key {key!r}", hint="keys are lower-case hex digests")
+
+
+def check_blob(path: str) -> None:
+    """Pinned files live at `sources/sha256/<hash>` and nowhere else."""
+    if not _BLOB_RE.match(path):
+        raise StoreError(f"invalid pinned-file path {path!r} for an artifact store")
 
 
 def is_component_name(name: str) -> bool:

@@ -36,6 +36,7 @@ from pib.store import (
     HttpStoreSpec,
     NotFound,
     StoreEntry,
+    check_blob,
     check_names,
     has_concurrently,
     is_component_name,
@@ -123,18 +124,7 @@ class HttpStore:
 
     def has(self, component: str, key: str) -> bool:
         check_names(component, key)
-        path = self._path(component, key + META_SUFFIX)
-
-        def head(conn: http.client.HTTPConnection) -> bool:
-            resp = self._send(conn, "HEAD", path)
-            resp.read()
-            if resp.status == 200:
-                return True
-            if resp.status == 404:
-                return False
-            raise self._error(f"HEAD {path}", resp)
-
-        return self._attempts(f"HEAD {path}", head)
+        return self._head(self._path(component, key + META_SUFFIX))
 
     def has_many(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         return has_concurrently(self.has, pairs)
@@ -196,8 +186,11 @@ class HttpStore:
         _write_atomic(meta_out, meta)
         return archive_out, meta_out
 
-    def _stream_to(self, resp: http.client.HTTPResponse, path: str, dest: Path) -> None:
+    def _stream_to(self, resp: http.client.HTTPResponse, path: str, dest: Path,
+                   max_size: int | None = None) -> None:
         expected = _content_length(resp)
+        if max_size is not None and expected is not None and expected > max_size:
+            raise StoreError(f"store {self.name}: {path} is {expected} bytes, more than the {max_size} expected")
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         try:
             start = time.monotonic()
@@ -216,6 +209,8 @@ class HttpStore:
                         raise _Retryable(f"GET {path}: too slow ({got} bytes in {elapsed:.1f}s)")
                     if expected is not None and got > expected:
                         raise _Retryable(f"GET {path}: more bytes than Content-Length {expected}")
+                    if max_size is not None and got > max_size:
+                        raise StoreError(f"store {self.name}: {path}: more than the {max_size} bytes expected")
             if expected is not None and got != expected:
                 raise _Retryable(f"GET {path}: received {got} of {expected} bytes")
             os.replace(tmp, dest)
@@ -263,6 +258,56 @@ class HttpStore:
             found = self._attempts(f"DELETE {path}", delete) or found
         if not found:
             raise NotFound(f"store {self.name}: no artifact {component}/{key}")
+
+    # ------------------------------------------------------- pinned files
+
+    def _head(self, path: str) -> bool:
+        def head(conn: http.client.HTTPConnection) -> bool:
+            resp = self._send(conn, "HEAD", path)
+            resp.read()
+            if resp.status == 200:
+                return True
+            if resp.status == 404:
+                return False
+            raise self._error(f"HEAD {path}", resp)
+
+        return self._attempts(f"HEAD {path}", head)
+
+    def has_blobs(self, paths: Iterable[str]) -> set[str]:
+        todo = list(paths)
+        for p in todo:
+            check_blob(p)
+        found = has_concurrently(lambda p, _: self._head(self._path(*p.split("/"))), ((p, "") for p in todo))
+        return {p for p, _ in found}
+
+    def get_blob(self, path: str, dest: Path, max_size: int) -> None:
+        check_blob(path)
+        url = self._path(*path.split("/"))
+
+        def download(conn: http.client.HTTPConnection) -> None:
+            resp = self._send(conn, "GET", url)
+            if resp.status == 404:
+                resp.read()
+                raise NotFound(f"store {self.name}: no {path}")
+            if resp.status != 200:
+                raise self._error(f"GET {url}", resp)
+            self._stream_to(resp, url, dest, max_size)
+
+        self._attempts(f"GET {url}", download)
+
+    def put_blob(self, path: str, src: Path) -> None:
+        check_blob(path)
+        url = self._path(*path.split("/"))
+        size = src.stat().st_size
+
+        def put(conn: http.client.HTTPConnection) -> None:
+            with open(src, "rb") as fh:
+                resp = self._send(conn, "PUT", url, fh, size)
+            resp.read()
+            if resp.status not in (200, 201, 204):
+                raise self._error(f"PUT {url}", resp)
+
+        self._attempts(f"PUT {url}", put)
 
     def list(self, component: str | None = None) -> Entries:
         if component is None:

@@ -26,6 +26,7 @@ from pib.store import (
     Entries,
     NotFound,
     StoreEntry,
+    check_blob,
     check_names,
     is_component_name,
     is_key,
@@ -169,6 +170,42 @@ class LocalStore:
             found = _unlink(self._archive(component, key)) or found
         if not found:
             raise NotFound(f"{self.name}: no artifact {component}/{key}")
+
+    # ------------------------------------------------------- pinned files
+
+    def has_blobs(self, paths: Iterable[str]) -> set[str]:
+        out = set()
+        for path in paths:
+            check_blob(path)
+            if (self.root / path).is_file():
+                out.add(path)
+        return out
+
+    def get_blob(self, path: str, dest: Path, max_size: int) -> None:
+        check_blob(path)
+        src = self.root / path
+        try:
+            if src.stat().st_size > max_size:
+                raise StoreError(f"{self.name}: {path} is larger than the pinned size {max_size}")
+            shutil.copyfile(src, dest)
+        except FileNotFoundError:
+            raise NotFound(f"{self.name}: no {path}") from None
+        except OSError as exc:
+            raise StoreError(f"{self.name}: cannot read {path}: {exc.strerror}") from exc
+
+    def put_blob(self, path: str, src: Path) -> None:
+        check_blob(path)
+        dest = self.root / path
+        try:
+            staged = _link_or_copy(src, self._tmpdir() / f"b-{os.getpid()}-{time.monotonic_ns()}")
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, dest)
+            finally:
+                staged.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.name}: cannot store {path}: {exc.strerror}",
+                             hint="check free space and permissions of the local store") from exc
 
     # -------------------------------------------------------- maintenance
 

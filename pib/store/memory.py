@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pib.errors import StoreError
-from pib.store import ARCHIVE_SUFFIX, META_SUFFIX, Entries, NotFound, StoreEntry, check_names
+from pib.store import ARCHIVE_SUFFIX, META_SUFFIX, Entries, NotFound, StoreEntry, check_blob, check_names
 
 
 class MemoryStore:
@@ -17,6 +17,7 @@ class MemoryStore:
         self.name = name
         self.remote = remote
         self.entries: dict[tuple[str, str], tuple[bytes, bytes, float]] = {}
+        self.blobs: dict[str, bytes] = {}
         self.fail: StoreError | None = None  # when set, every call raises it
         self.calls: list[str] = []
 
@@ -68,6 +69,27 @@ class MemoryStore:
         self._enter("delete")
         if self.entries.pop((component, key), None) is None:
             raise NotFound(f"{self.name}: no artifact {component}/{key}")
+
+    def has_blobs(self, paths: Iterable[str]) -> set[str]:
+        self._enter("has_blobs")
+        todo = list(paths)
+        for p in todo:
+            check_blob(p)
+        return {p for p in todo if p in self.blobs}
+
+    def get_blob(self, path: str, dest: Path, max_size: int) -> None:
+        self._enter("get_blob")
+        check_blob(path)
+        if path not in self.blobs:
+            raise NotFound(f"{self.name}: no {path}")
+        if len(self.blobs[path]) > max_size:
+            raise StoreError(f"{self.name}: {path} is larger than the pinned size {max_size}")
+        dest.write_bytes(self.blobs[path])
+
+    def put_blob(self, path: str, src: Path) -> None:
+        self._enter("put_blob")
+        check_blob(path)
+        self.blobs[path] = src.read_bytes()
 
 
 def _write(path: Path, data: bytes) -> Path:

