@@ -307,7 +307,7 @@ def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path) -> dic
         "PIB_KEY": plan.key,
         "PIB_BUILD_DIR": str(build_dir),
         "PIB_WORKSPACE": str(cfg.workspace.root),
-        "PIB_CACHE": str(download_cache()),
+        "PIB_CACHE": str(_download_cache()),
         "MAKEFLAGS": f"-j{max(1, cfg.workspace.jobs)}",
     })
     for d in c.depends:
@@ -319,10 +319,10 @@ def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path) -> dic
     return env
 
 
-def download_cache() -> Path:
-    """Where build scripts may keep downloads, shared by every workspace of the user."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pib" / "downloads"
+def _download_cache() -> Path:
+    from pib.fetch import download_cache
+
+    return download_cache()
 
 
 def _env_name(name: str) -> str:

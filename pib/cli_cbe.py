@@ -52,6 +52,14 @@ def register(sub: Any) -> None:
     pub.add_argument("--lock-out", type=Path, help="write the lock here (default: print it)")
     pub.set_defaults(func=_cmd_publish)
 
+    pin = cs.add_parser("pin", help="refresh a Debian lock's [[packages]] pins from its [apt] suites",
+                        parents=[common])
+    pin.add_argument("lock", nargs="?", type=Path, help="lock file (default: [cbe] lock of the workspace)")
+    pin.add_argument("--suite", action="append", dest="suites",
+                     help="pin from this suite instead of the lock's (repeatable); the lock's [apt] is kept")
+    pin.add_argument("--dry-run", action="store_true", help="show what would change, write nothing")
+    pin.set_defaults(func=_cmd_pin)
+
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -146,6 +154,48 @@ def _cmd_rm(args: argparse.Namespace) -> int:
     root, _cfg = _root(args)
     cbe.remove(root, args.version, force=args.force)
     print(f"removed {root / args.version}")
+    return 0
+
+
+def _cmd_pin(args: argparse.Namespace) -> int:
+    from pib.cbe.lock import load
+    from pib.cbe.providers.debian import repin
+    from pib.cli import emit_json, want_json
+    from pib.errors import CbeError
+    from pib.fetch import download_cache
+    from pib.fsutil import write_text_atomic
+    from pib.run import Log
+
+    path: Path | None = args.lock
+    if path is None:
+        cfg = _config(args, required=True)
+        assert cfg is not None
+        path = _spec(cfg).lock
+    assert path is not None
+    lock = load(path)
+    if lock.provider != "debian":
+        raise CbeError(f"{path} uses provider {lock.provider!r}; only Debian locks are pinned from apt suites",
+                       where=lock.where())
+    apt = lock.apt
+    if apt is None:
+        raise CbeError(f"{path} names no suites to pin from", where=lock.where(),
+                       hint='add [apt] suites = ["bookworm"] (a release\'s base suite) to the lock')
+    if args.suites:
+        apt = apt._replace(suites=tuple(args.suites))
+    with Log(download_cache() / "apt" / "pin.log") as log:
+        text, changes = repin(lock, apt, download_cache(), log)
+    changed = [c for c in changes if c.changed]
+    if changed and not args.dry_run:
+        write_text_atomic(path, text)
+    if want_json(args):
+        emit_json({"lock": str(path), "suites": list(apt.suites), "written": bool(changed) and not args.dry_run,
+                   "changed": [c.to_json() for c in changed], "packages": len(changes)})
+        return 0
+    for c in changed:
+        print(f"  {c.name}: {c.old_version} -> {c.new_version}")
+    verb = "would change" if args.dry_run else "changed"
+    print(f"{path}: {len(changed)} of {len(changes)} pins {verb} (from {apt.describe()})"
+          if changed else f"{path}: all {len(changes)} pins are current in {apt.describe()}")
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pib.errors import Reason
-from pib.fetch import FetchError, Fetcher, blob_path, stage
+from pib.fetch import Fetcher, FetchError, blob_path, stage
 from pib.fetch.apt import AptSources, NotInArchive, PrivateApt
 from pib.fetch.pins import AptOrigin, Pinned, UrlOrigin
 from pib.store.local import LocalStore
@@ -120,7 +120,7 @@ def test_private_apt_downloads_binary_and_source(tmp_path: Path, archive: tuple[
     assert got[deb.sha256].came_from == "upstream" and got[deb.sha256].path.read_bytes() == new.read_bytes()
     assert got[orig.sha256].path.read_bytes() == b"orig"
     # Pinning reads the same private lists: the host's sources play no part.
-    assert [s["Version"] for s in apt.versions("tool")] == ["1:2.0-1"]
+    assert [s["Version"] for s in apt.versions("tool")["tool"]] == ["1:2.0-1"]
     assert apt.source_files("tool", "1:2.0-1")["tool_2.0.orig.tar.gz"] == hashlib.sha256(b"orig").hexdigest()
 
 
@@ -137,3 +137,64 @@ def test_version_dropped_upstream_comes_from_a_store(tmp_path: Path,
     store.put_blob(blob_path(pin.sha256), old)
     got = Fetcher(tmp_path / "cache", mirrors=[store], apt=apt).fetch([pin])[pin.sha256]
     assert got.came_from == "store local" and got.path.read_bytes() == old.read_bytes()
+
+
+@pytest.mark.integration
+def test_cbe_pin_rewrites_pins_from_the_locks_suite(tmp_path: Path) -> None:
+    """`pib cbe pin`: versions and hashes from the lock's [apt] suite, comments kept, one parser."""
+    from tests.gitutil import pib as run_pib
+
+    work = tmp_path / "debs"
+    work.mkdir()
+    old = build_deb(work, "tool", "1.0-1", {"v": "1\n"})
+    new = build_deb(work, "tool", "1.0-2", {"v": "2\n"})
+    other = build_deb(work, "lib", "3.0-1", {"l": "3\n"})
+    uri = make_archive(tmp_path / "repo", "stable", [new, other])
+    lock = tmp_path / "t.lock.toml"
+    text = (
+        '# a test toolchain\nformat = 1\nname = "t"\nversion = "1"\nprovider = "debian"\n\n'
+        f'[apt]\nuris = ["{uri}"]\nsuites = ["stable"]\ntrusted = true\n\n'
+        f'[[packages]]\nname = "tool"  # the tool\nversion = "1.0-1"\narch = "amd64"\nsha256 = "{sha256(old)}"\n\n'
+        f'[[packages]]\nname = "lib"\nversion = "3.0-1"\narch = "amd64"\nsha256 = "{sha256(other)}"\n'
+    )
+    lock.write_text(text)
+    r = run_pib(tmp_path, "cbe", "pin", str(lock), "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    out = json.loads(r.stdout)
+    assert out["changed"] == [{"package": "tool", "old": "1.0-1", "new": "1.0-2", "sha256": sha256(new)}]
+    assert out["written"] is False and lock.read_text() == text
+    r = run_pib(tmp_path, "cbe", "pin", str(lock))
+    assert r.returncode == 0, r.stderr
+    assert "tool: 1.0-1 -> 1.0-2" in r.stdout
+    after = lock.read_text()
+    assert after == text.replace('"1.0-1"', '"1.0-2"').replace(sha256(old), sha256(new))
+
+
+def test_lock_apt_section_is_checked_and_left_out_of_the_digest(tmp_path: Path) -> None:
+    from pib.cbe.lock import parse
+    from pib.errors import CbeError
+
+    base = ('format = 1\nname = "t"\nversion = "1"\nprovider = "debian"\n\n'
+            f'[[packages]]\nname = "make"\nversion = "1"\narch = "amd64"\nsha256 = "{"a" * 64}"\n')
+    plain = parse(base, tmp_path / "l.toml")
+    with_apt = parse(base + '\n[apt]\nsuites = ["bookworm"]\n', tmp_path / "l.toml")
+    assert plain.apt is None and with_apt.apt is not None
+    assert with_apt.apt.suites == ("bookworm",) and with_apt.apt.uris == ("http://deb.debian.org/debian",)
+    assert with_apt.digest == plain.digest  # where pins come from is not what they are
+    with pytest.raises(CbeError) as exc:
+        parse(base + '\n[apt]\nsuites = []\n', tmp_path / "l.toml")
+    assert exc.value.where is not None and exc.value.where.line == 12  # the [apt] header
+    with pytest.raises(CbeError, match="unknown key 'suite'"):
+        parse(base + '\n[apt]\nsuite = ["bookworm"]\n', tmp_path / "l.toml")
+
+
+@pytest.mark.parametrize("lower,higher", [
+    ("1.0~rc1-1", "1.0-1"), ("2.0-1", "1:0.1-1"), ("2.40-1", "2.40-2"), ("6.1.176-1", "6.1.192-2"),
+    ("12.2.0-14", "12.2.0-14+deb12u1"), ("1.2", "1.10"), ("1.0-1", "1.0a-1"),
+])
+def test_debian_version_order(lower: str, higher: str) -> None:
+    from pib.cbe.providers.debian import _VersionKey
+
+    assert _VersionKey(lower) < _VersionKey(higher) and not _VersionKey(higher) < _VersionKey(lower)

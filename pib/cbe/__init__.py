@@ -191,7 +191,9 @@ def ensure(
             fixable |= {Status.MISSING, Status.HALF, Status.OUTDATED, Status.MODIFIED}
         if state.status not in fixable:
             raise _problem(spec, lock, state, root)
-        ctx = Context(root=root, log=log, stores=stores, trusted_keys=trusted_keys)
+        from pib.fetch import download_cache
+
+        ctx = Context(root=root, log=log, stores=stores, trusted_keys=trusted_keys, downloads=download_cache())
         try:
             state = _inst.install(lock, root, ctx, replace=update, full=update)
         except OSError as exc:

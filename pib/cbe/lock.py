@@ -3,7 +3,8 @@
 A lock is TOML (see docs/cbe.md). Every error names the lock file and line.
 The lock digest (part of every component key) is the SHA-256 of the lock's
 canonical content: its parsed value as sorted, compact JSON, so comments and
-layout do not change it but any pinned value does.
+layout do not change it but any pinned value does. `[apt]` says where pinned
+packages may be found, not what they are, so it is left out of the digest.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pib.errors import CbeError, Location
+from pib.fetch.apt import DEFAULT_KEYRING, AptSources
 from pib.tomlloc import Locator
 from pib.tomlloc import loads as toml_loads
 
 PROVIDERS = ("debian", "pip", "tarball", "pkgsrc")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]*$")
-_TOP_KEYS = {"format", "name", "version", "provider", "path", "env", "packages", "files", "tarball", "pkgsrc", "pip"}
+_TOP_KEYS = {"format", "name", "version", "provider", "path", "env", "packages", "files", "tarball", "pkgsrc", "pip",
+             "apt"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Lock:
     pkgsrc: PkgsrcPin | None
     pip: PipOptions | None
     digest: str
+    apt: AptSources | None = None  # where the debian provider's pins come from (not part of the digest)
 
     def where(self, line: int = 0) -> Location:
         return Location(str(self.path), line)
@@ -192,6 +196,9 @@ class _Parser:
         tarball = self._tarball() if provider == "tarball" else None
         pkgsrc = self._pkgsrc() if provider == "pkgsrc" else None
         pip = self._pip() if provider == "pip" else None
+        apt = self._apt(packages) if "apt" in d else None
+        if apt is not None and provider != "debian":
+            raise self.err(f"[apt] does not apply to provider {provider!r}", ("apt",))
         for section in ("tarball", "pkgsrc", "pip"):
             if section in d and section != provider:
                 raise self.err(f"[{section}] does not apply to provider {provider!r}", (section,))
@@ -209,7 +216,8 @@ class _Parser:
             tarball=tarball,
             pkgsrc=pkgsrc,
             pip=pip,
-            digest=canonical_digest(d),
+            digest=canonical_digest({k: v for k, v in d.items() if k != "apt"}),
+            apt=apt,
         )
 
     def _table(self, key: str) -> dict[str, Any]:
@@ -262,6 +270,28 @@ class _Parser:
                 raise self.err("content must be a string", (*at, "content"))
             out.append(FileEntry(path, int(mode_s, 8), content, self.loc.at(at)))
         return tuple(out)
+
+    def _apt(self, packages: tuple[Package, ...]) -> AptSources:
+        t = self._table("apt")
+        at: tuple[str | int, ...] = ("apt",)
+        self.unknown(t, {"uris", "suites", "components", "signed_by", "trusted"}, at)
+        suites = self.strings(t, "suites", at)
+        if not suites:
+            raise self.err("[apt] needs suites, e.g. suites = [\"bookworm\"]", at,
+                           "name the suite the pins were taken from; prefer a release's base suite, whose "
+                           "versions are not replaced in place")
+        trusted = t.get("trusted", False)
+        if not isinstance(trusted, bool):
+            raise self.err("trusted must be true or false", (*at, "trusted"))
+        arches = {p.arch for p in packages if p.arch}
+        return AptSources(
+            uris=self.strings(t, "uris", at) or ("http://deb.debian.org/debian",),
+            suites=suites,
+            components=self.strings(t, "components", at) or ("main",),
+            arch=arches.pop() if len(arches) == 1 else "amd64",
+            signed_by="" if trusted else (self.string(t, "signed_by", at, required=False) or DEFAULT_KEYRING),
+            trusted=trusted,
+        )
 
     def _tarball(self) -> TarballPin:
         t = self._table("tarball")

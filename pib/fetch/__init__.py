@@ -46,6 +46,21 @@ class Mirror(Protocol):
     def put_blob(self, path: str, src: Path) -> None: ...
 
 
+class Upstream(Protocol):
+    """Debian's archive as apt sees it (pib.fetch.apt.PrivateApt or HostApt)."""
+
+    def download(self, specs: Sequence[str], dest: Path, *, source: bool = False) -> None: ...
+
+
+def download_cache() -> Path:
+    """The user's content-addressed download cache, shared by every workspace and CBE install."""
+    env = os.environ.get("PIB_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pib" / "downloads"
+
+
 def blob_path(sha256: str) -> str:
     return f"sources/sha256/{sha256}"
 
@@ -67,14 +82,12 @@ class Fetched(NamedTuple):
 class Fetcher:
     """Fetches pinned files into a content-addressed download cache."""
 
-    def __init__(self, cache: Path, *, mirrors: Sequence[Mirror] = (), apt: object | None = None,
+    def __init__(self, cache: Path, *, mirrors: Sequence[Mirror] = (), apt: Upstream | None = None,
                  offline: bool = False, log: Log | None = None,
                  warn: Callable[[str], None] | None = None) -> None:
-        from pib.fetch.apt import PrivateApt
-
         self.cache = cache
         self.mirrors = [m for m in mirrors if not (offline and m.remote)]
-        self.apt: PrivateApt | None = apt if isinstance(apt, PrivateApt) else None
+        self.apt = apt
         self.offline = offline
         self.log = log
         self.warn = warn or (lambda _msg: None)

@@ -98,8 +98,6 @@ class PrivateApt:
             "Dir::State::status": r / "status",
             "Dir::Cache": r,
             "Dir::Cache::Archives": r / "archives",
-            "Dir::Cache::pkgcache": "",
-            "Dir::Cache::srcpkgcache": "",
             "APT::Architecture": self.sources.arch,
             "APT::Architectures": self.sources.arch,
             "Acquire::Languages": "none",
@@ -140,12 +138,19 @@ class PrivateApt:
                                 "holds every pinned file") from None
         self._updated = True
 
-    def versions(self, name: str) -> list[dict[str, str]]:
-        """Every stanza apt knows for a binary package (newest first)."""
+    def versions(self, *names: str) -> dict[str, list[dict[str, str]]]:
+        """Every stanza apt knows for each binary package, by name (one apt-cache call for all)."""
         self.update()
-        res = run(["apt-cache", *self.options(), "show", f"{name}:{self.sources.arch}"], env=self._env(),
-                  capture=True, check=False, reason=Reason.SOURCE, what=f"apt-cache show {name}")
-        return parse_stanzas(res.stdout) if res.returncode == 0 else []
+        out: dict[str, list[dict[str, str]]] = {n: [] for n in names}
+        if not names:
+            return out
+        # An unknown name makes apt-cache exit 1, but every known one is still shown.
+        res = run(["apt-cache", *self.options(), "show", *(f"{n}:{self.sources.arch}" for n in names)],
+                  env=self._env(), capture=True, check=False, reason=Reason.SOURCE, what="apt-cache show")
+        for st in parse_stanzas(res.stdout):
+            if st.get("Package") in out:
+                out[st["Package"]].append(st)
+        return out
 
     def source_files(self, name: str, version: str) -> dict[str, str]:
         """{file name: sha256} of a source package version, from the Sources index."""
@@ -181,6 +186,22 @@ class PrivateApt:
                  "add a store that mirrors it, or re-pin",
             detail=(self.log.tail() if self.log is not None else res.stdout[-2000:]).strip(),
         )
+
+
+class HostApt:
+    """The machine's own apt configuration, for locks that name no suites (older locks)."""
+
+    def __init__(self, *, log: Log | None = None) -> None:
+        self.log = log
+
+    def download(self, specs: Sequence[str], dest: Path, *, source: bool = False) -> None:
+        verb = ["source", "--download-only"] if source else ["download"]
+        res = run(["apt-get", "-q", *verb, *specs], cwd=dest, env=minimal_env(), log=self.log,
+                  capture=self.log is None, check=False, reason=Reason.SOURCE, what=f"apt-get {' '.join(verb)}")
+        if res.returncode != 0:
+            raise NotInArchive(f"{', '.join(specs)}: not in the host's apt sources",
+                               hint="run `apt-get update`, or name the suite in the lock's [apt] section",
+                               detail=(self.log.tail() if self.log is not None else res.stdout[-2000:]).strip())
 
 
 def parse_stanzas(text: str) -> list[dict[str, str]]:

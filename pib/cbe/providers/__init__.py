@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 from pib.cbe.lock import Lock
+from pib.fetch import Mirror
 from pib.run import Log
 
 
@@ -30,10 +31,27 @@ class Context:
     trusted_keys: Sequence[object] = ()  # Ed25519 public keys (tarball provider)
     python: str = ""            # interpreter for the pip provider ("" = the running one)
     extra: dict[str, str] = field(default_factory=dict)
+    downloads: Path | None = None  # the shared download cache of pinned files (None: under the root)
+    offline: bool = False
 
     @property
     def cache(self) -> Path:
         return self.root / ".cache"
+
+    def mirrors(self) -> list[Mirror]:
+        """The stores as mirrors of pinned files; a store that cannot be opened is skipped."""
+        from pib.errors import PibError
+        from pib.store import StoreSpec, open_store
+
+        out: list[Mirror] = []
+        for spec in self.stores:
+            if isinstance(spec, StoreSpec):  # type: ignore[arg-type,misc]
+                try:
+                    out.append(open_store(spec))
+                except PibError as exc:
+                    if self.log is not None:
+                        self.log.line(f"store skipped as a mirror: {exc.message}")
+        return out
 
 
 Populate = Callable[[Lock, Path, Context], dict[str, str]]

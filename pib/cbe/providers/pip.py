@@ -51,6 +51,9 @@ _NETWORK_ENV = frozenset({
 })
 
 
+_SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"  # Debian's bundle (update-ca-certificates)
+
+
 def install_argv(lock: Lock, prefix: Path, req_file: Path, cache: Path, python: str) -> list[str]:
     argv = [
         python, "-m", "pip", "install",
@@ -80,6 +83,10 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
     # How this machine reaches the index (certificates, proxies) carries over; what gets
     # installed does not depend on it: every file is pinned by hash.
     env.update({k: v for k, v in os.environ.items() if k in _NETWORK_ENV})
+    if not env.keys() & {"PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"} and os.path.isfile(_SYSTEM_CA):
+        # pip trusts its own bundled CAs, not the machine's; a site CA (a proxy that inspects
+        # TLS) is installed in the system bundle, which pip's ignored config would have named.
+        env["PIP_CERT"] = _SYSTEM_CA
     try:
         run(install_argv(lock, prefix, req_file, cache, python), env=env, log=ctx.log, reason=Reason.CBE,
             what="pip install of the CBE's packages")
