@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from pib.config import PlatformConfig
+from pib.config.types import PlatformConfig
 from pib.errors import PibError, Reason
 from pib.run import run
 

@@ -32,8 +32,8 @@ writes, and the program only ever sees what the parser accepted:
    Pure-Python tarfile extraction was not competitive at 20,000 files.
 4. At the end, every symlink is resolved against the complete member table
    (following symlinks inside the archive); one whose target leaves the tree
-   is refused. Only then is the new tree renamed into place (an atomic
-   exchange when the destination exists).
+   is refused. Only then is the new tree put into place
+   (pib.fsutil.replace_dir: an atomic exchange when the destination exists).
 
 Any refusal raises VerifyError and removes the temporary directory.
 """
@@ -41,7 +41,6 @@ Any refusal raises VerifyError and removes the temporary directory.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -59,7 +58,7 @@ from typing import BinaryIO
 import zstandard
 
 from pib.errors import PibError, Reason, VerifyError
-from pib.fsutil import force_rmtree
+from pib.fsutil import remove_tree, replace_dir
 from pib.run import Log, minimal_env, run
 
 BLOCK = 512
@@ -198,18 +197,6 @@ class _TailHasher:
         if self._error is not None:
             raise self._error
         return self._hash.hexdigest(), self._size
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb", buffering=0) as fh:
-        buf = bytearray(READ_SIZE)
-        view = memoryview(buf)
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-            size += n
-    return h.hexdigest(), size
 
 
 # ------------------------------------------------------------- zstd framing
@@ -634,9 +621,9 @@ def unpack(
         fifo = private / "stream"
         os.mkfifo(fifo, 0o600)
         result = _extract_through_fifo(archive, tree, fifo, limits, log, timeout)
-        _replace_dir(tree, dest)
+        replace_dir(tree, dest)
     finally:
-        force_rmtree(private)
+        remove_tree(private)
     return UnpackResult(result[0], result[1], time.monotonic() - start)
 
 
@@ -729,37 +716,3 @@ def _write_all(fd: int, data: memoryview, worker: threading.Thread, failure: lis
         data = data[n:]
 
 
-# ---------------------------------------------------------------- renaming
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Put `new` at `dest`; the old `dest` (if any) ends up at `new`'s old place."""
-    try:
-        os.rename(new, dest)
-        return
-    except OSError as exc:
-        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
-            raise
-    if _exchange(new, dest):
-        return
-    old = new.with_name("old")
-    os.rename(dest, old)
-    os.rename(new, dest)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL):
-        return False
-    raise OSError(err, os.strerror(err), str(b))

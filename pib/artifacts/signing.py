@@ -14,8 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from pib.errors import ConfigError, PibError, Reason, VerifyError
+from pib.fsutil import write_atomic
 
 PRIVATE_PREFIX = "pib-ed25519-private:"
 PUBLIC_PREFIX = "pib-ed25519:"
@@ -69,22 +68,11 @@ def generate_keypair(private_path: Path, public_path: Path) -> PublicKey:
     private = Ed25519PrivateKey.generate()
     seed = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     signer = Signer(private)
-    _write_atomic(private_path, PRIVATE_PREFIX + base64.b64encode(seed).decode() + "\n", 0o600)
-    _write_atomic(public_path, signer.public.text() + "\n", 0o644)
+    for path in (private_path, public_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(private_path, PRIVATE_PREFIX + base64.b64encode(seed).decode() + "\n", mode=0o600)
+    write_atomic(public_path, signer.public.text() + "\n")
     return signer.public
-
-
-def _write_atomic(path: Path, text: str, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _key_text(path_or_value: str | Path, prefix: str, what: str, hint: str) -> tuple[str, str]:

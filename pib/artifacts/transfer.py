@@ -1,145 +1,32 @@
-"""Prebuilt component artifacts: signed metadata, restore and publish.
+"""Moving signed artifacts between proto areas and stores: restore, publish, fetch.
 
-Metadata is one canonical JSON document per artifact (sorted keys, compact,
-UTF-8): what was built (component, key and key document), what the archive
-is (SHA-256 and size), who built it and with what (builder platform, CBE,
-pib version, dirty flag), and an Ed25519 `signature` over the canonical
-document without the signature field; `signer` names the key.
-
-Restoring trusts nothing it downloads: the signature must verify against a
-trusted key, the metadata must name the requested component and key (a
-valid artifact cannot be replayed under another key), and the archive's
-size and SHA-256 must match, all before anything is extracted. A store that
-misses is quiet; a store that fails is one problem in the outcome, and the
-next store is tried.
+Fetching trusts nothing it downloads (fetch_verified, used by component
+artifacts and CBE prefix tarballs alike): the metadata is read and verified
+first, then the archive is downloaded and its size and SHA-256 checked
+against the verified metadata, all before anything is extracted. Restoring
+a component artifact also requires that the metadata names the requested
+component and key (a valid artifact cannot be replayed under another key).
+A store that misses is quiet; a store that fails is one problem in the
+outcome, and the next store is tried.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-import pib
-from pib.archive import Limits, pack, sha256_file, unpack
+from pib.artifacts.archive import Limits, pack, unpack
+from pib.artifacts.metadata import ArtifactInfo, Metadata, make_metadata, read_metadata
+from pib.artifacts.signing import PublicKey, Signer
 from pib.errors import PibError, Reason, StoreError, VerifyError
-from pib.fsutil import force_rmtree
+from pib.fsutil import remove_tree, sha256_file
 from pib.run import Log
-from pib.signing import PublicKey, Signer, verify
 from pib.store import NotFound, Store, check_names
-
-META_FORMAT = 1
-_FIELDS = ("format", "component", "key", "key_doc", "archive_sha256", "archive_size", "created",
-           "builder_platform", "cbe", "pib_version", "dirty", "signer")
-
-
-@dataclass(frozen=True)
-class CbeInfo:
-    name: str
-    version: str
-    lock_digest: str
-
-
-@dataclass(frozen=True)
-class Metadata:
-    component: str
-    key: str
-    key_doc: Mapping[str, Any]
-    archive_sha256: str
-    archive_size: int
-    created: str
-    builder_platform: str
-    cbe: CbeInfo | None
-    pib_version: str
-    dirty: bool
-    signer: str
-
-
-def canonical(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def make_metadata(
-    component: str,
-    key: str,
-    key_doc: Mapping[str, Any],
-    archive_sha256: str,
-    archive_size: int,
-    signer: Signer,
-    *,
-    builder_platform: str,
-    cbe_info: CbeInfo | None,
-    dirty: bool,
-    created: dt.datetime | None = None,
-) -> bytes:
-    """The signed metadata document, as the bytes to store."""
-    when = (created or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-    doc: dict[str, Any] = {
-        "format": META_FORMAT,
-        "component": component,
-        "key": key,
-        "key_doc": dict(key_doc),
-        "archive_sha256": archive_sha256,
-        "archive_size": archive_size,
-        "created": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "builder_platform": builder_platform,
-        "cbe": None if cbe_info is None else {"name": cbe_info.name, "version": cbe_info.version,
-                                              "lock_digest": cbe_info.lock_digest},
-        "pib_version": pib.__version__,
-        "dirty": bool(dirty),
-        "signer": signer.key_id,
-    }
-    doc["signature"] = signer.sign(canonical(doc))
-    return canonical(doc)
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise VerifyError(f"metadata has the field {k!r} twice", hint="the artifact metadata is corrupt or hostile")
-        out[k] = v
-    return out
-
-
-def read_metadata(raw: bytes, trusted_keys: Iterable[PublicKey], *, component: str, key: str) -> Metadata:
-    """Parse and verify metadata bytes for the artifact (component, key)."""
-    try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VerifyError(f"metadata of {component}/{key} is not valid JSON", hint="the artifact is corrupt") from exc
-    if not isinstance(doc, dict):
-        raise VerifyError(f"metadata of {component}/{key} is not a JSON object", hint="the artifact is corrupt")
-    signature = doc.pop("signature", None)
-    if not isinstance(signature, str):
-        raise VerifyError(f"artifact {component}/{key} is not signed",
-                          hint="only signed artifacts are restored; publish it again with a signing key")
-    verify(canonical(doc), signature, trusted_keys)
-    if doc.get("format") != META_FORMAT or sorted(doc) != sorted(_FIELDS):
-        raise VerifyError(f"metadata of {component}/{key} has an unknown format",
-                          hint="it was written by another pib version; it will be rebuilt locally")
-    if doc["component"] != component or doc["key"] != key:
-        raise VerifyError(
-            f"metadata names {doc['component']}/{doc['key']}, not the requested {component}/{key}",
-            hint="a signed artifact was stored under the wrong name (replayed); delete it from the store",
-        )
-    cbe = doc["cbe"]
-    try:
-        return Metadata(
-            component=doc["component"], key=doc["key"], key_doc=doc["key_doc"],
-            archive_sha256=str(doc["archive_sha256"]), archive_size=int(doc["archive_size"]),
-            created=str(doc["created"]), builder_platform=str(doc["builder_platform"]),
-            cbe=None if cbe is None else CbeInfo(str(cbe["name"]), str(cbe["version"]), str(cbe["lock_digest"])),
-            pib_version=str(doc["pib_version"]), dirty=bool(doc["dirty"]), signer=str(doc["signer"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise VerifyError(f"metadata of {component}/{key} has malformed fields", hint="the artifact is corrupt") from exc
-
 
 # ------------------------------------------------------------------ restore
 
@@ -211,39 +98,57 @@ def restore(
         except PibError as exc:
             problems.append(StoreProblem(local_store.name if local_store else "local", exc.reason, f"not cached locally: {exc.message}"))
         finally:
-            force_rmtree(archive.parent)
+            remove_tree(archive.parent)
         _note(log, f"{store.name}: restored {component}/{key} ({archive_bytes} bytes, {seconds:.2f}s)")
         return RestoreOutcome("hit", store.name, seconds, archive_bytes, metadata, tuple(problems))
     return RestoreOutcome("error" if problems else "miss", problems=tuple(problems))
+
+
+M = TypeVar("M")
+
+
+def fetch_verified(store: Store, component: str, key: str, work: Path, *, read: Callable[[bytes], M],
+                   pins: Callable[[M], tuple[str, int]]) -> tuple[Path, bytes, M]:
+    """Download the entry (component, key) into `work`, verified: (archive, metadata bytes, metadata).
+
+    `read` parses and verifies metadata bytes (raising VerifyError); `pins`
+    gives the archive's SHA-256 and size that the verified metadata states.
+    """
+    # Metadata first: a bad signature costs a few hundred bytes, not an archive download.
+    read(store.get_meta(component, key))
+    archive, meta_path = store.get(component, key, work)
+    meta_bytes = meta_path.read_bytes()
+    meta = read(meta_bytes)  # the copy that came with the archive is the one believed
+    want_sha, want_size = pins(meta)
+    size = archive.stat().st_size
+    if size != want_size:
+        raise VerifyError(f"{store.name}: archive of {component}/{key} has {size} bytes, metadata says "
+                          f"{want_size}", hint="the store holds a damaged artifact; delete it")
+    if sha256_file(archive)[0] != want_sha:
+        raise VerifyError(f"{store.name}: archive of {component}/{key} does not match its SHA-256",
+                          hint="the store holds a damaged or altered artifact; delete it")
+    return archive, meta_bytes, meta
 
 
 def _restore_from(
     store: Store, component: str, key: str, trusted_keys: Sequence[PublicKey], proto_dir: Path,
     log: Log | None, limits: Limits,
 ) -> tuple[bytes, int, Metadata, Path]:
-    # Metadata first: a bad signature costs a few hundred bytes, not an archive download.
-    metadata = read_metadata(store.get_meta(component, key), trusted_keys, component=component, key=key)
     proto_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{proto_dir.name}.fetch-", dir=proto_dir.parent))
     keep = False
     try:
-        archive, meta_path = store.get(component, key, work)
-        meta_bytes = meta_path.read_bytes()
-        metadata = read_metadata(meta_bytes, trusted_keys, component=component, key=key)
-        size = archive.stat().st_size
-        if size != metadata.archive_size:
-            raise VerifyError(f"{store.name}: archive of {component}/{key} has {size} bytes, metadata says "
-                              f"{metadata.archive_size}", hint="the store holds a damaged artifact; delete it")
-        sha, _ = sha256_file(archive)
-        if sha != metadata.archive_sha256:
-            raise VerifyError(f"{store.name}: archive of {component}/{key} does not match its SHA-256",
-                              hint="the store holds a damaged or altered artifact; delete it")
+        archive, meta_bytes, metadata = fetch_verified(
+            store, component, key, work,
+            read=lambda raw: read_metadata(raw, trusted_keys, component=component, key=key),
+            pins=lambda m: (m.archive_sha256, m.archive_size),
+        )
         unpack(archive, proto_dir, limits=limits, log=log)
         keep = True
-        return meta_bytes, size, metadata, archive
+        return meta_bytes, metadata.archive_size, metadata, archive
     finally:
         if not keep:
-            force_rmtree(work)
+            remove_tree(work)
 
 
 def _note(log: Log | None, text: str) -> None:
@@ -264,16 +169,11 @@ class PublishOutcome:
 
 
 def publish(
-    component: str,
-    key: str,
-    key_doc: Mapping[str, Any],
+    info: ArtifactInfo,
     proto_dir: Path,
     stores: Sequence[Store],
     signer: Signer | None,
     *,
-    dirty: bool,
-    builder_platform: str,
-    cbe_info: CbeInfo | None,
     remote: bool,
     epoch: int = 0,
     log: Log | None = None,
@@ -283,11 +183,12 @@ def publish(
     Local stores always receive it; remote ones only with remote=True, and
     never for a dirty tree. A store that fails is a problem in the outcome.
     """
+    component, key = info.component, info.key
     check_names(component, key)
     if signer is None:
         raise PibError(f"cannot publish {component}: no signing key", reason=Reason.PUBLISH,
                        hint="create one with `pib keygen` and configure it, or do not publish")
-    if dirty and remote:
+    if info.dirty and remote:
         raise PibError(f"refusing to publish {component} to a shared store: its source tree has uncommitted changes",
                        reason=Reason.PUBLISH, hint="commit the changes (or publish to the local store only)")
     targets = [s for s in stores if not s.remote or remote]
@@ -297,8 +198,7 @@ def publish(
     work = Path(tempfile.mkdtemp(prefix=f".{proto_dir.name}.publish-", dir=proto_dir.parent))
     try:
         packed = pack(proto_dir, work / f"{key}.tar.zst", epoch=epoch, log=log)
-        meta = make_metadata(component, key, key_doc, packed.sha256, packed.size, signer,
-                             builder_platform=builder_platform, cbe_info=cbe_info, dirty=dirty)
+        meta = make_metadata(info, packed.sha256, packed.size, signer)
         published: list[str] = []
         problems: list[StoreProblem] = []
         for store in targets:
@@ -311,7 +211,7 @@ def publish(
                 _note(log, f"{store.name}: publishing failed: {exc.message}")
         return PublishOutcome(meta, packed.sha256, packed.size, tuple(published), tuple(problems))
     finally:
-        force_rmtree(work)
+        remove_tree(work)
 
 
 # ------------------------------------------------------------------ explain

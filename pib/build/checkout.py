@@ -8,15 +8,16 @@ never touched.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from pib.config import ComponentConfig
+from pib.config.types import ComponentConfig
 from pib.errors import PibError, Reason
-from pib.fsutil import remove_tree
+from pib.fsutil import remove_tree, write_atomic
 from pib.run import Log, minimal_env, run
 
 _PR = re.compile(r"^PR-(\d+)$")
@@ -51,9 +52,19 @@ class SourceState(NamedTuple):
         return self.tree != self.head_tree
 
 
+class CheckoutAction(enum.StrEnum):
+    """What `pib configure` did to a checkout; the values appear in --json output."""
+
+    CLONED = "cloned"
+    CHECKED_OUT = "checked-out"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    IN_PLACE = "in-place"  # a `path` component: used where it is, never touched
+
+
 class CheckoutReport(NamedTuple):
     name: str
-    action: str  # cloned | checked-out | updated | unchanged
+    action: CheckoutAction
     branch: str | None
     head: str | None
     dirty: bool
@@ -76,9 +87,9 @@ def ensure_checkout(comp: ComponentConfig, *, update: bool = False, log: Log | N
                 hint=f"run git init in {dest} and commit, or use source = ... to clone one",
             )
         st = source_state(dest, None)
-        return CheckoutReport(comp.name, "in-place", st.branch, st.head, st.dirty)
+        return CheckoutReport(comp.name, CheckoutAction.IN_PLACE, st.branch, st.head, st.dirty)
     assert comp.source is not None
-    action = "unchanged"
+    action = CheckoutAction.UNCHANGED
     if not _is_repo(dest):
         if dest.exists() and any(dest.iterdir()):
             raise PibError(
@@ -96,17 +107,17 @@ def ensure_checkout(comp: ComponentConfig, *, update: bool = False, log: Log | N
         run(["git", *args, comp.source, str(tmp)], env=git_env(), log=log, reason=Reason.SOURCE,
             what=f"git clone {comp.source}", capture=True, timeout=3600)
         tmp.rename(dest)  # a killed clone leaves only the .cloning directory
-        action = "cloned"
+        action = CheckoutAction.CLONED
     target = comp.ref or comp.branch
     if target:
-        action = _checkout(comp, dest, target, update=update or action == "cloned", log=log) or action
+        action = _checkout(comp, dest, target, update=update or action is CheckoutAction.CLONED, log=log) or action
     elif update:
         action = _fast_forward(comp, dest, log) or action
     st = source_state(dest, None)
     return CheckoutReport(comp.name, action, st.branch, st.head, st.dirty)
 
 
-def _checkout(comp: ComponentConfig, dest: Path, target: str, *, update: bool, log: Log | None) -> str | None:
+def _checkout(comp: ComponentConfig, dest: Path, target: str, *, update: bool, log: Log | None) -> CheckoutAction | None:
     current = git(["rev-parse", "--abbrev-ref", "HEAD"], dest).strip()
     pr = _PR.match(target)
     if pr:
@@ -115,7 +126,7 @@ def _checkout(comp: ComponentConfig, dest: Path, target: str, *, update: bool, l
         _require_clean(comp, dest, f"switch to {target}")
         git(["fetch", "--quiet", "origin", f"+refs/pull/{pr.group(1)}/head:refs/remotes/origin/{target}"], dest, log=log)
         git(["checkout", "--quiet", "-B", target, f"refs/remotes/origin/{target}"], dest, log=log)
-        return "checked-out"
+        return CheckoutAction.CHECKED_OUT
     if comp.ref:
         head = git(["rev-parse", "HEAD"], dest).strip()
         want = git(["rev-parse", "--verify", "--quiet", f"{target}^{{commit}}"], dest, check=False).strip()
@@ -126,7 +137,7 @@ def _checkout(comp: ComponentConfig, dest: Path, target: str, *, update: bool, l
             git(["fetch", "--quiet", "origin", target], dest, log=log)
             target = "FETCH_HEAD"
         git(["checkout", "--quiet", "--detach", target], dest, log=log)
-        return "checked-out"
+        return CheckoutAction.CHECKED_OUT
     if current == target:
         return _fast_forward(comp, dest, log) if update else None
     _require_clean(comp, dest, f"switch from {current} to {target}")
@@ -136,10 +147,10 @@ def _checkout(comp: ComponentConfig, dest: Path, target: str, *, update: bool, l
         git(["checkout", "--quiet", "-b", target, "--track", f"origin/{target}"], dest, log=log)
     else:
         git(["checkout", "--quiet", target], dest, log=log)
-    return "checked-out"
+    return CheckoutAction.CHECKED_OUT
 
 
-def _fast_forward(comp: ComponentConfig, dest: Path, log: Log | None) -> str | None:
+def _fast_forward(comp: ComponentConfig, dest: Path, log: Log | None) -> CheckoutAction | None:
     before = git(["rev-parse", "HEAD"], dest).strip()
     git(["fetch", "--quiet", "origin"], dest, log=log)
     upstream = git(["rev-parse", "--verify", "--quiet", "@{upstream}"], dest, check=False).strip()
@@ -155,7 +166,7 @@ def _fast_forward(comp: ComponentConfig, dest: Path, log: Log | None) -> str | N
             where=comp.where,
             hint="rebase or reset the branch yourself, then run pib configure again",
         )
-    return "updated"
+    return CheckoutAction.UPDATED
 
 
 def _require_clean(comp: ComponentConfig, dest: Path, doing: str) -> None:
@@ -219,9 +230,7 @@ def _tree_of_index(checkout: Path, index: Path, env: Mapping[str, str]) -> str:
     # write-tree may store its cache in the index: remember the checksum it leaves behind.
     checksum = _index_checksum(index)
     if checksum:
-        tmp = memo.with_name(memo.name + f".{os.getpid()}")
-        tmp.write_text(f"{checksum} {tree}\n", encoding="ascii")
-        os.replace(tmp, memo)
+        write_atomic(memo, f"{checksum} {tree}\n")
     return tree
 
 

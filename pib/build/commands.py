@@ -1,32 +1,30 @@
-"""What each command does, as functions that return data (the CLI renders it)."""
+"""What each command does, as functions that return data (the CLI renders it).
+
+One `pib build`: check the host, take the workspace lock, plan every key
+(pib.build.plan), restore or build what is stale (pib.build.runner, with the
+stores through pib.build.prebuilt), record each result (pib.build.state),
+then make the image from the keys just planned (pib.image.step).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
-from pib import state
-from pib.build import (
-    Artifacts,
-    BuildEnv,
-    Builder,
-    BuildOptions,
-    BuildReport,
-    Event,
-    Plan,
-    default_env,
-    parallel_map,
-    plan,
-    sweep,
-)
-from pib.config import Config, topo_order
+from pib.build import state
+from pib.build.checkout import CheckoutReport, clean_checkout, ensure_checkout
+from pib.build.context import BuildContext
+from pib.build.env import build_env
+from pib.build.plan import Plan, plan
+from pib.build.runner import Artifacts, Builder, BuildOptions, BuildReport, Event, State, sweep
+from pib.config.loader import topo_order
+from pib.config.types import Config
 from pib.errors import PibError, Reason
-from pib.fsutil import remove_tree
-from pib.lock import FileLock
-from pib.platform import FloorCheck, check_floor
-from pib.workspace import CheckoutReport, clean_checkout, ensure_checkout
+from pib.flock import FileLock
+from pib.fsutil import discard_tree, remove_tree
+from pib.host import FloorCheck, check_floor
+from pib.parallel import parallel_map
 
 
 def workspace_lock(cfg: Config) -> FileLock:
@@ -73,31 +71,6 @@ def configure(cfg: Config, *, update: bool = False, allow_old: bool = False, ins
 
 
 # --------------------------------------------------------------------------
-# build environment
-
-
-def build_env(cfg: Config, *, install: bool, log: Any = None) -> BuildEnv:
-    """The environment every build of this workspace runs in (CBE, or the minimal host one)."""
-    if cfg.cbe is None:
-        return default_env(cfg)
-    from pib import cbe as cbe_mod
-
-    stores: list[object] = []
-    keys: list[object] = []
-    if install:  # only an install may need to fetch a prefix tarball
-        stores, keys = cbe_mod.stores_and_keys(cfg)
-    installed = cbe_mod.ensure(cfg.cbe, install=install, log=log, stores=stores, trusted_keys=keys)
-    cbe_mod.record_user(installed, cfg.workspace.root)
-    return BuildEnv(
-        path=installed.path,
-        env={"PIB_CBE": f"{installed.name}-{installed.version}", "PIB_CBE_PREFIX": str(installed.prefix),
-             **installed.env},
-        key={"name": installed.name, "version": installed.version, "lock": installed.lock_digest},
-        description=f"{installed.name} {installed.version} at {installed.prefix}",
-    )
-
-
-# --------------------------------------------------------------------------
 # status
 
 
@@ -115,7 +88,7 @@ class ComponentStatus(NamedTuple):
     def to_json(self) -> dict[str, Any]:
         return {
             "component": self.name,
-            "state": "up-to-date" if self.up_to_date else "stale",
+            "state": State.UP_TO_DATE if self.up_to_date else State.STALE,
             "reasons": list(self.reasons),
             "key": self.key,
             "dirty": self.dirty,
@@ -167,37 +140,75 @@ def build(
 ) -> BuildReport:
     floor = check_floor(cfg.platform, allow_old=allow_old)
     if opts.publish:
-        from pib.prebuilt import check_publish_policy, publishing_signer
+        from pib.artifacts.policy import check_publish_policy, publishing_signer
 
         check_publish_policy(cfg, floor, ci=ci)
         publishing_signer(cfg)  # fail before building, not after
     with workspace_lock(cfg) as lock:
         lock.acquire(wait=wait_for_lock, on_wait=on_lock_wait)
         _require_checkouts(cfg, names)
-        benv = build_env(cfg, install=False)
-        plans = plan(cfg, names, benv)
+        ctx = BuildContext(cfg, build_env(cfg, install=False), floor)
+        plans = plan(cfg, names, ctx.benv)
         # The stores are opened only when something may be restored or published.
         needed = opts.publish or any(p.comp.prebuilt and (opts.force or not p.up_to_date) for p in plans)
-        artifacts = _artifacts(cfg, offline=offline, floor=floor, benv=benv) if needed else None
-        report = Builder(cfg, benv, opts, artifacts=artifacts, on_event=on_event).run(plans)
+        artifacts = _artifacts(ctx, offline=offline) if needed else None
+        report = Builder(ctx, opts, artifacts=artifacts, on_event=on_event).run(plans)
         if report.ok and image and cfg.image is not None and not names:
-            report.image = _image(cfg, plans, report, benv, floor, force=opts.force)
+            report.image = _image(ctx, plans, report, force=opts.force)
         return report
 
 
-def _artifacts(cfg: Config, *, offline: bool, floor: FloorCheck, benv: BuildEnv) -> Artifacts | None:
-    if not any(c.prebuilt for c in cfg.components):
+def _artifacts(ctx: BuildContext, *, offline: bool) -> Artifacts | None:
+    if not any(c.prebuilt for c in ctx.cfg.components):
         return None
-    from pib.prebuilt import StoreArtifacts
+    from pib.build.prebuilt import StoreArtifacts
 
-    return StoreArtifacts(cfg, offline=offline, floor=floor, benv=benv)
+    return StoreArtifacts(ctx, offline=offline)
 
 
-def _image(cfg: Config, plans: list[Plan], report: BuildReport, benv: BuildEnv, floor: FloorCheck,
-           *, force: bool) -> dict[str, Any]:
-    from pib.imaging import make_image
+def _image(ctx: BuildContext, plans: list[Plan], report: BuildReport, *, force: bool) -> dict[str, Any]:
+    """The image of the keys just planned, with what this build did for build.json."""
+    from pib.image.step import make_image
 
-    return make_image(cfg, plans, report, benv, floor, force=force)
+    image, made = make_image(ctx.cfg, {p.comp.name: p.key for p in plans}, lambda: _build_info(ctx, plans, report),
+                             force=force)
+    return {**image, "action": State.BUILT if made else State.UP_TO_DATE}
+
+
+def _build_info(ctx: BuildContext, plans: list[Plan], report: BuildReport) -> dict[str, Any]:
+    import os
+    import platform
+
+    floor, benv = ctx.floor, ctx.benv
+    by_name = {o.component: o for o in report.outcomes}
+    info: dict[str, Any] = {
+        "workspace": ctx.cfg.workspace.name,
+        "components": [
+            {
+                "name": p.comp.name,
+                "key": p.key,
+                "action": by_name[p.comp.name].action if p.comp.name in by_name else State.UP_TO_DATE,
+                "seconds": round(by_name[p.comp.name].seconds, 3) if p.comp.name in by_name else 0.0,
+                "dirty": p.source.dirty,
+                "head": p.source.head,
+                "store": by_name[p.comp.name].store if p.comp.name in by_name else None,
+            }
+            for p in plans
+        ],
+        "cbe": dict(benv.key) if benv.key else None,
+        "cbe_description": benv.description,
+        "host": {
+            "platform": floor.host.version,
+            "kind": floor.host.kind,
+            "description": floor.host.description,
+            "machine": platform.machine(),
+            "oldest_supported": floor.minimum,
+        },
+        "build_seconds": round(report.seconds, 3),
+    }
+    if "SOURCE_DATE_EPOCH" not in os.environ:
+        info["note"] = "SOURCE_DATE_EPOCH unset: the build stamp is the current time"
+    return info
 
 
 # --------------------------------------------------------------------------
@@ -219,7 +230,7 @@ def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False) -
             had_proto = c.proto.exists()
             sweep(c)
             if had_proto:
-                _remove_tree(c.proto)
+                discard_tree(c.proto)  # never a half-deleted proto area in place
             state.forget(cfg.workspace.state_dir, c.name)
             remove_tree(cfg.workspace.state_dir / "build" / c.name)
             cleaned = (c.checkout / ".git").exists()
@@ -227,14 +238,6 @@ def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False) -
                 clean_checkout(c)
             out.append(ClobberReport(c.name, had_proto, cleaned))
     return out
-
-
-def _remove_tree(path: Path) -> None:
-    # Rename first so a killed clobber never leaves a half-deleted proto area in place.
-    doomed = path.with_name(f".{path.name}.pib-old")
-    remove_tree(doomed)
-    path.rename(doomed)
-    remove_tree(doomed)
 
 
 # --------------------------------------------------------------------------
@@ -273,7 +276,7 @@ def explain(cfg: Config, name: str) -> dict[str, Any]:
 
 
 def _nearest_artifact(cfg: Config, name: str) -> tuple[str, dict[str, Any]] | None:
-    from pib.prebuilt import nearest_artifact
+    from pib.artifacts.policy import nearest_artifact
 
     return nearest_artifact(cfg, name)
 
@@ -290,7 +293,9 @@ class Published(NamedTuple):
 
 def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = False, ci: bool = False) -> list[Published]:
     """Upload signed artifacts of up-to-date, clean prebuilt components (all of them, or those named)."""
-    from pib.prebuilt import check_publish_policy, publish_one, remote_stores
+    from pib.artifacts.policy import check_publish_policy, remote_stores
+    from pib.build.prebuilt import publish_one
+    from pib.run import Log
 
     floor = check_floor(cfg.platform)
     check_publish_policy(cfg, floor, ci=ci)
@@ -312,15 +317,11 @@ def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = F
                 raise PibError(f"cannot publish {n}: it is not built for its current inputs "
                                f"({'; '.join(p.reasons)})", reason=Reason.PUBLISH, hint=f"run pib build {n} first")
         remotes = remote_stores(cfg)
-        from pib.artifacts import CbeInfo
-
-        info = CbeInfo(benv.key["name"], benv.key["version"], benv.key["lock"]) if benv.key else None
-        from pib.run import Log
-
+        ctx = BuildContext(cfg, benv, floor)
         out = []
         with Log(cfg.workspace.log_dir / "publish.log") as log:
             for n in chosen:
                 p = plans[n]
-                stores = publish_one(cfg, p, p.comp.proto, log, remotes, floor, info)
+                stores = publish_one(ctx, p, p.comp.proto, log, remotes)
                 out.append(Published(n, p.key, stores))
         return out

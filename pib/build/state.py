@@ -11,8 +11,11 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from pib.fsutil import write_atomic
 
 
 class ProtoFingerprint(NamedTuple):
@@ -34,7 +37,7 @@ class Record(NamedTuple):
     component: str
     key: str
     doc: dict[str, Any]
-    action: str  # built | restored
+    action: str  # a pib.build.runner.State: built | restored
     finished: float
     seconds: float
     proto: ProtoFingerprint | None
@@ -62,9 +65,8 @@ def load(state_dir: Path, name: str) -> Record | None:
 def save(state_dir: Path, rec: Record) -> None:
     path = _path(state_dir, rec.component)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({**rec._asdict(), "proto": rec.proto._asdict() if rec.proto else None}, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({**rec._asdict(), "proto": rec.proto._asdict() if rec.proto else None},
+                                  indent=1, sort_keys=True))
 
 
 def forget(state_dir: Path, name: str) -> None:
@@ -74,3 +76,13 @@ def forget(state_dir: Path, name: str) -> None:
 
 def now() -> float:
     return time.time()
+
+
+def recorded_keys(state_dir: Path, names: Iterable[str]) -> dict[str, str]:
+    """Keys of the last successful build or restore of each named component that has one."""
+    out: dict[str, str] = {}
+    for name in names:
+        rec = load(state_dir, name)
+        if rec is not None:
+            out[name] = rec.key
+    return out

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pib.config.tomlloc import Locator
+from pib.config.tomlloc import loads as toml_loads
 from pib.errors import CbeError, Location
-from pib.tomlloc import Locator
-from pib.tomlloc import loads as toml_loads
 
 PROVIDERS = ("debian", "pip", "tarball", "pkgsrc")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

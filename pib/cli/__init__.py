@@ -1,7 +1,6 @@
 """The `pib` command: parse arguments, call one core function, render its result.
 
-Only this module (and the cli_* modules it registers) prints or exits; core
-modules raise PibError, which is mapped to an exit code here. Imports of the
+Only this package prints or exits; core modules raise PibError, which is mapped to an exit code here. Imports of the
 core happen inside handlers so `pib --help` and a no-op build stay fast.
 """
 
@@ -10,20 +9,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from pib.config import Config
+from pib.cli.common import common_options, emit_json, load_config, want_json
 
 # Command groups living in their own modules; each has register(subparsers).
+# Only the one being run is imported.
 _EXTENSIONS = {
-    "pib.cli_cbe": ("cbe",),
-    "pib.cli_store": ("cache", "keygen"),
-    "pib.cli_image": ("image", "manifest"),
-    "pib.cli_boot": ("boot",),
+    "pib.cli.cbe": ("cbe",),
+    "pib.cli.store": ("cache", "keygen"),
+    "pib.cli.image": ("image", "manifest"),
+    "pib.cli.boot": ("boot",),
 }
 _CORE = ("config", "configure", "build", "live", "ci", "publish", "status", "explain", "clobber")
 
@@ -64,31 +62,6 @@ def _command_of(argv: list[str]) -> str | None:
     return None
 
 
-def common_options() -> argparse.ArgumentParser:
-    """Options accepted before or after the command name."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("-C", dest="directory", metavar="DIR", default=argparse.SUPPRESS,
-                   help="workspace directory (default: nearest with pib.toml)")
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    return p
-
-
-def load_config(args: argparse.Namespace) -> Config:
-    from pib.config import find_workspace, load
-
-    start = Path(getattr(args, "directory", None) or os.getcwd())
-    return load(find_workspace(start))
-
-
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def want_json(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "json", False))
-
-
 # --------------------------------------------------------------------------
 # handlers
 
@@ -121,14 +94,14 @@ def _lookup(data: Any, dotted: str) -> Any:
 
 
 def _cmd_configure(args: argparse.Namespace) -> int:
-    from pib import actions
+    from pib.build import commands
 
     cfg = load_config(args)
-    rep = actions.configure(cfg, update=args.update, allow_old=args.allow_old_platform, install_cbe=not args.no_install)
+    rep = commands.configure(cfg, update=args.update, allow_old=args.allow_old_platform, install_cbe=not args.no_install)
     if want_json(args):
         emit_json(rep.to_json())
         return 0
-    from pib.ui import seconds, table
+    from pib.cli.ui import seconds, table
 
     if rep.floor.overridden:
         print(f"WARNING: host platform {rep.floor.host.version} is OLDER than the oldest supported "
@@ -144,11 +117,11 @@ def _cmd_configure(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from pib import actions
-    from pib.build import BuildOptions
-    from pib.config import topo_order
+    from pib.build import commands
+    from pib.build.runner import BuildOptions
+    from pib.cli.ui import Progress, summary
+    from pib.config.loader import topo_order
     from pib.errors import PibError
-    from pib.ui import Progress, summary
 
     cfg = load_config(args)
     opts = BuildOptions(
@@ -167,15 +140,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     ci = args.command == "ci"
     with Progress(order, live=False if json_out or args.quiet else None) as prog:
-        report = actions.build(
+        report = commands.build(
             cfg, names, opts,
             wait_for_lock=args.wait, allow_old=args.allow_old_platform, offline=args.offline,
             image=not args.no_image, ci=ci, on_event=None if args.quiet and not prog.live else prog.event,
             on_lock_wait=on_wait,
         )
     if args.boot and report.error is None and report.image:
-        from pib.boot import locate
-        from pib.cli_boot import boot_configured
+        from pib.image.boot import boot_configured, locate
 
         result = boot_configured(cfg, locate(cfg.workspace.output_dir, report.image["buildstamp"]))
         report.boot = result.to_json()
@@ -212,10 +184,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from pib import actions
+    from pib.build import commands
 
     cfg = load_config(args)
-    done = actions.publish(cfg, tuple(args.components) or None, wait_for_lock=args.wait)
+    done = commands.publish(cfg, tuple(args.components) or None, wait_for_lock=args.wait)
     if want_json(args):
         emit_json([{"component": p.component, "key": p.key, "stores": list(p.stores)} for p in done])
         return 0
@@ -225,11 +197,11 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pib import actions
-    from pib.ui import table
+    from pib.build import commands
+    from pib.cli.ui import table
 
     cfg = load_config(args)
-    rows = actions.status(cfg, tuple(args.components) or None)
+    rows = commands.status(cfg, tuple(args.components) or None)
     if want_json(args):
         emit_json({"components": [r.to_json() for r in rows]})
         return 0
@@ -243,10 +215,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from pib import actions
+    from pib.build import commands
 
     cfg = load_config(args)
-    data = actions.explain(cfg, args.component)
+    data = commands.explain(cfg, args.component)
     if want_json(args):
         emit_json(data)
         return 0
@@ -270,7 +242,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_clobber(args: argparse.Namespace) -> int:
-    from pib import actions
+    from pib.build import commands
 
     cfg = load_config(args)
     if args.all:
@@ -280,7 +252,7 @@ def _cmd_clobber(args: argparse.Namespace) -> int:
     else:
         print("pib clobber: name components, or --all", file=sys.stderr)
         return 2
-    reps = actions.clobber(cfg, names, wait_for_lock=args.wait)
+    reps = commands.clobber(cfg, names, wait_for_lock=args.wait)
     if want_json(args):
         emit_json([r._asdict() for r in reps])
         return 0

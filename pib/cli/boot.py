@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pib.boot import BootResult, Platform
-    from pib.config import Config
+    from pib.image.boot import BootResult
 
 
 def register(sub: Any) -> None:
-    from pib.cli import common_options
+    from pib.cli.common import common_options
 
     b = sub.add_parser("boot", help="boot the built platform in QEMU and check that it comes up",
                        parents=[common_options()])
@@ -25,9 +24,9 @@ def register(sub: Any) -> None:
 
 
 def _cmd_boot(args: argparse.Namespace) -> int:
-    from pib.boot import Platform, locate
-    from pib.cli import emit_json, load_config, want_json
+    from pib.cli.common import emit_json, load_config, want_json
     from pib.errors import PibError, Reason
+    from pib.image.boot import Platform, boot_configured, locate
 
     cfg = load_config(args)
     if (args.kernel is None) != (args.boot_archive is None):
@@ -42,23 +41,6 @@ def _cmd_boot(args: argparse.Namespace) -> int:
         emit_json({"stamp": platform.stamp, **result.to_json()})
         return 0 if result.passed else result_exit_code()
     return report(result)
-
-
-def boot_configured(cfg: Config, platform: Platform, *, memory: int | None = None,
-                    timeout: float | None = None) -> BootResult:
-    """Boot with the workspace's [boot] settings (also used by `pib build --boot`)."""
-    from pib.boot import boot
-
-    bc = cfg.boot
-    return boot(
-        platform,
-        log_dir=cfg.workspace.log_dir,
-        marker=bc.marker,
-        memory=memory or bc.memory,
-        timeout=timeout or bc.timeout,
-        append=bc.append,
-        qemu=bc.qemu,
-    )
 
 
 def report(result: BootResult) -> int:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pib.config import Config
+    from pib.config.types import Config
 
 
 def register(sub: Any) -> None:
-    from pib.cli import common_options
+    from pib.cli.common import common_options
 
     common = common_options()
     p = sub.add_parser("cbe", help="versioned build environments (list, verify, install, rm, publish)",
@@ -56,7 +54,7 @@ def register(sub: Any) -> None:
 
 
 def _config(args: argparse.Namespace, *, required: bool) -> Config | None:
-    from pib.cli import load_config
+    from pib.cli.common import load_config
     from pib.errors import ConfigError
 
     try:
@@ -88,7 +86,7 @@ def _root(args: argparse.Namespace) -> tuple[Path, Config | None]:
 
 def _cmd_ls(args: argparse.Namespace) -> int:
     from pib import cbe
-    from pib.cli import emit_json, want_json
+    from pib.cli.common import emit_json, want_json
 
     root, cfg = _root(args)
     current = cfg.cbe.version if cfg is not None and cfg.cbe is not None else None
@@ -126,16 +124,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    from pib import cbe
+    from pib.build.env import ensure_cbe
     from pib.run import Log
 
     cfg = _config(args, required=True)
     assert cfg is not None
-    spec = _spec(cfg)
-    stores, keys = cbe.stores_and_keys(cfg)
+    _spec(cfg)
     with Log(cfg.workspace.log_dir / "cbe-install.log") as log:
-        inst = cbe.ensure(spec, install=True, update=args.update, log=log, stores=stores, trusted_keys=keys)
-    cbe.record_user(inst, cfg.workspace.root)
+        inst = ensure_cbe(cfg, install=True, update=args.update, log=log)
     print(f"installed: {inst.name} {inst.version} at {inst.prefix} (lock {inst.lock_digest[:12]})")
     return 0
 
@@ -169,12 +165,11 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     if args.lock_out is None:
         sys.stdout.write(text)
     else:
+        from pib.fsutil import write_atomic
+
         out: Path = args.lock_out
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, out)
+        write_atomic(out, text)
         print(f"published {pub.component}/{pub.key} ({pub.size} bytes, sha256 {pub.sha256}); lock: {out}",
               file=sys.stderr)
     return 0

@@ -8,7 +8,7 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    from pib.cli import common_options
+    from pib.cli.common import common_options
 
     common = common_options()
     im = sub.add_parser("image", help="assemble the platform image from the built proto areas", parents=[common])
@@ -31,9 +31,11 @@ def register(sub: Any) -> None:
 
 
 def _cmd_image(args: argparse.Namespace) -> int:
-    from pib.cli import emit_json, load_config, want_json
-    from pib.image import size_report, stamp_epoch
-    from pib.imaging import build_image, image_json, image_spec, proto_areas
+    from pib.build.state import recorded_keys
+    from pib.cli.common import emit_json, load_config, want_json
+    from pib.image.resolve import size_report
+    from pib.image.step import build_image, image_json, image_spec, proto_areas
+    from pib.image.write import stamp_epoch
 
     cfg = load_config(args)
     if args.sizes:
@@ -45,7 +47,8 @@ def _cmd_image(args: argparse.Namespace) -> int:
         return 0
     if args.stamp:
         stamp_epoch(args.stamp)  # validates the form before any work
-    res = build_image(cfg, {"workspace": cfg.workspace.name}, args.stamp)
+    keys = recorded_keys(cfg.workspace.state_dir, cfg.names)  # what the last build made
+    res = build_image(cfg, keys, {"workspace": cfg.workspace.name}, args.stamp)
     if want_json(args):
         emit_json(image_json(res))
         return 0
@@ -58,10 +61,10 @@ def _cmd_image(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from pib.cli import emit_json, load_config, want_json
-    from pib.image import load_manifests
-    from pib.imaging import image_spec, proto_areas
-    from pib.manifest import check, union
+    from pib.cli.common import emit_json, load_config, want_json
+    from pib.image.manifest import check, union
+    from pib.image.resolve import load_manifests
+    from pib.image.step import image_spec, proto_areas
 
     if args.files:
         manifests = check(args.files)
@@ -79,8 +82,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from pib.cli import emit_json, want_json
-    from pib.manifest import diff, format_diff
+    from pib.cli.common import emit_json, want_json
+    from pib.image.manifest import diff, format_diff
 
     changes = diff(args.old, args.new)
     if want_json(args):

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pib.store.local import LocalStore
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-
-
 def register(sub: Any) -> None:
-    from pib.cli import common_options
+    from pib.cli.common import common_options
 
     common = common_options()
     c = sub.add_parser("cache", help="the local artifact store: list, collect garbage, remove", parents=[common])
@@ -50,28 +46,21 @@ def _store(args: argparse.Namespace) -> tuple[LocalStore, int | None]:
 
     if args.store is not None:
         return LocalStore(args.store), None
-    from pib.cli import load_config
+    from pib.cli.common import load_config
 
     cfg = load_config(args)
-    return LocalStore(cfg.local_store.path, quota_bytes=cfg.local_store.quota), cfg.local_store.quota
+    return LocalStore(cfg.local_store.path, quota_bytes=cfg.local_store.quota_bytes), cfg.local_store.quota_bytes
 
 
 def parse_size(text: str) -> int:
+    """A size given on the command line, read as pib.toml reads sizes."""
     from pib.errors import PibError, Reason
+    from pib.fsutil import parse_size as parse
 
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise PibError(f"not a size: {text!r}", reason=Reason.USAGE, hint="use bytes or a suffix: 500M, 20G")
-    factor = 1024 ** " KMGT".index(m.group(2).upper() or " ")
-    return int(float(m.group(1)) * factor)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    try:
+        return parse(text)
+    except ValueError:
+        raise PibError(f"not a size: {text!r}", reason=Reason.USAGE, hint="use bytes or a suffix: 500M, 20G") from None
 
 
 def _when(ts: float) -> str:
@@ -79,7 +68,8 @@ def _when(ts: float) -> str:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    from pib.cli import emit_json, want_json
+    from pib.cli.common import emit_json, want_json
+    from pib.fsutil import human_size
 
     store, quota = _store(args)
     entries = sorted(store.list(args.component), key=lambda e: e.modified)
@@ -89,15 +79,16 @@ def _cmd_ls(args: argparse.Namespace) -> int:
                                for e in entries]})
         return 0
     for e in entries:
-        print(f"{e.component:<24} {e.key[:16]}  {_human(e.size):>10}  last used {_when(e.modified)}")
+        print(f"{e.component:<24} {e.key[:16]}  {human_size(e.size):>10}  last used {_when(e.modified)}")
     total = sum(e.size for e in entries)
-    limit = f" of {_human(quota)}" if quota else ""
-    print(f"{len(entries)} artifacts, {_human(total)}{limit} in {store.root}")
+    limit = f" of {human_size(quota)}" if quota else ""
+    print(f"{len(entries)} artifacts, {human_size(total)}{limit} in {store.root}")
     return 0
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    from pib.cli import emit_json, want_json
+    from pib.cli.common import emit_json, want_json
+    from pib.fsutil import human_size
 
     store, quota = _store(args)
     if args.quota is not None:
@@ -108,8 +99,8 @@ def _cmd_gc(args: argparse.Namespace) -> int:
                    "usage": store.usage()})
         return 0
     for e in removed:
-        print(f"removed {e.component} {e.key[:16]} ({_human(e.size)})")
-    print(f"{len(removed)} removed; {_human(store.usage())} in use")
+        print(f"removed {e.component} {e.key[:16]} ({human_size(e.size)})")
+    print(f"{len(removed)} removed; {human_size(store.usage())} in use")
     return 0
 
 
@@ -128,7 +119,7 @@ def _cmd_rm(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from pib.signing import generate_keypair
+    from pib.artifacts.signing import generate_keypair
 
     public_path = args.path.with_name(args.path.name + ".pub")
     pub = generate_keypair(args.path, public_path)

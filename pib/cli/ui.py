@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from pib.build import BuildReport, Event
+from pib.build.runner import BuildReport, Event
 
 _SYMBOL = {
     "waiting": "·", "building": "▶", "restoring": "⇣", "publishing": "⇡",

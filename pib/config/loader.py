@@ -1,154 +1,44 @@
 """pib.toml (+ the uncommitted pib.local.toml) -> frozen configuration.
 
-One load step builds every dataclass; nothing changes them afterwards. Every
-value remembers the file and line it came from, so errors (and
-`pib config show`) can name them.
+One load step builds every value of pib.config.types, including the specs
+the other layers take as they are (stores, CBE, image); nothing changes them
+afterwards. Every value remembers the file and line it came from, so errors
+(and `pib config show`) can name them.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+from pib.config.tomlloc import Locator
+from pib.config.tomlloc import loads as toml_loads
+from pib.config.types import (
+    CONFIG_NAME,
+    BootConfig,
+    CbeSpec,
+    ComponentConfig,
+    Config,
+    HttpStoreSpec,
+    ImageSpec,
+    KernelSpec,
+    LocalStoreSpec,
+    Overlay,
+    PlatformConfig,
+    S3StoreSpec,
+    StoreSpec,
+    TrustConfig,
+    WorkspaceConfig,
+)
 from pib.errors import ConfigError, Location
-from pib.tomlloc import Locator
-from pib.tomlloc import loads as toml_loads
 
-CONFIG_NAME = "pib.toml"
 LOCAL_NAME = "pib.local.toml"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-
-
-class WorkspaceConfig(NamedTuple):
-    name: str
-    root: Path
-    projects_dir: Path
-    log_dir: Path
-    output_dir: Path
-    state_dir: Path
-    jobs: int
-
-
-class PlatformConfig(NamedTuple):
-    min_version: str | None
-    detector: str  # auto | smartos | os-release | command
-    command: tuple[str, ...]
-    where: Location
-
-
-class CbeConfig(NamedTuple):
-    name: str
-    version: str
-    root: Path | None
-    lock: Path
-    system_path: tuple[str, ...]
-    where: Location
-
-
-class ComponentConfig(NamedTuple):
-    name: str
-    source: str | None  # git URL or path to clone from
-    path: Path | None  # use this existing checkout in place instead of cloning
-    branch: str | None
-    ref: str | None  # commit, tag, or PR-<n>
-    build: tuple[str, ...]
-    checkout: Path
-    proto: Path
-    manifest: str | None  # relative to the checkout
-    depends: tuple[str, ...]
-    key_files: tuple[Path, ...]
-    env: tuple[tuple[str, str], ...]
-    prebuilt: bool
-    where: Location
-
-
-class StoreConfig(NamedTuple):
-    name: str
-    type: str  # local | http | s3
-    path: Path | None = None
-    url: str | None = None
-    bucket: str | None = None
-    prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    token_env: str | None = None
-    user_env: str | None = None
-    password_env: str | None = None
-    timeout: float = 10.0
-    retries: int = 2
-    publish: bool = True
-    where: Location = Location("")
-
-
-class LocalStoreConfig(NamedTuple):
-    path: Path
-    quota: int | None
-
-
-class TrustConfig(NamedTuple):
-    public_keys: tuple[Path, ...]
-    signing_key: Path | None
-    signing_key_env: str | None
-    publish: str  # ci | always | never
-    require_oldest_platform: bool
-
-
-class OverlayConfig(NamedTuple):
-    path: Path
-    manifest: Path | None
-
-
-class ImageConfig(NamedTuple):
-    kernels: tuple[tuple[str, str], ...]  # (component, path in its proto area)
-    overlays: tuple[OverlayConfig, ...]
-    compression: str
-    max_size: int | None
-    archive_command: tuple[str, ...]
-    release_file: str
-    where: Location
-
-
-class BootConfig(NamedTuple):
-    memory: int
-    timeout: float
-    marker: str
-    append: str
-    qemu: str
-
-
-class Config(NamedTuple):
-    workspace: WorkspaceConfig
-    platform: PlatformConfig
-    cbe: CbeConfig | None
-    components: tuple[ComponentConfig, ...]
-    local_store: LocalStoreConfig
-    stores: tuple[StoreConfig, ...]
-    trust: TrustConfig
-    image: ImageConfig | None
-    boot: BootConfig
-    files: tuple[Path, ...]
-    sources: Mapping[str, Location]  # dotted key -> where it was set
-    data: Mapping[str, Any]  # the merged raw document, for `config show`
-
-    def component(self, name: str) -> ComponentConfig:
-        for c in self.components:
-            if c.name == name:
-                return c
-        known = ", ".join(c.name for c in self.components) or "none"
-        raise ConfigError(
-            f"no component named {name!r}",
-            hint=f"components in {CONFIG_NAME}: {known}",
-        )
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.components)
 
 
 # --------------------------------------------------------------------------
@@ -447,12 +337,12 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
         )
     pl.done()
 
-    cbe: CbeConfig | None = None
+    cbe: CbeSpec | None = None
     if "cbe" in top.data:
         cb = top.sub("cbe")
         name = cb.req_str("name")
         root_s = cb.text("root")
-        cbe = CbeConfig(
+        cbe = CbeSpec(
             name=name,
             version=cb.req_str("version"),
             root=_rel(root, root_s) if root_s else None,
@@ -471,9 +361,10 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
 
     ls = top.sub("local_store")
     default_store = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pib" / "store"
-    local_store = LocalStoreConfig(
+    local_store = LocalStoreSpec(
         path=_rel(root, ls.text("path") or str(default_store)),
-        quota=ls.size("quota"),
+        quota_bytes=ls.size("quota"),
+        where=ls.where(),
     )
     ls.done()
 
@@ -640,13 +531,13 @@ def _check_graph(comps: list[ComponentConfig], table: _Section) -> None:
             visit(c.name)
 
 
-def _stores(root: Path, top: _Section, doc: _Doc) -> tuple[StoreConfig, ...]:
+def _stores(root: Path, top: _Section, doc: _Doc) -> tuple[StoreSpec, ...]:
     raw = top._get("store")
     if raw is None:
         return ()
     if not isinstance(raw, list):
         raise ConfigError("store must be an array of tables", where=doc.where(("store",)), hint="write each one as [[store]]")
-    out: list[StoreConfig] = []
+    out: list[StoreSpec] = []
     for i, item in enumerate(raw):
         sec = _Section(doc, ("store", i), item, top.sources)
         kind = sec.choice("type", ("local", "http", "s3"), "http")
@@ -668,26 +559,21 @@ def _stores(root: Path, top: _Section, doc: _Doc) -> tuple[StoreConfig, ...]:
                     where=sec.where(k),
                     hint="put the credential in an environment variable and name it here",
                 )
-        out.append(
-            StoreConfig(
-                name=name,
-                type=kind,
-                path=_rel(root, path_s) if path_s else None,
-                url=url,
-                bucket=bucket,
-                prefix=sec.text("prefix", "") or "",
-                endpoint_url=sec.text("endpoint_url"),
-                region=sec.text("region"),
-                profile=sec.text("profile"),
-                token_env=env_names["token_env"],
-                user_env=env_names["user_env"],
-                password_env=env_names["password_env"],
-                timeout=sec.number("timeout", 10.0),
-                retries=sec.integer("retries", 2, minimum=0),
-                publish=sec.flag("publish", True),
-                where=sec.where(),
-            )
-        )
+        # Every key is read whatever the type, so each is known (and shown by `config show`) for all of them.
+        s3 = (sec.text("prefix", "") or "", sec.text("endpoint_url"), sec.text("region"), sec.text("profile"))
+        timeout = sec.number("timeout", 10.0)
+        retries = sec.integer("retries", 2, minimum=0)
+        publish = sec.flag("publish", True)
+        if kind == "local":
+            assert path_s is not None
+            out.append(LocalStoreSpec(_rel(root, path_s), None, name, publish, sec.where()))
+        elif kind == "http":
+            assert url is not None
+            out.append(HttpStoreSpec(name, url, env_names["token_env"], env_names["user_env"],
+                                     env_names["password_env"], timeout, retries, publish, sec.where()))
+        else:
+            assert bucket is not None
+            out.append(S3StoreSpec(name, bucket, *s3, timeout, retries, publish, sec.where()))
         sec.done()
     names = [s.name for s in out]
     for n in names:
@@ -696,12 +582,12 @@ def _stores(root: Path, top: _Section, doc: _Doc) -> tuple[StoreConfig, ...]:
     return tuple(out)
 
 
-def _image(root: Path, top: _Section, components: set[str]) -> ImageConfig | None:
+def _image(root: Path, top: _Section, components: set[str]) -> ImageSpec | None:
     if "image" not in top.data:
         top.used.add("image")
         return None
     im = top.sub("image")
-    kernels: list[tuple[str, str]] = []
+    kernels: list[KernelSpec] = []
     for spec in im.strs("kernel"):
         comp, sep, path = spec.partition(":")
         if not sep or not path or comp not in components:
@@ -710,35 +596,39 @@ def _image(root: Path, top: _Section, components: set[str]) -> ImageConfig | Non
                 where=im.where("kernel"),
                 hint=f"components: {', '.join(sorted(components))}",
             )
-        kernels.append((comp, path))
-    overlays: list[OverlayConfig] = []
+        kernels.append(KernelSpec(comp, path))
+    overlays: list[Overlay] = []
     raw = im._get("overlays") or []
     if not isinstance(raw, list):
         raise ConfigError("image.overlays must be a list", where=im.where("overlays"))
     for item in raw:
         if isinstance(item, str):
-            overlays.append(OverlayConfig(_rel(root, item), None))
+            overlays.append(_overlay(_rel(root, item), None))
         elif isinstance(item, dict) and isinstance(item.get("path"), str) and set(item) <= {"path", "manifest"}:
             man = item.get("manifest")
             if man is not None and not isinstance(man, str):
                 raise ConfigError("image.overlays manifest must be a string", where=im.where("overlays"))
-            overlays.append(OverlayConfig(_rel(root, item["path"]), _rel(root, man) if man else None))
+            overlays.append(_overlay(_rel(root, item["path"]), _rel(root, man) if man else None))
         else:
             raise ConfigError(
                 "image.overlays entries must be a path or { path = \"...\", manifest = \"...\" }",
                 where=im.where("overlays"),
             )
-    image = ImageConfig(
+    image = ImageSpec(
         kernels=tuple(kernels),
         overlays=tuple(overlays),
-        compression=im.choice("compression", ("zstd", "gzip"), "zstd"),
+        compression="gzip" if im.choice("compression", ("zstd", "gzip"), "zstd") == "gzip" else "zstd",
         max_size=im.size("max_size"),
-        archive_command=im.strs("archive_command"),
+        archive_command=im.strs("archive_command") or None,
         release_file=im.text("release_file", "etc/pib-release") or "etc/pib-release",
         where=im.where(),
     )
     im.done()
     return image
+
+
+def _overlay(path: Path, manifest: Path | None) -> Overlay:
+    return Overlay(f"overlay:{path.name}", path, manifest)
 
 
 # --------------------------------------------------------------------------
@@ -773,6 +663,3 @@ def topo_order(cfg: Config, names: tuple[str, ...] | None = None) -> list[Compon
                 break
     return order
 
-
-def iter_sources(cfg: Config) -> Iterator[tuple[str, Location]]:
-    yield from sorted(cfg.sources.items())

@@ -17,9 +17,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pib.errors import PibError, Reason
 from pib.run import Log, minimal_env, run_watch, tail_of
+
+if TYPE_CHECKING:
+    from pib.config.types import Config
 
 TEST_FLAG = "pib.test=1"
 # Lines that end a boot early as failed: no point waiting for the time-out.
@@ -209,3 +213,18 @@ def _first(pdir: Path, names: Sequence[str]) -> Path | None:
         if (pdir / n).is_file():
             return pdir / n
     return None
+
+
+def boot_configured(cfg: Config, platform: Platform, *, memory: int | None = None,
+                    timeout: float | None = None) -> BootResult:
+    """Boot with the workspace's [boot] settings (`pib boot` and `pib build --boot`)."""
+    bc = cfg.boot
+    return boot(
+        platform,
+        log_dir=cfg.workspace.log_dir,
+        marker=bc.marker,
+        memory=memory or bc.memory,
+        timeout=timeout or bc.timeout,
+        append=bc.append,
+        qemu=bc.qemu,
+    )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import stat
 from typing import Protocol
 
-MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by length % 4
 

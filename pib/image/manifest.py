@@ -13,7 +13,6 @@ naming file:line, and two lines for the same path must agree.
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,8 +316,6 @@ def format_diff(changes: Sequence[Change]) -> str:
     return "\n".join(lines)
 
 
-def diff_json(changes: Sequence[Change]) -> str:
-    return json.dumps([c.to_json() for c in changes], indent=2, sort_keys=True)
 
 
 def check(paths: Sequence[Path]) -> tuple[Manifest, ...]:

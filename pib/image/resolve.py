@@ -16,10 +16,12 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from pib.config.types import ImageSpec
 from pib.errors import Location, ManifestError, PibError, Reason
-from pib.manifest import Entry, Kind, Manifest, check_path, parse_file, union
+from pib.fsutil import human_size
+from pib.image.manifest import Entry, Kind, Manifest, check_path, parse_file, union
 
 GENERATED = "pib"  # origin name of files pib writes itself (the release file)
 
@@ -28,40 +30,10 @@ GENERATED = "pib"  # origin name of files pib writes itself (the release file)
 
 
 @dataclass(frozen=True)
-class KernelSpec:
-    component: str  # the proto area that holds it
-    path: str       # relative to that proto area
-    name: str = ""  # file name in the platform directory (default: basename of path)
-
-    @property
-    def out_name(self) -> str:
-        return self.name or posixpath.basename(self.path)
-
-
-@dataclass(frozen=True)
-class Overlay:
-    name: str
-    path: Path
-    manifest: Path | None = None
-
-
-@dataclass(frozen=True)
 class ProtoArea:
     name: str
     path: Path
     manifest: Path | None = None
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    kernels: tuple[KernelSpec, ...] = ()
-    overlays: tuple[Overlay, ...] = ()
-    compression: Literal["zstd", "gzip"] = "zstd"
-    compression_level: int | None = None
-    max_size: int | None = None  # bytes of the boot archive file as written
-    archive_command: tuple[str, ...] | None = None  # {staged} {output} {manifest} {buildstamp}
-    release_file: str = "etc/pib-release"
-    where: Location | None = None  # where the image settings were written (pib.toml)
 
 
 # --- resolution -----------------------------------------------------------------------
@@ -319,13 +291,13 @@ class SizeReport:
         if self.missing:
             lines.append(f"not counted: {len(self.missing)} file(s) not built yet, e.g. {self.missing[0]}")
         if self.archive_size is not None:
-            budget = f" (budget {_human(self.max_size)})" if self.max_size is not None else ""
-            lines.append(f"boot archive: {_human(self.archive_size)}{budget}")
-        lines.append(f"files: {_human(self.total)} uncompressed")
+            budget = f" (budget {human_size(self.max_size)})" if self.max_size is not None else ""
+            lines.append(f"boot archive: {human_size(self.archive_size)}{budget}")
+        lines.append(f"files: {human_size(self.total)} uncompressed")
         for c in self.components:
             share = 100.0 * c.bytes / self.total if self.total else 0.0
-            lines.append(f"  {c.name}: {_human(c.bytes)} in {c.files} files ({share:.1f}%)")
-            lines.extend(f"      {_human(size):>10}  {path}" for path, size in c.largest)
+            lines.append(f"  {c.name}: {human_size(c.bytes)} in {c.files} files ({share:.1f}%)")
+            lines.extend(f"      {human_size(size):>10}  {path}" for path, size in c.largest)
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -335,17 +307,6 @@ class SizeReport:
             "components": [{"name": c.name, "bytes": c.bytes, "files": c.files,
                             "largest": [{"path": p, "bytes": s} for p, s in c.largest]} for c in self.components],
         }
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def sizes_of(resolution: Resolution, top: int = 5, archive_size: int | None = None,

@@ -1,49 +1,36 @@
-"""From a workspace's config and its last build to the platform image.
+"""From a workspace's config and the keys of its components to the platform image.
 
-pib.image is imported only when an image is really made: an up-to-date image
-costs a no-op build nothing but a fingerprint of its inputs.
+pib.image.write is imported only when an image is really made: an up-to-date
+image costs a no-op build nothing but a fingerprint of its inputs.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform as host_platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pib import state
-from pib.config import Config
+from pib.config.types import Config, ImageSpec
 from pib.errors import ConfigError
+from pib.fsutil import write_atomic
 from pib.run import Log
 
 if TYPE_CHECKING:
-    from pib.build import BuildEnv, BuildReport, Plan
-    from pib.image import ImageResult, ImageSpec, ProtoArea
-    from pib.platform import FloorCheck
+    from pib.image.resolve import ProtoArea
+    from pib.image.write import ImageResult
 
 
 def image_spec(cfg: Config) -> ImageSpec:
-    from pib.image import ImageSpec, KernelSpec, Overlay
-
-    im = cfg.image
-    if im is None:
+    if cfg.image is None:
         raise ConfigError("this workspace has no [image] section", hint="add [image] to pib.toml (see README)")
-    return ImageSpec(
-        kernels=tuple(KernelSpec(comp, path) for comp, path in im.kernels),
-        overlays=tuple(Overlay(f"overlay:{o.path.name}", o.path, o.manifest) for o in im.overlays),
-        compression="gzip" if im.compression == "gzip" else "zstd",
-        max_size=im.max_size,
-        archive_command=im.archive_command or None,
-        release_file=im.release_file,
-        where=im.where,
-    )
+    return cfg.image
 
 
 def proto_areas(cfg: Config) -> list[ProtoArea]:
     """Component proto areas in config order, each with its manifest (if it has one)."""
-    from pib.image import ProtoArea
+    from pib.image.resolve import ProtoArea
 
     return [
         ProtoArea(c.name, c.proto, c.checkout / c.manifest if c.manifest else None)
@@ -51,20 +38,11 @@ def proto_areas(cfg: Config) -> list[ProtoArea]:
     ]
 
 
-def component_keys(cfg: Config) -> dict[str, str]:
-    """Keys of the last successful build or restore of each component."""
-    out: dict[str, str] = {}
-    for c in cfg.components:
-        rec = state.load(cfg.workspace.state_dir, c.name)
-        if rec is not None:
-            out[c.name] = rec.key
-    return out
+def build_image(cfg: Config, keys: Mapping[str, str], info: Mapping[str, Any] | None = None,
+                stamp: str | None = None) -> ImageResult:
+    """Write the image of the proto areas as built under `keys` (component -> key)."""
+    from pib.image.write import assemble, buildstamp
 
-
-def build_image(cfg: Config, info: Mapping[str, Any] | None = None, stamp: str | None = None) -> ImageResult:
-    from pib.image import assemble, buildstamp
-
-    keys = component_keys(cfg)
     missing = [c.name for c in cfg.components if c.name not in keys]
     if missing:
         raise ConfigError(
@@ -128,57 +106,27 @@ def _last_image(cfg: Config) -> dict[str, Any] | None:
 def _record_image(cfg: Config, inputs: str, image: dict[str, Any]) -> None:
     path = cfg.workspace.state_dir / "image.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"inputs": inputs, "image": image}, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"inputs": inputs, "image": image}, indent=1, sort_keys=True))
 
 
-def make_image(
-    cfg: Config, plans: Sequence[Plan], report: BuildReport, benv: BuildEnv, floor: FloorCheck,
-    *, force: bool = False,
-) -> dict[str, Any]:
-    """The image step of `pib build`: build.json gets what the build did.
+def make_image(cfg: Config, keys: Mapping[str, str], info: Callable[[], Mapping[str, Any]], *,
+               force: bool = False) -> tuple[dict[str, Any], bool]:
+    """The image step of `pib build`: the image of the components as built under `keys`.
 
-    When no input of the image changed since the last one and it is still
-    there, it is not made again (a no-op build stays a no-op).
+    `info` gives what build.json records about the build; it is asked for
+    only when an image is made. When no input of the image changed since the
+    last one and it is still there, it is not made again (a no-op build stays
+    a no-op). Returns the image's facts and whether it was made now.
     """
-    inputs = image_inputs(cfg, {p.comp.name: p.key for p in plans})
+    inputs = image_inputs(cfg, keys)
     last = _last_image(cfg)
     if (not force and last is not None and last.get("inputs") == inputs
             and Path(last["image"]["boot_archive"]).is_file()):
-        return {**last["image"], "action": "up-to-date"}
-    by_name = {o.component: o for o in report.outcomes}
-    info = {
-        "workspace": cfg.workspace.name,
-        "components": [
-            {
-                "name": p.comp.name,
-                "key": p.key,
-                "action": by_name[p.comp.name].action if p.comp.name in by_name else "up-to-date",
-                "seconds": round(by_name[p.comp.name].seconds, 3) if p.comp.name in by_name else 0.0,
-                "dirty": p.source.dirty,
-                "head": p.source.head,
-                "store": by_name[p.comp.name].store if p.comp.name in by_name else None,
-            }
-            for p in plans
-        ],
-        "cbe": dict(benv.key) if benv.key else None,
-        "cbe_description": benv.description,
-        "host": {
-            "platform": floor.host.version,
-            "kind": floor.host.kind,
-            "description": floor.host.description,
-            "machine": host_platform.machine(),
-            "oldest_supported": floor.minimum,
-        },
-        "build_seconds": round(report.seconds, 3),
-    }
-    if "SOURCE_DATE_EPOCH" not in os.environ:
-        info["note"] = "SOURCE_DATE_EPOCH unset: the build stamp is the current time"
-    res = build_image(cfg, info)
+        return dict(last["image"]), False
+    res = build_image(cfg, keys, info())
     out = image_json(res)
     _record_image(cfg, inputs, out)
-    return {**out, "action": "built"}
+    return out, True
 
 
 def image_json(res: ImageResult) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import struct
 import tarfile
 import tempfile
@@ -29,27 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from pib import cpio
+from pib.config.types import ImageSpec
 from pib.errors import ConfigError, Location, PibError, Reason
-from pib.manifest import Kind, Record, check_path, format_image_manifest
-from pib.resolve import (
-    ComponentSize,
-    ImageManifestError,
-    ImageSpec,
-    KernelSpec,
-    Overlay,
-    Problem,
-    ProtoArea,
-    Resolution,
-    Resolved,
-    SizeBudgetError,
-    SizeReport,
-    load_manifests,
-    resolve,
-    search_path,
-    size_report,
-    sizes_of,
-)
+from pib.fsutil import remove_tree, replace_dir, sha256_file, symlink_atomic
+from pib.image import cpio
+from pib.image.manifest import Kind, Record, check_path, format_image_manifest
+from pib.image.resolve import ProtoArea, Resolution, Resolved, SizeBudgetError, SizeReport, resolve, sizes_of
 from pib.run import Log, minimal_env, run
 
 _STAMP = re.compile(r"^\d{8}T\d{6}Z$")
@@ -313,25 +297,6 @@ def _records(entries: Sequence[Resolved], by_path: Mapping[str, Resolved], diges
     return out
 
 
-def _chmod_writable(func: Any, path: str, exc: Any) -> None:
-    # Staged directories keep their manifest modes (e.g. 0555); open them up to remove them.
-    parent = os.path.dirname(path)
-    with contextlib.suppress(OSError):
-        os.chmod(parent, 0o755)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o755)
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, onerror=_chmod_writable)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-def remove_tree(path: Path) -> None:
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=_chmod_writable)
-
-
 def stage_tree(resolution: Resolution, dest: Path) -> list[Record]:
     """Materialise the image as a directory tree (for archive commands); modes set, owners not."""
     dest.mkdir()
@@ -553,18 +518,17 @@ def assemble(
             if not archive.is_file():
                 raise PibError(f"the archive command did not write {archive}", reason=Reason.IMAGE,
                                where=spec.where, hint="write the boot archive to the {output} path")
-            digest, size = _hash_file(archive)
+            digest, size = sha256_file(archive)
             uncompressed = 0
             remove_tree(staged)
         else:
             with open(archive, "wb") as fh:
                 hf = _HashingFile(fh)
-                level = spec.compression_level
                 sink: _ZstdSink | _GzipSink
                 if spec.compression == "zstd":
-                    sink = _ZstdSink(hf, 3 if level is None else level)
+                    sink = _ZstdSink(hf, 3)
                 elif spec.compression == "gzip":
-                    sink = _GzipSink(hf, 6 if level is None else level)
+                    sink = _GzipSink(hf, 6)
                 else:
                     raise ConfigError(f"unknown compression {spec.compression!r}", where=spec.where,
                                       hint="use zstd or gzip")
@@ -619,12 +583,10 @@ def assemble(
 
         final = output_root / name
         tgz = output_root / f"{name}.tgz"
-        _replace(pdir, final, tmp)
+        replace_dir(pdir, final)  # an older image with the same stamp is replaced in one step
         os.replace(tgz_tmp, tgz)
         latest = output_root / PLATFORM_LATEST
-        link_tmp = tmp / "latest"
-        os.symlink(name, link_tmp)
-        os.replace(link_tmp, latest)
+        symlink_atomic(name, latest)
     except BaseException as exc:
         remove_tree(tmp)
         with contextlib.suppress(FileNotFoundError):
@@ -639,29 +601,3 @@ def assemble(
     timings["total"] = time.monotonic() - t0
     return ImageResult(final, final / "boot_archive", digest, size, uncompressed, tgz, latest, buildstamp,
                        tuple(kernels), len(resolution.entries), resolution.warnings, report, timings)
-
-
-def _replace(new: Path, final: Path, tmp: Path) -> None:
-    """Rename new over final; an older image with the same stamp is moved aside first."""
-    if os.path.lexists(final):
-        old = tmp / "old"
-        os.rename(final, old)
-    os.rename(new, final)
-
-
-def _hash_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-__all__ = [
-    "ComponentSize", "ImageManifestError", "ImageResult", "ImageSpec", "KernelSpec", "Overlay", "Problem",
-    "ProtoArea", "Resolution", "Resolved", "SizeBudgetError", "SizeReport", "assemble", "buildstamp",
-    "load_manifests", "remove_tree", "resolve", "search_path", "size_report", "sizes_of", "stage_tree",
-    "stamp_epoch", "write_cpio",
-]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from pib.config.types import StoreSpec
 from pib.errors import StoreError
 
 ARCHIVE_SUFFIX = ".tar.zst"
@@ -39,40 +40,8 @@ class StoreEntry:
     modified: float  # seconds since the epoch, as the store reports it
 
 
-@dataclass(frozen=True)
-class LocalStoreSpec:
-    path: Path
-    quota_bytes: int | None = None
-    name: str = "local"
-
-
-@dataclass(frozen=True)
-class HttpStoreSpec:
-    name: str
-    url: str
-    token_env: str | None = None
-    user_env: str | None = None
-    password_env: str | None = None
-    timeout: float = 10.0
-    retries: int = 2
-
-
-@dataclass(frozen=True)
-class S3StoreSpec:
-    name: str
-    bucket: str
-    prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    timeout: float = 10.0
-    retries: int = 2
-
-
 # Named so that classes with a list() method can still spell the type.
 Entries = list[StoreEntry]
-
-StoreSpec = LocalStoreSpec | HttpStoreSpec | S3StoreSpec
 
 
 @runtime_checkable
@@ -131,6 +100,9 @@ def is_key(name: str) -> bool:
 
 
 def open_store(spec: StoreSpec) -> Store:
+    """The backend for a store spec (pib.config.types), imported only when used."""
+    from pib.config.types import HttpStoreSpec, LocalStoreSpec
+
     if isinstance(spec, LocalStoreSpec):
         from pib.store.local import LocalStore
 

@@ -9,8 +9,6 @@ HTTP store, so a stalled body cannot hold a build.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,7 +20,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pib.config.types import S3StoreSpec
 from pib.errors import StoreError
+from pib.fsutil import atomic_writer, write_atomic
 from pib.store import (
     ARCHIVE_SUFFIX,
     CHUNK,
@@ -32,7 +32,6 @@ from pib.store import (
     PARALLEL,
     Entries,
     NotFound,
-    S3StoreSpec,
     StoreEntry,
     check_names,
     has_concurrently,
@@ -129,30 +128,21 @@ class S3Store:
         def download() -> None:
             resp = self._s3.get_object(Bucket=self.spec.bucket, Key=obj)
             expected = int(resp.get("ContentLength", -1))
-            fd, tmp = tempfile.mkstemp(prefix=f".{archive_out.name}.", suffix=".part", dir=dest_dir)
-            try:
-                start = time.monotonic()
-                got = 0
-                with os.fdopen(fd, "wb") as out:
-                    for chunk in resp["Body"].iter_chunks(CHUNK):
-                        out.write(chunk)
-                        got += len(chunk)
-                        elapsed = time.monotonic() - start
-                        if elapsed > self.spec.timeout and got < MIN_RATE * (elapsed - self.spec.timeout):
-                            raise StoreError(f"store {self.name}: GET {obj} too slow ({got} bytes in {elapsed:.1f}s)")
+            start = time.monotonic()
+            got = 0
+            with atomic_writer(archive_out) as out:  # a short or slow download never appears there
+                for chunk in resp["Body"].iter_chunks(CHUNK):
+                    out.write(chunk)
+                    got += len(chunk)
+                    elapsed = time.monotonic() - start
+                    if elapsed > self.spec.timeout and got < MIN_RATE * (elapsed - self.spec.timeout):
+                        raise StoreError(f"store {self.name}: GET {obj} too slow ({got} bytes in {elapsed:.1f}s)")
                 if expected >= 0 and got != expected:
                     raise StoreError(f"store {self.name}: GET {obj}: received {got} of {expected} bytes")
-                os.replace(tmp, archive_out)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
 
         self._call(f"GET {obj}", download)
         meta_out = dest_dir / f"{key}{META_SUFFIX}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{meta_out.name}.", dir=dest_dir)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(meta)
-        os.replace(tmp, meta_out)
+        write_atomic(meta_out, meta)
         return archive_out, meta_out
 
     def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes) -> None:

@@ -8,15 +8,14 @@ afterwards (pkgsrc binaries are built for one prefix and cannot).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from pib.cbe.lock import Lock
+from pib.cbe.pins import Lock
 from pib.run import Log
 
 
@@ -36,22 +35,11 @@ class Context:
         return self.root / ".cache"
 
 
-Populate = Callable[[Lock, Path, Context], dict[str, str]]
-
-
 def module(provider: str) -> ModuleType:
     # Imported on demand so a debian host never loads pkgsrc code and vice versa.
     if provider not in ("debian", "pip", "tarball", "pkgsrc"):
         raise ValueError(provider)  # the lock parser already refused it
     return importlib.import_module(f"pib.cbe.providers.{provider}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_files(lock: Lock, prefix: Path) -> None:

@@ -13,9 +13,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pib.cbe.lock import Lock, Package
-from pib.cbe.providers import Context, sha256_file, write_files
+from pib.cbe.pins import Lock, Package
+from pib.cbe.providers import Context, write_files
 from pib.errors import CbeError, PibError, Reason
+from pib.fsutil import sha256_file
 from pib.run import Log, minimal_env, run
 
 RELOCATABLE = True
@@ -37,7 +38,7 @@ def fetch(packages: tuple[Package, ...], cache: Path, log: Log | None) -> dict[s
     for p in packages:
         cached = cache / f"{p.sha256[0]}.deb"
         # The cache is shared and outlives installs: check it again before use.
-        if cached.is_file() and sha256_file(cached) == p.sha256[0]:
+        if cached.is_file() and sha256_file(cached)[0] == p.sha256[0]:
             found[p.name] = cached
         else:
             cached.unlink(missing_ok=True)
@@ -65,7 +66,7 @@ def fetch(packages: tuple[Package, ...], cache: Path, log: Log | None) -> dict[s
             if deb is None:
                 raise CbeError(f"apt-get did not deliver {spec(p)}", where=p.where,
                                hint="check the package name and version in the lock")
-            got = sha256_file(deb)
+            got = sha256_file(deb)[0]
             if got != p.sha256[0]:
                 raise CbeError(
                     f"{spec(p)}: downloaded .deb has sha256 {got}, the lock pins {p.sha256[0]}",

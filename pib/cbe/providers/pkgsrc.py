@@ -25,9 +25,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pib.cbe.lock import Lock, PkgsrcPin
-from pib.cbe.providers import Context, sha256_file, write_files
+from pib.cbe.pins import Lock, PkgsrcPin
+from pib.cbe.providers import Context, write_files
 from pib.errors import CbeError, PibError, Reason
+from pib.fsutil import sha256_file
 from pib.run import minimal_env, run
 
 RELOCATABLE = False
@@ -100,7 +101,7 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(step.write[1], encoding="utf-8")
             elif step.check == "kit-sha256":
-                got = sha256_file(work / "bootstrap.tar.gz")
+                got = sha256_file(work / "bootstrap.tar.gz")[0]
                 if got != pin.bootstrap_sha256:
                     raise CbeError(f"pkgsrc bootstrap kit has sha256 {got}, the lock pins {pin.bootstrap_sha256}",
                                    where=pin.where, hint="check bootstrap_url, or re-pin the lock")
