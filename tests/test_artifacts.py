@@ -14,7 +14,7 @@ from pib.artifacts.signing import PublicKey, Signer
 from pib.config.types import HttpStoreSpec, S3StoreSpec
 from pib.errors import PibError, Reason, StoreError
 from pib.fsutil import sha256_file
-from pib.store import open_store
+from pib.store.backends import open_store
 from pib.store.local import LocalStore
 from pib.store.memory import MemoryStore
 from tests.services.badhttp import BadHttp

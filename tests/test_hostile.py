@@ -27,7 +27,7 @@ from pib.artifacts.metadata import ArtifactInfo, make_metadata
 from pib.artifacts.signing import Signer, load_signer
 from pib.config.types import HttpStoreSpec
 from pib.fsutil import canonical_json, sha256_file
-from pib.store import open_store
+from pib.store.backends import open_store
 from pib.store.local import LocalStore
 from tests.reliability import tally
 from tests.tarcraft import Entry, tar_bytes, write_archive, write_raw

@@ -34,7 +34,8 @@ from pib.artifacts.signing import generate_keypair, load_public_key
 from pib.cbe import CbeStateError
 from pib.config.types import CbeSpec, HttpStoreSpec
 from pib.fsutil import sha256_file
-from pib.store import Store, open_store
+from pib.store import Store
+from pib.store.backends import open_store
 from pib.store.local import LocalStore
 from tests.gitutil import make_repo
 from tests.reliability import tally

@@ -9,7 +9,8 @@ import pytest
 
 from pib.config.types import S3StoreSpec
 from pib.errors import Reason, StoreError
-from pib.store import NotFound, open_store
+from pib.store import NotFound
+from pib.store.backends import open_store
 from pib.store.s3 import S3Store
 from tests.services.ports import free_ports
 from tests.services.seaweed import Seaweed

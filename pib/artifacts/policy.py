@@ -17,7 +17,8 @@ from pib.artifacts import transfer
 from pib.artifacts.signing import PublicKey, Signer, generate_keypair, load_public_key, load_signer
 from pib.config.types import Config, StoreSpec
 from pib.errors import PibError, Reason
-from pib.store import Store, open_store
+from pib.store import Store
+from pib.store.backends import open_store
 
 if TYPE_CHECKING:
     from pib.host import FloorCheck

@@ -118,7 +118,7 @@ def _cmd_configure(args: argparse.Namespace) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from pib.build import commands
-    from pib.build.runner import BuildOptions
+    from pib.build.runner import BuildOptions, State
     from pib.cli.ui import Progress, summary
     from pib.config.loader import topo_order
     from pib.errors import PibError
@@ -176,7 +176,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 "other running builds were stopped"
             print(f"error: {report.error.message} ({policy})", file=sys.stderr)
             for o in report.outcomes:
-                if o.action == "failed":
+                if o.action is State.FAILED:
                     print(f"--- {o.component}: {o.detail}", file=sys.stderr)
                     if o.log:
                         print(f"--- full log: {o.log}", file=sys.stderr)

@@ -8,13 +8,14 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from pib.build.runner import BuildReport, Event
+from pib.build.runner import NOT_DONE, BuildReport, Event, State
 
 _SYMBOL = {
-    "waiting": "·", "building": "▶", "restoring": "⇣", "publishing": "⇡",
-    "built": "✓", "restored": "✓", "up-to-date": "=", "failed": "✗", "stopped": "■", "skipped": "-",
+    State.WAITING: "·", State.BUILDING: "▶", State.RESTORING: "⇣", State.PUBLISHING: "⇡",
+    State.BUILT: "✓", State.RESTORED: "✓", State.UP_TO_DATE: "=", State.FAILED: "✗", State.STOPPED: "■",
+    State.SKIPPED: "-",
 }
-_ACTIVE = {"building", "restoring", "publishing"}
+_ACTIVE = {State.BUILDING, State.RESTORING, State.PUBLISHING}
 
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
@@ -46,7 +47,7 @@ class Progress:
         self.stream = stream
         self.live = stream.isatty() if live is None else live
         self.names = list(names)
-        self.state = dict.fromkeys(names, "waiting")
+        self.state: dict[str, State] = dict.fromkeys(names, State.WAITING)
         self.started: dict[str, float] = {}
         self.finished: dict[str, float] = {}
         self.detail: dict[str, str] = {}
@@ -77,13 +78,13 @@ class Progress:
             self.state[e.component] = e.state
             if e.state in _ACTIVE and e.component not in self.started:
                 self.started[e.component] = time.monotonic() - e.elapsed
-            if e.state not in _ACTIVE and e.state != "waiting":
+            if e.state not in _ACTIVE and e.state is not State.WAITING:
                 self.finished[e.component] = e.elapsed
             if e.detail:
                 self.detail[e.component] = e.detail
             if self.live:
                 self._draw()
-            elif e.state != "waiting" and e.state != prev:
+            elif e.state is not State.WAITING and e.state != prev:
                 stamp = time.strftime("%H:%M:%S")
                 extra = f" ({seconds(e.elapsed)})" if e.state not in _ACTIVE and e.elapsed else ""
                 detail = f": {e.detail.splitlines()[0]}" if e.detail else ""
@@ -103,7 +104,7 @@ class Progress:
             st = self.state[n]
             if st in _ACTIVE:
                 t = seconds(now - self.started.get(n, now))
-            elif n in self.finished and st not in ("up-to-date", "skipped"):
+            elif n in self.finished and st not in (State.UP_TO_DATE, State.SKIPPED):
                 t = seconds(self.finished[n])
             else:
                 t = ""
@@ -122,7 +123,7 @@ def summary(report: BuildReport) -> str:
     rows = []
     for o in report.outcomes:
         extra = (o.store and f"from {o.store}") or (", ".join(f"published to {s}" for s in o.published))
-        if o.action in ("failed", "stopped", "skipped") and o.detail:
+        if o.action in NOT_DONE and o.detail:
             extra = o.detail.splitlines()[0]
         rows.append([o.component, o.action, seconds(o.seconds) if o.seconds else "-", o.key[:12] + ("+dirty" if o.dirty else ""), extra])
     text = table(rows, ["component", "action", "time", "key", "note"])

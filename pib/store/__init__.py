@@ -8,6 +8,7 @@ reader that sees the metadata always finds the whole entry.
 A miss raises NotFound (or returns False from has()); anything else a store
 does wrong (refused connection, 5xx, time-out, short body) raises StoreError.
 Every remote call has connect/read time-outs and a small retry budget.
+pib.store.backends opens the backend a store spec (pib.config.types) names.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from pib.config.types import StoreSpec
 from pib.errors import StoreError
 
 ARCHIVE_SUFFIX = ".tar.zst"
@@ -97,20 +97,3 @@ def is_component_name(name: str) -> bool:
 
 def is_key(name: str) -> bool:
     return bool(_KEY_RE.match(name))
-
-
-def open_store(spec: StoreSpec) -> Store:
-    """The backend for a store spec (pib.config.types), imported only when used."""
-    from pib.config.types import HttpStoreSpec, LocalStoreSpec
-
-    if isinstance(spec, LocalStoreSpec):
-        from pib.store.local import LocalStore
-
-        return LocalStore(spec.path, quota_bytes=spec.quota_bytes, name=spec.name)
-    if isinstance(spec, HttpStoreSpec):
-        from pib.store.http import HttpStore
-
-        return HttpStore(spec)
-    from pib.store.s3 import S3Store
-
-    return S3Store(spec)

@@ -33,7 +33,8 @@ from pib.cbe.providers import Context
 from pib.config.types import HttpStoreSpec, LocalStoreSpec, S3StoreSpec
 from pib.errors import CbeError, Location, PibError, VerifyError
 from pib.fsutil import remove_tree, sha256_file
-from pib.store import NotFound, Store, open_store
+from pib.store import NotFound, Store
+from pib.store.backends import open_store
 
 RELOCATABLE = True
 _FIELDS = ("format", "kind", "component", "key", "name", "version", "archive_sha256", "archive_size",
