@@ -118,6 +118,33 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, onerror=onerror)
 
 
+# Temporaries named RUN_TMP + "<pid>-..." belong to the process that made them; remove_stale removes
+# them once that process is gone (killed).
+RUN_TMP = ".pib-tmp-"
+
+
+def remove_stale(directory: Path) -> None:
+    """Remove the temporaries of killed runs from `directory`."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(RUN_TMP):].split("-", 1)[0] if name.startswith(RUN_TMP) else ""
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            remove_tree(directory / name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def aside(path: Path) -> Path:
     """Where a tree goes while it is replaced or removed; swept by the next run if one is killed."""
     return path.with_name(f".{path.name}.pib-old")

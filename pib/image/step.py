@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pib.config.types import Config, ImageSpec
 from pib.errors import ConfigError
-from pib.fsutil import write_atomic
+from pib.fsutil import remove_stale, write_atomic
 from pib.run import Log
 
 if TYPE_CHECKING:
@@ -122,6 +122,8 @@ def make_image(cfg: Config, keys: Mapping[str, str], info: Callable[[], Mapping[
     last = _last_image(cfg)
     if (not force and last is not None and last.get("inputs") == inputs
             and Path(last["image"]["boot_archive"]).is_file()):
+        # A run killed while it replaced an image left the old one whole, and its temporaries.
+        remove_stale(cfg.workspace.output_dir)
         return dict(last["image"]), False
     res = build_image(cfg, keys, info())
     out = image_json(res)

@@ -30,14 +30,13 @@ from typing import IO, Any, BinaryIO, cast
 
 from pib.config.types import ImageSpec
 from pib.errors import ConfigError, Location, PibError, Reason
-from pib.fsutil import remove_tree, replace_dir, sha256_file, symlink_atomic
+from pib.fsutil import RUN_TMP, remove_stale, remove_tree, replace_dir, sha256_file, symlink_atomic
 from pib.image import cpio
 from pib.image.manifest import Kind, Record, check_path, format_image_manifest
 from pib.image.resolve import ProtoArea, Resolution, Resolved, SizeBudgetError, SizeReport, resolve, sizes_of
 from pib.run import Log, minimal_env, run
 
 _STAMP = re.compile(r"^\d{8}T\d{6}Z$")
-_TMP_PREFIX = ".pib-tmp-"
 PLATFORM_LATEST = "platform-latest"
 
 
@@ -426,31 +425,6 @@ def _write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale(output_root: Path) -> None:
-    """Remove temporaries left by image runs that were killed (their process is gone)."""
-    if not output_root.is_dir():
-        return
-    for p in output_root.iterdir():
-        if p.name.startswith(_TMP_PREFIX):
-            pid = p.name[len(_TMP_PREFIX):].split("-", 1)[0]
-            if not pid.isdigit() or _pid_alive(int(pid)):
-                continue
-            if p.is_dir() and not p.is_symlink():
-                remove_tree(p)
-            else:
-                p.unlink(missing_ok=True)
-
-
 @dataclass(frozen=True)
 class ImageResult:
     dir: Path
@@ -497,9 +471,9 @@ def assemble(
     timings["resolve"] = time.monotonic() - t0
 
     output_root.mkdir(parents=True, exist_ok=True)
-    clean_stale(output_root)
+    remove_stale(output_root)
     name = f"platform-{buildstamp}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=output_root))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{RUN_TMP}{os.getpid()}-", dir=output_root))
     tgz_tmp = tmp.with_name(tmp.name + ".tgz")
     try:
         pdir = tmp / name
