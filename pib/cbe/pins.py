@@ -9,7 +9,6 @@ layout do not change it but any pinned value does.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -18,6 +17,7 @@ from typing import Any
 from pib.config.tomlloc import Locator
 from pib.config.tomlloc import loads as toml_loads
 from pib.errors import CbeError, Location
+from pib.fsutil import canonical_json
 
 PROVIDERS = ("debian", "pip", "tarball", "pkgsrc")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -90,8 +90,7 @@ class Lock:
 
 
 def canonical_digest(data: dict[str, Any]) -> str:
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(data)).hexdigest()
 
 
 def load(path: Path) -> Lock:

@@ -21,14 +21,13 @@ tested on Linux; running it needs an illumos host (docs/cbe.md).
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from pib.cbe.pins import Lock, PkgsrcPin
 from pib.cbe.providers import Context, write_files
 from pib.errors import CbeError, PibError, Reason
-from pib.fsutil import sha256_file
+from pib.fsutil import remove_tree, sha256_file
 from pib.run import minimal_env, run
 
 RELOCATABLE = False
@@ -89,8 +88,7 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
             hint=f"set [cbe] root in pib.toml to {os.path.dirname(pin.prefix)}, or use a kit built for {prefix}",
         )
     work = ctx.cache / "pkgsrc" / f"{lock.version}.work"
-    if work.exists():
-        shutil.rmtree(work)
+    remove_tree(work)
     (work / "kit").mkdir(parents=True)
     env = env_for(prefix)
     kit: set[str] = set()
@@ -128,6 +126,6 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
         except PibError as exc:
             raise CbeError(f"pkgsrc install step failed: {step.what}: {exc.message}", where=pin.where,
                            hint="see the log; check the repository URL and package names", detail=exc.detail) from None
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work)
     write_files(lock, prefix)
     return {}
