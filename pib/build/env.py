@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -97,6 +96,8 @@ def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path) -> dic
 
 
 def _scratch_home() -> Path:
+    import tempfile  # not on a build's path: it has its own HOME
+
     home = Path(tempfile.gettempdir()) / f"pib-home-{os.getuid()}"
     home.mkdir(mode=0o700, exist_ok=True)
     st = home.lstat()
