@@ -3,8 +3,8 @@
 A ~300 MB tree of ~20,000 files (mostly small text files, a few large
 ones, some incompressible) stands in for a component's proto area.
 
-  pack:     pib.archive.pack                      vs  tar -I 'zstd -T0 -3' -cf
-  restore:  pib.artifacts.restore (local store)   vs  tar -I zstd -xf   (same archive)
+  pack:     pib.artifacts.archive.pack               vs  tar -I 'zstd -T0 -3' -cf
+  restore:  pib.artifacts.transfer.restore (local store) vs  tar -I zstd -xf   (same archive)
   download: HttpStore.get from nginx on loopback  vs  curl -o
 
 Run: python3 bench/artifacts.py   (works in /dev/shm when it exists, so that
@@ -29,9 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import median_time, write_section
-from pib import archive, artifacts, signing
-from pib.fsutil import force_rmtree
-from pib.store import HttpStoreSpec
+from pib.artifacts import archive, signing, transfer
+from pib.artifacts.metadata import ArtifactInfo, make_metadata, read_metadata
+from pib.config.types import HttpStoreSpec
+from pib.fsutil import remove_tree, sha256_file
 from pib.store.http import HttpStore
 from pib.store.local import LocalStore
 from tests.services.nginx import start_nginx
@@ -109,9 +110,8 @@ def main() -> None:
         # A signed entry in a local store, as a restore finds it.
         signing.generate_keypair(tmp / "k", tmp / "k.pub")
         signer, pub = signing.load_signer(tmp / "k"), signing.load_public_key(tmp / "k.pub")
-        sha, _ = archive.sha256_file(pib_arc)
-        meta = artifacts.make_metadata("bench", KEY, {"bench": True}, sha, arc_size, signer,
-                                       builder_platform="bench", cbe_info=None, dirty=False)
+        sha, _ = sha256_file(pib_arc)
+        meta = make_metadata(ArtifactInfo("bench", KEY, {"bench": True}, False, "bench", None), sha, arc_size, signer)
         local = LocalStore(tmp / "store")
         local.put("bench", KEY, pib_arc, meta)
         ws = tmp / "ws"
@@ -119,10 +119,10 @@ def main() -> None:
 
         def clean() -> None:
             for p in ws.iterdir():
-                force_rmtree(p)
+                remove_tree(p)
 
         def pib_restore() -> None:
-            out = artifacts.restore("bench", KEY, [], [pub], ws / "proto", None, local_store=local)
+            out = transfer.restore("bench", KEY, [], [pub], ws / "proto", None, local_store=local)
             assert out.hit, out
 
         base_x, pib_x = interleaved(
@@ -139,8 +139,8 @@ def main() -> None:
         )
         rows.append(("unpack alone (policy-checked)", pib_unpack, base_x2))
         clean()
-        verify_sha = median_time(lambda: archive.sha256_file(pib_arc), RUNS)
-        verify_sig = median_time(lambda: artifacts.read_metadata(meta, [pub], component="bench", key=KEY), RUNS)
+        verify_sha = median_time(lambda: sha256_file(pib_arc), RUNS)
+        verify_sig = median_time(lambda: read_metadata(meta, [pub], component="bench", key=KEY), RUNS)
         scan = median_time(lambda: archive.validate(pib_arc), RUNS)
 
         proc, server = start_nginx(tmp / "nginx")

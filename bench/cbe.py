@@ -25,6 +25,7 @@ from bench.report import ROOT, median_time, sh, write_section
 from pib import cbe
 from pib.cbe.install import RECORD, read_record
 from pib.cbe.providers import debian
+from pib.config.types import CbeSpec
 
 LOCK = ROOT / "examples" / "platform" / "cbe" / "gcc12.lock.toml"
 RUNS_INSTALL = 3
@@ -35,7 +36,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pib-bench-cbe-"))
     try:
         root = tmp / "root"
-        spec = cbe.CbeSpec("pib-example-cbe", "gcc12-1", root, LOCK)
+        spec = CbeSpec("pib-example-cbe", "gcc12-1", root, LOCK)
         inst = cbe.ensure(spec, install=True)  # also fills the download cache
         lock = cbe.load_lock(LOCK)
         debs = debian.fetch(lock.packages, root / ".cache" / "debian", None)

@@ -37,8 +37,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import ROOT, write_section
+from pib.artifacts.signing import generate_keypair
 from pib.run import minimal_env, run
-from pib.signing import generate_keypair
 
 EXAMPLE = ROOT / "examples" / "platform"
 _EXIT_RE = re.compile(r"\] exit -?\d+ after ([0-9.]+)s$")

@@ -22,8 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import median_time, sh, write_section
-from pib.image import ImageSpec, ProtoArea, assemble, resolve, stage_tree
-from pib.manifest import parse_file
+from pib.config.types import ImageSpec
+from pib.image.manifest import parse_file
+from pib.image.resolve import ProtoArea, resolve
+from pib.image.write import assemble, stage_tree
 
 RUNS = 5
 ENTRIES = 25_000

@@ -112,10 +112,6 @@ class ManifestError(PibError):
     reason = Reason.MANIFEST
 
 
-class BuildError(PibError):
-    reason = Reason.BUILD
-
-
 class StoreError(PibError):
     reason = Reason.STORE
 

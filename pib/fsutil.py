@@ -1,62 +1,234 @@
-"""File-system helpers shared by restore, build and image writing."""
+"""File-system helpers, each written once: hashing a file, canonical JSON,
+atomic writes, putting a directory in place, removing trees, and sizes.
+
+Everything that replaces a file or a tree does it so that a reader (or a run
+killed half-way) sees the old one or the new one, never a part.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import json
 import os
-from collections.abc import Callable
+import re
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
-# shutil is imported where it is used: it pulls in the compression modules,
-# a noticeable share of a no-op build's start-up.
+# shutil and ctypes are imported where they are used: shutil pulls in the
+# compression modules, a noticeable share of a no-op build's start-up.
+
+READ_SIZE = 1 << 20
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """SHA-256 (hex) and size of a file's content."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as fh:
+        buf = bytearray(READ_SIZE)
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            size += n
+    return h.hexdigest(), size
+
+
+def canonical_json(doc: Any) -> bytes:
+    """Sorted keys, no spaces, UTF-8: equal documents give equal bytes (keys, digests, signatures)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# --------------------------------------------------------------------------
+# Atomic writes
+
+
+def _tmp_beside(path: Path) -> Path:
+    # pid and thread: concurrent writers of one path never share a temporary file.
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
+    """A file to write `path` through: a temporary file beside it, renamed over it on success."""
+    tmp = _tmp_beside(path)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # not the umask's choice: private keys stay 0600
+        with open(fd, "wb") as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
+    """Replace `path` with `data` (text is UTF-8)."""
+    with atomic_writer(path, mode=mode) as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def symlink_atomic(target: str, link: Path) -> None:
+    """Point `link` at `target` (relative to the link's directory), replacing what was there."""
+    tmp = _tmp_beside(link)
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------
+# Trees
 
 
 def remove_tree(path: Path) -> None:
-    """rmtree that ignores errors and absent paths."""
+    """Remove a file, a link or a whole tree, read-only directories included.
+
+    An absent path is fine, and errors are ignored: what is left behind is
+    swept by the next run.
+    """
     import shutil
 
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def force_rmtree(path: Path) -> None:
-    """Remove a tree even when it holds read-only directories."""
-    import shutil
-
-    def onexc(func: Callable[..., object], p: str, exc: BaseException) -> None:
-        if isinstance(exc, FileNotFoundError):
+    def onerror(func: Callable[..., object], p: str, exc_info: Any) -> None:
+        if isinstance(exc_info[1], FileNotFoundError):
             return
-        parent = os.path.dirname(p)
+        # A read-only directory (Debian packages, manifest modes such as 0555): open it up, retry.
         with contextlib.suppress(OSError):
-            os.chmod(parent, 0o700)
+            os.chmod(os.path.dirname(p), 0o700)
         with contextlib.suppress(OSError):
             if os.path.isdir(p) and not os.path.islink(p):
                 os.chmod(p, 0o700)
-                shutil.rmtree(p, onerror=_ignore)
-                return
-            os.unlink(p)
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.unlink(p)
 
-    if path.is_symlink() or path.is_file():
-        path.unlink()
+    if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):
+        with contextlib.suppress(OSError):
+            path.unlink()
         return
     if path.exists():
-        shutil.rmtree(path, onerror=lambda f, p, e: onexc(f, p, e[1]))
+        shutil.rmtree(path, onerror=onerror)
 
 
-def _ignore(*_: object) -> None:
-    return None
+# Temporaries named RUN_TMP + "<pid>-..." belong to the process that made them; remove_stale removes
+# them once that process is gone (killed).
+RUN_TMP = ".pib-tmp-"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a temporary file beside it, renamed over it."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def remove_stale(directory: Path) -> None:
+    """Remove the temporaries of killed runs from `directory`."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(RUN_TMP):].split("-", 1)[0] if name.startswith(RUN_TMP) else ""
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            remove_tree(directory / name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def aside(path: Path) -> Path:
+    """Where a tree goes while it is replaced or removed; swept by the next run if one is killed."""
+    return path.with_name(f".{path.name}.pib-old")
+
+
+def discard_tree(path: Path) -> None:
+    """Remove a tree by first renaming it aside, so no half-removed tree is ever seen at `path`."""
+    old = aside(path)
+    remove_tree(old)
+    try:
+        os.rename(path, old)
+    except FileNotFoundError:
+        return
+    remove_tree(old)
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Put the tree `new` at `dest` and remove what was there; `dest` is never missing or half there.
+
+    Where the kernel has it, the two are swapped in one atomic step
+    (renameat2 RENAME_EXCHANGE); elsewhere the old tree is renamed aside
+    first, so for a moment `dest` is absent, never partial.
+    """
+    try:
+        os.rename(new, dest)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+            raise
+    if _exchange(new, dest):
+        remove_tree(new)  # now the old tree
+        return
+    old = aside(dest)
+    remove_tree(old)
+    os.rename(dest, old)
+    os.rename(new, dest)
+    remove_tree(old)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False where renameat2 is missing or unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+# --------------------------------------------------------------------------
+# Sizes
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as 1500, 64M, 1.5G, 20Gi or 20GiB (binary units); ValueError if it is none."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r}")
+    unit = (m.group(2) or "B").upper().rstrip("B").rstrip("I")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def human_size(n: float | None) -> str:
+    """1536 -> '1.5 KiB'; None -> '-'."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -9,31 +9,22 @@ the document's shape changes; golden tests pin it.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pib.config import ComponentConfig
 from pib.errors import ConfigError
+from pib.fsutil import canonical_json as canonical
+from pib.fsutil import sha256_file
+
+if TYPE_CHECKING:
+    from pib.config.types import ComponentConfig
 
 FORMAT = 1
 
 
-def canonical(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
 def digest(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(doc)).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def key_document(
@@ -52,7 +43,7 @@ def key_document(
         except ValueError:
             rel = path.name  # outside the workspace: name only, never the absolute path
         try:
-            key_files[rel] = file_sha256(path)
+            key_files[rel] = sha256_file(path)[0]
         except OSError as exc:
             raise ConfigError(
                 f"component {comp.name!r}: key file {path} cannot be read ({exc.strerror})",

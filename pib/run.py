@@ -134,14 +134,8 @@ def run(
     - cancel: when set, the whole process group is killed and Cancelled raised.
     - check: a non-zero exit raises PibError(reason) with the log tail.
     """
-    args = tuple(os.fspath(a) for a in argv)
-    child_env = dict(env) if env is not None else minimal_env()
-    output_from = 0
-    if log is not None:
-        log.command(args, cwd, child_env if env is not None else None)
-        output_from = log.offset()
     if capture:
-        stdout: int | IO[str] = subprocess.PIPE
+        stdout: int = subprocess.PIPE
         stderr: int = subprocess.PIPE if log is None else log.fileno()
     elif log is not None:
         stdout = log.fileno()
@@ -149,23 +143,10 @@ def run(
     else:
         stdout = subprocess.DEVNULL
         stderr = subprocess.PIPE
-    start = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=child_env,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,  # so a cancel can kill the whole build tree
-        )
-    except OSError as exc:
-        raise PibError(
-            f"cannot run {args[0]}: {exc.strerror}",
-            reason=reason,
-            hint="check that the program is installed and on the build PATH",
-        ) from exc
+    args, proc, start, output_from = _spawn(argv, cwd=cwd, env=env, log=log, reason=reason,
+                                            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                            stdout=stdout, stderr=stderr,
+                                            hint="check that the program is installed and on the build PATH")
     out_b, err_b = b"", b""
     try:
         if cancel is None and input is None:
@@ -204,6 +185,29 @@ def run(
             detail=detail.strip(),
         )
     return Result(args, proc.returncode, out if capture else out + err, seconds)
+
+
+def _spawn(
+    argv: Sequence[str | os.PathLike[str]], *, cwd: Path | None, env: Mapping[str, str] | None, log: Log | None,
+    reason: Reason, stdin: int, stdout: int, stderr: int, hint: str,
+) -> tuple[tuple[str, ...], subprocess.Popen[bytes], float, int]:
+    """Log the command and start it in a session of its own (so a cancel can kill the whole tree).
+
+    Returns argv as strings, the process, its start time and the log offset its output starts at.
+    """
+    args = tuple(os.fspath(a) for a in argv)
+    child_env = dict(env) if env is not None else minimal_env()
+    output_from = 0
+    if log is not None:
+        log.command(args, cwd, child_env if env is not None else None)
+        output_from = log.offset()
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(args, cwd=cwd, env=child_env, stdin=stdin, stdout=stdout, stderr=stderr,
+                                start_new_session=True)
+    except OSError as exc:
+        raise PibError(f"cannot run {args[0]}: {exc.strerror}", reason=reason, hint=hint) from exc
+    return args, proc, start, output_from
 
 
 def _communicate(proc: subprocess.Popen[bytes], timeout: float | None) -> tuple[bytes, bytes]:
@@ -246,27 +250,9 @@ def run_watch(
     when `cancel` is set (Cancelled). A process that exits by itself is not an
     error here: the caller decides what its exit means.
     """
-    args = tuple(os.fspath(a) for a in argv)
-    child_env = dict(env) if env is not None else minimal_env()
-    if log is not None:
-        log.command(args, cwd, child_env if env is not None else None)
-    start = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=child_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise PibError(
-            f"cannot run {args[0]}: {exc.strerror}",
-            reason=reason,
-            hint="check that the program is installed and on the PATH",
-        ) from exc
+    args, proc, start, _ = _spawn(argv, cwd=cwd, env=env, log=log, reason=reason, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  hint="check that the program is installed and on the PATH")
     lines: queue.Queue[bytes | None] = queue.Queue()
 
     def reader() -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pib import archive
-from pib.archive import Limits
+from pib.artifacts import archive
+from pib.artifacts.archive import Limits
 from pib.errors import Reason, VerifyError
+from pib.fsutil import sha256_file
 from tests.tarcraft import Entry, tar_bytes, write_archive, write_raw
 
 
@@ -52,7 +53,7 @@ def test_roundtrip_keeps_modes_links_and_empty_dirs(tmp_path: Path) -> None:
     make_tree(src)
     packed = archive.pack(src, tmp_path / "a.tar.zst", epoch=1_000_000)
     assert packed.size == packed.path.stat().st_size
-    assert packed.sha256 == archive.sha256_file(packed.path)[0]
+    assert packed.sha256 == sha256_file(packed.path)[0]
     dest = tmp_path / "proto"
     result = archive.unpack(packed.path, dest)
     assert result.members >= 10

@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pib import archive
+from pib.artifacts import archive
 from pib.errors import VerifyError
 from tests.tarcraft import Entry, write_archive
 

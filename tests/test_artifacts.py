@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pib import archive, artifacts, signing
-from pib.artifacts import CbeInfo
+from pib.artifacts import archive, signing, transfer
+from pib.artifacts.metadata import ArtifactInfo, CbeInfo, make_metadata
+from pib.artifacts.signing import PublicKey, Signer
+from pib.config.types import HttpStoreSpec, S3StoreSpec
 from pib.errors import PibError, Reason, StoreError
-from pib.signing import PublicKey, Signer
-from pib.store import HttpStoreSpec, S3StoreSpec, open_store
+from pib.fsutil import sha256_file
+from pib.store.backends import open_store
 from pib.store.local import LocalStore
 from pib.store.memory import MemoryStore
 from tests.services.badhttp import BadHttp
@@ -42,9 +44,8 @@ def make_proto(root: Path) -> Path:
 def put_signed(store: MemoryStore, archive_path: Path, signer: Signer, *, component: str = "extra",
                key: str = KEY, meta_component: str | None = None, meta_key: str | None = None,
                sha: str | None = None) -> None:
-    real_sha, size = archive.sha256_file(archive_path)
-    meta = artifacts.make_metadata(meta_component or component, meta_key or key, {"k": 1}, sha or real_sha, size,
-                                   signer, builder_platform="test", cbe_info=CBE, dirty=False)
+    real_sha, size = sha256_file(archive_path)
+    meta = make_metadata(ArtifactInfo(meta_component or component, meta_key or key, {"k": 1}, False, "test", CBE), sha or real_sha, size, signer)
     store.put(component, key, archive_path, meta)
 
 
@@ -53,8 +54,7 @@ def test_publish_then_restore_roundtrip(tmp_path: Path, keys: tuple[Signer, Publ
     src = make_proto(tmp_path / "proto.extra")
     remote = MemoryStore("ci")
     local = LocalStore(tmp_path / "cache")
-    out = artifacts.publish("extra", KEY, {"tree": "abc"}, src, [local, remote], signer, dirty=False,
-                            builder_platform="linux-x86_64", cbe_info=CBE, remote=True, epoch=100)
+    out = transfer.publish(ArtifactInfo("extra", KEY, {"tree": "abc"}, False, "linux-x86_64", CBE), src, [local, remote], signer, remote=True, epoch=100)
     assert out.published == ("local", "ci") and out.problems == ()
     doc = json.loads(out.metadata)
     assert doc["signer"] == pub.id and doc["key_doc"] == {"tree": "abc"} and doc["cbe"]["version"] == "2026.1"
@@ -63,14 +63,14 @@ def test_publish_then_restore_roundtrip(tmp_path: Path, keys: tuple[Signer, Publ
 
     fresh_local = LocalStore(tmp_path / "cache2")
     dest = tmp_path / "ws/proto.extra"
-    result = artifacts.restore("extra", KEY, [remote], [pub], dest, None, local_store=fresh_local)
+    result = transfer.restore("extra", KEY, [remote], [pub], dest, None, local_store=fresh_local)
     assert result.hit and result.store == "ci" and result.bytes == out.archive_size
     assert result.metadata is not None and result.metadata.cbe == CBE
     assert (dest / "usr/bin/ls").read_bytes() == (src / "usr/bin/ls").read_bytes()
     assert fresh_local.has("extra", KEY)  # a remote hit is cached locally
     # second restore comes from the local store without touching the remote
     remote.calls.clear()
-    again = artifacts.restore("extra", KEY, [remote], [pub], dest, None, local_store=fresh_local)
+    again = transfer.restore("extra", KEY, [remote], [pub], dest, None, local_store=fresh_local)
     assert again.hit and again.store == "local" and remote.calls == []
     assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == ["proto.extra"]
 
@@ -80,9 +80,9 @@ def test_miss_and_store_errors_are_reported_not_raised(tmp_path: Path, keys: tup
     down = MemoryStore("down")
     down.fail = StoreError("connection refused")
     empty = MemoryStore("empty")
-    miss = artifacts.restore("extra", KEY, [empty], [pub], tmp_path / "p", None, local_store=None)
+    miss = transfer.restore("extra", KEY, [empty], [pub], tmp_path / "p", None, local_store=None)
     assert miss.status == "miss" and miss.problems == ()
-    err = artifacts.restore("extra", KEY, [down, empty], [pub], tmp_path / "p", None, local_store=None)
+    err = transfer.restore("extra", KEY, [down, empty], [pub], tmp_path / "p", None, local_store=None)
     assert err.status == "error"
     assert [(p.store, p.reason) for p in err.problems] == [("down", Reason.STORE)]
     assert not (tmp_path / "p").exists()
@@ -93,16 +93,13 @@ def test_publish_refusals(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> Non
     src = make_proto(tmp_path / "proto")
     remote, local = MemoryStore("ci"), MemoryStore("local", remote=False)
     with pytest.raises(PibError) as exc:
-        artifacts.publish("extra", KEY, {}, src, [local, remote], None, dirty=False, builder_platform="x",
-                          cbe_info=None, remote=True)
+        transfer.publish(ArtifactInfo("extra", KEY, {}, False, "x", None), src, [local, remote], None, remote=True)
     assert exc.value.reason is Reason.PUBLISH
     with pytest.raises(PibError) as exc:
-        artifacts.publish("extra", KEY, {}, src, [local, remote], signer, dirty=True, builder_platform="x",
-                          cbe_info=None, remote=True)
+        transfer.publish(ArtifactInfo("extra", KEY, {}, True, "x", None), src, [local, remote], signer, remote=True)
     assert exc.value.reason is Reason.PUBLISH
     assert remote.entries == {} and local.entries == {}
-    ok = artifacts.publish("extra", KEY, {}, src, [local, remote], signer, dirty=True, builder_platform="x",
-                           cbe_info=None, remote=False)
+    ok = transfer.publish(ArtifactInfo("extra", KEY, {}, True, "x", None), src, [local, remote], signer, remote=False)
     assert ok.published == ("local",) and remote.entries == {}
     assert json.loads(ok.metadata)["dirty"] is True
 
@@ -113,8 +110,7 @@ def test_failing_store_during_publish_is_a_problem(tmp_path: Path, keys: tuple[S
     down = MemoryStore("down")
     down.fail = StoreError("503")
     ok = MemoryStore("ok")
-    out = artifacts.publish("extra", KEY, {}, src, [down, ok], signer, dirty=False, builder_platform="x",
-                            cbe_info=None, remote=True)
+    out = transfer.publish(ArtifactInfo("extra", KEY, {}, False, "x", None), src, [down, ok], signer, remote=True)
     assert out.published == ("ok",) and [p.reason for p in out.problems] == [Reason.STORE]
 
 
@@ -139,7 +135,7 @@ def test_hostile_signed_archives_are_rejected(tmp_path: Path, keys: tuple[Signer
     put_signed(store, arc, signer)
     ws = tmp_path / "ws"
     ws.mkdir()
-    out = artifacts.restore("extra", KEY, [store], [pub], ws / "proto.extra", None, local_store=None)
+    out = transfer.restore("extra", KEY, [store], [pub], ws / "proto.extra", None, local_store=None)
     assert out.status == "error" and [p.reason for p in out.problems] == [Reason.VERIFY]
     assert list(ws.iterdir()) == []
     assert sorted(p.name for p in outside.iterdir()) == ["victim"]
@@ -153,7 +149,7 @@ def test_bomb_is_rejected(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> Non
     put_signed(store, arc, signer)
     ws = tmp_path / "ws"
     ws.mkdir()
-    out = artifacts.restore("extra", KEY, [store], [pub], ws / "p", None, local_store=None,
+    out = transfer.restore("extra", KEY, [store], [pub], ws / "p", None, local_store=None,
                             limits=archive.Limits(max_bytes=1 << 20))
     assert [p.reason for p in out.problems] == [Reason.VERIFY]
     assert list(ws.iterdir()) == []
@@ -172,12 +168,11 @@ def test_truncated_and_flipped_archives_fail_the_checksum(tmp_path: Path, keys: 
         path.write_bytes(bad)
         store = MemoryStore("ci")
         # metadata describes the good archive; the store serves the damaged one
-        sha, size = archive.sha256_file(good)
-        store.put("extra", KEY, path, artifacts.make_metadata("extra", KEY, {}, sha, size, signer,
-                                                              builder_platform="x", cbe_info=None, dirty=False))
+        sha, size = sha256_file(good)
+        store.put("extra", KEY, path, make_metadata(ArtifactInfo("extra", KEY, {}, False, "x", None), sha, size, signer))
         ws = tmp_path / f"ws-{name}"
         ws.mkdir()
-        out = artifacts.restore("extra", KEY, [store], [pub], ws / "p", None, local_store=None)
+        out = transfer.restore("extra", KEY, [store], [pub], ws / "p", None, local_store=None)
         assert [p.reason for p in out.problems] == [Reason.VERIFY]
         assert list(ws.iterdir()) == []
 
@@ -195,9 +190,8 @@ def test_untrusted_unsigned_and_replayed_metadata(tmp_path: Path, keys: tuple[Si
     cases["other-component"] = MemoryStore("c")
     put_signed(cases["other-component"], good, signer, meta_component="illumos")
     cases["unsigned"] = MemoryStore("d")
-    sha, size = archive.sha256_file(good)
-    doc = json.loads(artifacts.make_metadata("extra", KEY, {}, sha, size, signer, builder_platform="x",
-                                             cbe_info=None, dirty=False))
+    sha, size = sha256_file(good)
+    doc = json.loads(make_metadata(ArtifactInfo("extra", KEY, {}, False, "x", None), sha, size, signer))
     del doc["signature"]
     cases["unsigned"].put("extra", KEY, good, json.dumps(doc).encode())
     cases["tampered"] = MemoryStore("e")
@@ -207,7 +201,7 @@ def test_untrusted_unsigned_and_replayed_metadata(tmp_path: Path, keys: tuple[Si
     for name, store in cases.items():
         ws = tmp_path / f"ws-{name}"
         ws.mkdir()
-        out = artifacts.restore("extra", KEY, [store], [pub], ws / "p", None, local_store=None)
+        out = transfer.restore("extra", KEY, [store], [pub], ws / "p", None, local_store=None)
         assert out.status == "error", name
         assert [p.reason for p in out.problems] == [Reason.VERIFY], name
         assert store.calls.count("get") == 0, name  # refused before the archive was fetched
@@ -221,7 +215,7 @@ def test_bad_store_then_good_store(tmp_path: Path, keys: tuple[Signer, PublicKey
     put_signed(bad, good, signer, sha="0" * 64)
     fine = MemoryStore("fine")
     put_signed(fine, good, signer)
-    out = artifacts.restore("extra", KEY, [bad, fine], [pub], tmp_path / "p", None, local_store=None)
+    out = transfer.restore("extra", KEY, [bad, fine], [pub], tmp_path / "p", None, local_store=None)
     assert out.hit and out.store == "fine"
     assert [(p.store, p.reason) for p in out.problems] == [("bad", Reason.VERIFY)]
 
@@ -231,15 +225,14 @@ def test_explain_nearest_picks_newest(tmp_path: Path, keys: tuple[Signer, Public
     good = _good_archive(tmp_path)
     store = MemoryStore("ci")
     for key, day, doc in [(KEY, 1, {"v": "old"}), (OTHER, 2, {"v": "new"})]:
-        sha, size = archive.sha256_file(good)
-        meta = artifacts.make_metadata("extra", key, doc, sha, size, signer, builder_platform="x", cbe_info=None,
-                                       dirty=False, created=dt.datetime(2026, 1, day, tzinfo=dt.UTC))
+        sha, size = sha256_file(good)
+        meta = make_metadata(ArtifactInfo("extra", key, doc, False, "x", None), sha, size, signer, created=dt.datetime(2026, 1, day, tzinfo=dt.UTC))
         store.put("extra", key, good, meta)
     down = MemoryStore("down")
     down.fail = StoreError("x")
-    nearest = artifacts.explain_nearest("extra", [down, store])
+    nearest = transfer.explain_nearest("extra", [down, store])
     assert nearest is not None and nearest.key == OTHER and nearest.key_doc == {"v": "new"}
-    assert artifacts.explain_nearest("nothing", [store]) is None
+    assert transfer.explain_nearest("nothing", [store]) is None
 
 
 # ------------------------------------------------------------- real services
@@ -255,7 +248,7 @@ def test_misbehaving_http_store_gives_error_outcome(badhttp: BadHttp, tmp_path: 
     ws = tmp_path / "ws"
     ws.mkdir()
     start = time.monotonic()
-    out = artifacts.restore("extra", KEY, [store], [pub], ws / "proto.extra", None, local_store=None)
+    out = transfer.restore("extra", KEY, [store], [pub], ws / "proto.extra", None, local_store=None)
     assert time.monotonic() - start < 30
     assert out.status == "error" and len(out.problems) == 1
     # a lying Content-Length yields garbage metadata, which fails verification
@@ -276,15 +269,14 @@ def test_publish_and_restore_through_nginx_and_s3(nginx: Nginx, seaweed: Seaweed
     http = open_store(HttpStoreSpec("http", f"{nginx.url}/{uuid.uuid4().hex}", timeout=5.0))
     s3 = open_store(S3StoreSpec("s3", bucket, "pib", seaweed.endpoint_url, "us-east-1", None, 5.0, 1))
     src = make_proto(tmp_path / "proto.extra")
-    out = artifacts.publish("extra", KEY, {"a": 1}, src, [http, s3], signer, dirty=False,
-                            builder_platform="x", cbe_info=CBE, remote=True)
+    out = transfer.publish(ArtifactInfo("extra", KEY, {"a": 1}, False, "x", CBE), src, [http, s3], signer, remote=True)
     assert out.published == ("http", "s3") and out.problems == ()
     for store in (http, s3):
         local = LocalStore(tmp_path / f"local-{store.name}")
         dest = tmp_path / f"ws-{store.name}" / "proto.extra"
-        got = artifacts.restore("extra", KEY, [store], [pub], dest, None, local_store=local)
+        got = transfer.restore("extra", KEY, [store], [pub], dest, None, local_store=local)
         assert got.hit and got.store == store.name and got.bytes == out.archive_size
         assert (dest / "usr/bin/ls").read_bytes() == (src / "usr/bin/ls").read_bytes()
         assert local.has("extra", KEY)
-    nearest = artifacts.explain_nearest("extra", [http, s3])
+    nearest = transfer.explain_nearest("extra", [http, s3])
     assert nearest is not None and nearest.key == KEY and nearest.key_doc == {"a": 1}

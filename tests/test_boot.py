@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pib import boot as bootmod
-from pib.boot import Platform, boot, locate, qemu_argv
-from pib.cpio import Writer
 from pib.errors import PibError, Reason
+from pib.image import boot as bootmod
+from pib.image.boot import Platform, boot, locate, qemu_argv
+from pib.image.cpio import Writer
 from pib.run import Log, minimal_env, run, run_watch
 
 REPO = Path(__file__).resolve().parent.parent

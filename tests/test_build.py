@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pib import actions
-from pib.build import BuildOptions
-from pib.config import load
+from pib.build import commands
+from pib.build.runner import BuildOptions
+from pib.config.loader import load
 from pib.errors import EXIT_CODES, PibError, Reason
 from tests.gitutil import c_component, commit, make_repo, pib, write
 
@@ -209,7 +209,7 @@ def test_clobber_one_rebuilds_only_it(three: Path) -> None:
 
 def test_second_build_refuses_or_waits(three: Path) -> None:
     cfg = load(three)
-    lock = actions.workspace_lock(cfg)
+    lock = commands.workspace_lock(cfg)
     lock.acquire(wait=False)
     try:
         r = pib(three, "build")
@@ -286,7 +286,7 @@ def test_pr_refs_are_fetched(tmp_path: Path) -> None:
 def test_build_in_process_reports_events(three: Path) -> None:
     seen: list[tuple[str, str]] = []
     cfg = load(three)
-    rep = actions.build(cfg, None, BuildOptions(jobs=2), on_event=lambda e: seen.append((e.component, e.state)))
+    rep = commands.build(cfg, None, BuildOptions(jobs=2), on_event=lambda e: seen.append((e.component, e.state)))
     assert rep.ok
     assert ("tools", "building") in seen and ("tools", "built") in seen
     assert seen.index(("libc", "built")) < seen.index(("cmd", "building"))
@@ -303,6 +303,6 @@ def test_progress_lines_are_timestamped_when_not_a_terminal(three: Path) -> None
 def test_build_errors_are_pib_errors(tmp_path: Path) -> None:
     ws = workspace(tmp_path, '[components.x]\nsource = "../nowhere"\nbuild = ["true"]\n')
     with pytest.raises(PibError) as info:
-        actions.configure(load(ws))
+        commands.configure(load(ws))
     assert info.value.reason is Reason.SOURCE
     _ = datetime  # keep import for readability of timestamps above

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pib.cbe import CbeSpec, build_environment, ensure, list_installed
-from pib.cbe.lock import load
+from pib.build.env import BuildEnv, build_environment
+from pib.cbe import ensure, list_installed
+from pib.cbe.pins import load
 from pib.cbe.providers import debian
+from pib.config.types import CbeSpec
 from pib.errors import CbeError, Reason
 from pib.run import Log, run
 
@@ -58,7 +60,7 @@ def test_gcc11_and_gcc12_side_by_side_compile_static_programs(tmp_path: Path) ->
             inst = ensure(spec, install=True, log=log)
         src = tmp_path / f"hello{major}.c"
         src.write_text(HELLO)
-        env = build_environment(inst, home=tmp_path)
+        env = build_environment(BuildEnv.of(inst), home=tmp_path)
         assert env["PATH"].split(":")[0] == str(inst.prefix / "bin")
         # `env -i`: nothing but the CBE's PATH reaches the compiler.
         run(["env", "-i", f"PATH={inst.path}", "cc", "-static", "-O2", "-o", tmp_path / f"hello{major}", src],

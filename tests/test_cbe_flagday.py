@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pib import signing
+from pib.artifacts import signing
 from tests.gitutil import make_repo, pib
 
 BUILD_SH = """\

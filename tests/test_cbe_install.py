@@ -13,8 +13,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pib import cbe
-from pib.cbe import CbeSpec, CbeStateError, Status
+from pib.build.env import BuildEnv, build_environment
+from pib.cbe import CbeStateError, Status
 from pib.cbe.providers import tarball
+from pib.config.types import CbeSpec
 from pib.errors import CbeError, Reason
 from pib.run import run
 
@@ -50,7 +52,7 @@ def spec_for(root: Path, lock: Path, version: str = "1") -> CbeSpec:
 
 
 def tool_output(inst: cbe.InstalledCbe, home: Path) -> str:
-    return run(["tool"], env=cbe.build_environment(inst, home=home), capture=True).stdout.strip()
+    return run(["tool"], env=build_environment(BuildEnv.of(inst), home=home), capture=True).stdout.strip()
 
 
 def test_install_then_cheap_check_is_a_no_op(tmp_path: Path, key: Ed25519PrivateKey, store: Path) -> None:
@@ -153,6 +155,7 @@ KILLER = textwrap.dedent("""
     from pathlib import Path
     from pib import cbe
     from pib.cbe import install
+    from pib.config.types import CbeSpec
     real = install._populate
     def populate(lock, prefix, ctx):
         real(lock, prefix, ctx)
@@ -161,7 +164,7 @@ KILLER = textwrap.dedent("""
     install._populate = populate
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
     pub = load_pem_public_key(Path(sys.argv[4]).read_bytes())
-    cbe.ensure(cbe.CbeSpec("tiny", "1", Path(sys.argv[1]), Path(sys.argv[2])), install=True,
+    cbe.ensure(CbeSpec("tiny", "1", Path(sys.argv[1]), Path(sys.argv[2])), install=True,
                stores=[Path(sys.argv[3])], trusted_keys=[pub])
 """)
 
@@ -198,6 +201,7 @@ RACER = textwrap.dedent("""
     from pathlib import Path
     from pib import cbe
     from pib.cbe import install
+    from pib.config.types import CbeSpec
     real = install._populate
     def populate(lock, prefix, ctx):
         with open(sys.argv[5], "a") as fh:
@@ -207,7 +211,7 @@ RACER = textwrap.dedent("""
     install._populate = populate
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
     pub = load_pem_public_key(Path(sys.argv[4]).read_bytes())
-    inst = cbe.ensure(cbe.CbeSpec("tiny", "1", Path(sys.argv[1]), Path(sys.argv[2])), install=True,
+    inst = cbe.ensure(CbeSpec("tiny", "1", Path(sys.argv[1]), Path(sys.argv[2])), install=True,
                       stores=[Path(sys.argv[3])], trusted_keys=[pub])
     print(inst.prefix, inst.lock_digest)
 """)
@@ -281,7 +285,7 @@ def test_build_path_ignores_callers_path_opt_local_and_user_dirs(tmp_path: Path,
     t = TinyCbe(tmp_path, key, store, "1", "one")
     spec = CbeSpec("tiny", "1", tmp_path / "root", t.lock, system_path=("/usr/bin", "/bin"))
     inst = cbe.ensure(spec, install=True, stores=[store], trusted_keys=[key.public_key()])
-    env = cbe.build_environment(inst, {"EXTRA": "1"}, home=tmp_path / "home", source_date_epoch="0")
+    env = build_environment(BuildEnv.of(inst), {"EXTRA": "1"}, home=tmp_path / "home", source_date_epoch="0")
     assert env["PATH"] == f"{inst.prefix}/bin:/usr/bin:/bin"
     assert "CFLAGS" not in env and env["EXTRA"] == "1" and env["SOURCE_DATE_EPOCH"] == "0"
     assert env["HOME"] == str(tmp_path / "home")
@@ -354,7 +358,7 @@ def test_build_environment_defaults_to_a_private_scratch_home(tmp_path: Path, ke
     t = TinyCbe(tmp_path, key, store, "1", "one")
     inst = cbe.ensure(spec_for(tmp_path / "root", t.lock), install=True, stores=[store],
                       trusted_keys=[key.public_key()])
-    env = cbe.build_environment(inst)
+    env = build_environment(BuildEnv.of(inst))
     home = Path(env["HOME"])
     assert home != Path("/root-of-the-caller") and home.is_dir() and (home.stat().st_mode & 0o077) == 0
     assert set(env) == {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "PIB_CBE", "PIB_CBE_PREFIX"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pib.cbe.lock import load, parse
+from pib.cbe.pins import load, parse
 from pib.errors import CbeError, Reason
 
 SHA = "a" * 64

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from pib import cbe
-from pib.cbe import CbeSpec
-from pib.cbe.lock import load
+from pib.build.env import BuildEnv, build_environment
+from pib.cbe.pins import load
 from pib.cbe.providers import pip as pip_provider
+from pib.config.types import CbeSpec
 from pib.errors import CbeError, Reason
 from pib.run import run
 
@@ -71,7 +72,7 @@ def test_two_pip_versions_side_by_side(tmp_path: Path, wheels: dict[str, str]) -
     for cbe_version, pkg in (("1", "1.0"), ("2", "2.0")):
         lock = write_lock(tmp_path / f"v{cbe_version}.toml", cbe_version, pkg, wheels[pkg])
         inst = cbe.ensure(CbeSpec("pytools", cbe_version, root, lock), install=True)
-        env = cbe.build_environment(inst, home=tmp_path)
+        env = build_environment(BuildEnv.of(inst), home=tmp_path)
         assert env["PYTHONNOUSERSITE"] == "1" and env["PYTHONPATH"].startswith(str(inst.prefix))
         seen[cbe_version] = run(["tinytool"], env=env, capture=True).stdout.strip()
         cbe.verify_full(CbeSpec("pytools", cbe_version, root, lock))
@@ -98,6 +99,6 @@ def test_bad_pip_lock_is_a_clear_error_and_installs_nothing(tmp_path: Path, whee
 def test_real_toolchain_from_pypi(tmp_path: Path) -> None:
     lock = Path(__file__).resolve().parents[1] / "examples" / "platform" / "cbe" / "ninja.lock.toml"
     inst = cbe.ensure(CbeSpec("pib-tools", "ninja-1.11.1.1", tmp_path / "root", lock), install=True)
-    out = run(["ninja", "--version"], env=cbe.build_environment(inst, home=tmp_path), capture=True).stdout
+    out = run(["ninja", "--version"], env=build_environment(BuildEnv.of(inst), home=tmp_path), capture=True).stdout
     assert out.strip().startswith("1.11.1")
     assert (inst.prefix / "bin" / "ninja").is_file()

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from pib import cbe
-from pib.cbe import CbeSpec
-from pib.cbe.lock import load
+from pib.cbe.pins import load
 from pib.cbe.providers import pkgsrc
+from pib.config.types import CbeSpec
 from pib.errors import CbeError, Reason
 
 REPO_URL = "https://pkgsrc.smartos.org/packages/SmartOS/2024Q4/x86_64/All"

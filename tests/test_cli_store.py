@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from pib.artifacts.signing import load_public_key, load_signer
 from pib.cli import main
-from pib.cli_store import parse_size
+from pib.cli.store import parse_size
 from pib.errors import PibError, Reason
-from pib.signing import load_public_key, load_signer
 from pib.store.local import LocalStore
 
 K1, K2 = "1" * 64, "2" * 64
@@ -46,6 +46,24 @@ def test_parse_size() -> None:
     assert parse_size("2K") == 2048
     assert parse_size("1.5G") == int(1.5 * 1024**3)
     assert parse_size("20GiB") == 20 * 1024**3
+    assert parse_size("20Gi") == 20 * 1024**3  # as pib.toml's local_store.quota reads it
     with pytest.raises(PibError) as exc:
         parse_size("lots")
     assert exc.value.reason is Reason.USAGE
+
+
+def test_cache_gc_takes_the_sizes_pib_toml_takes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "pib.toml").write_text(f'[local_store]\npath = "{tmp_path / "s"}"\nquota = "20Gi"\n')
+    store = LocalStore(tmp_path / "s")
+    arc = tmp_path / "a"
+    arc.write_bytes(b"x" * 1000)
+    store.put("extra", K1, arc, b"{}")
+    assert main(["-C", str(ws), "cache", "ls", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["quota"] == 20 * 1024**3
+    assert main(["cache", "gc", "--store", str(store.root), "--quota", "20Gi", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == []
+    assert {e.key for e in store.list()} == {K1}
+    assert main(["cache", "gc", "--store", str(store.root), "--quota", "0.5Ki"]) == 0
+    assert store.list() == []

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from pib.archive import sha256_file
-from pib.artifacts import read_metadata
-from pib.signing import generate_keypair, load_public_key
-from pib.store import HttpStoreSpec, open_store
+from pib.artifacts.metadata import read_metadata
+from pib.artifacts.signing import generate_keypair, load_public_key
+from pib.config.types import HttpStoreSpec
+from pib.fsutil import sha256_file
+from pib.store.backends import open_store
 from pib.store.local import LocalStore
 from tests.gitutil import commit, make_repo, write
 from tests.reliability import tally

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pib.config import load, topo_order
+from pib.config.loader import load, topo_order
 from pib.errors import ConfigError, Reason
 
 GOOD = """\

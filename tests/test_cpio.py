@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pib import cpio
+from pib.image import cpio
 from pib.run import run
 
 MTIME = 1_700_000_000

@@ -99,7 +99,7 @@ def _restore_onto(kit: Kit, name: str, small: Small) -> Path:
 def test_restore_and_build_into_a_full_disk(kit: Kit, small: Small) -> None:
     with tally("diskfull", f"restore, then build, into a full file system ({small.how})"):
         ws = _restore_onto(kit, "df-restore", small)
-        r = build(kit, ws, small, "pib.archive|unpack|1")
+        r = build(kit, ws, small, "pib.artifacts.archive|unpack|1")
         assert "Traceback" not in r.stderr, r.stderr
         base = next(c for c in _json(r)["components"] if c["component"] == "base")  # type: ignore[attr-defined]
         if small.mounted:  # the local build has no room either
@@ -128,7 +128,7 @@ def test_image_onto_a_full_disk(kit: Kit, small: Small) -> None:
         ws = new_ws(kit, "df-image", top='[workspace]\noutput_dir = "small"\n')
         _mounted_in(ws, small, "small")
         assert pib(kit, ws, "configure").returncode == 0
-        r = build(kit, ws, small, "pib.image|_HashingFile.write|1")
+        r = build(kit, ws, small, "pib.image.write|_HashingFile.write|1")
         assert r.returncode == EXIT_CODES[Reason.IMAGE], r.stderr
         assert "Traceback" not in r.stderr
         err = _json(r)["error"]

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from pib.artifacts.signing import generate_keypair
 from pib.run import minimal_env, run
-from pib.signing import generate_keypair
 from tests.services.seaweed import Seaweed
 
 REPO = Path(__file__).resolve().parent.parent

@@ -173,7 +173,7 @@ def test_cbe_pin_rewrites_pins_from_the_locks_suite(tmp_path: Path) -> None:
 
 
 def test_lock_apt_section_is_checked_and_left_out_of_the_digest(tmp_path: Path) -> None:
-    from pib.cbe.lock import parse
+    from pib.cbe.pins import parse
     from pib.errors import CbeError
 
     base = ('format = 1\nname = "t"\nversion = "1"\nprovider = "debian"\n\n'

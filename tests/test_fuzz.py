@@ -15,9 +15,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pib import config as config_mod
-from pib import manifest
+from pib.config import loader as config_mod
 from pib.errors import ConfigError, ManifestError, PibError, Reason
+from pib.image import manifest
 from tests.reliability import tally
 
 EXAMPLES = int(os.environ.get("PIB_FUZZ_EXAMPLES", "150"))
@@ -382,7 +382,7 @@ def mutated_lock(draw: st.DrawFn) -> str:
 
 
 def test_cbe_lock_parser() -> None:
-    from pib.cbe.lock import load as load_lock
+    from pib.cbe.pins import load as load_lock
     from pib.errors import CbeError
 
     path = _CONFIG_DIR / "cbe.lock.toml"

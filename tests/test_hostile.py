@@ -22,10 +22,12 @@ import pytest
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pib.archive import pack, sha256_file
-from pib.artifacts import canonical, make_metadata
-from pib.signing import Signer, load_signer
-from pib.store import HttpStoreSpec, open_store
+from pib.artifacts.archive import pack
+from pib.artifacts.metadata import ArtifactInfo, make_metadata
+from pib.artifacts.signing import Signer, load_signer
+from pib.config.types import HttpStoreSpec
+from pib.fsutil import canonical_json, sha256_file
+from pib.store.backends import open_store
 from pib.store.local import LocalStore
 from tests.reliability import tally
 from tests.tarcraft import Entry, tar_bytes, write_archive, write_raw
@@ -59,8 +61,7 @@ def hostile_tar(ctx: Ctx, extra: list[Entry]) -> Path:
 def signed(ctx: Ctx, archive: Path, *, component: str = "base", key: str | None = None,
            signer: Signer | None = None) -> bytes:
     sha, size = sha256_file(archive)
-    return make_metadata(component, key or ctx.key, {"format": 1}, sha, size, signer or ctx.signer,
-                         builder_platform="test", cbe_info=None, dirty=False)
+    return make_metadata(ArtifactInfo(component, key or ctx.key, {"format": 1}, False, "test", None), sha, size, signer or ctx.signer)
 
 
 def good_archive(ctx: Ctx) -> Path:
@@ -170,7 +171,7 @@ def unsigned(ctx: Ctx) -> tuple[Path, bytes]:
     a = good_archive(ctx)
     doc = json.loads(signed(ctx, a))
     del doc["signature"]
-    return a, canonical(doc)
+    return a, canonical_json(doc)
 
 
 def tampered_metadata(ctx: Ctx) -> tuple[Path, bytes]:
@@ -178,7 +179,7 @@ def tampered_metadata(ctx: Ctx) -> tuple[Path, bytes]:
     a = hostile_tar(ctx, [Entry("etc/evil", data=b"evil")])
     doc = json.loads(signed(ctx, good_archive(ctx)))
     doc["archive_sha256"], doc["archive_size"] = sha256_file(a)
-    return a, canonical(doc)
+    return a, canonical_json(doc)
 
 
 def replay_other_component(ctx: Ctx) -> tuple[Path, bytes]:

@@ -17,21 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from pib.config.types import ImageSpec, KernelSpec, Overlay
 from pib.errors import PibError, Reason
-from pib.image import (
-    ImageManifestError,
-    ImageSpec,
-    KernelSpec,
-    Overlay,
-    ProtoArea,
-    SizeBudgetError,
-    assemble,
-    buildstamp,
-    resolve,
-    size_report,
-    stamp_epoch,
-)
-from pib.manifest import diff
+from pib.image.manifest import diff
+from pib.image.resolve import ImageManifestError, ProtoArea, SizeBudgetError, resolve, size_report
+from pib.image.write import assemble, buildstamp, stamp_epoch
 from pib.run import minimal_env, run
 
 STAMP = "20260101T120000Z"
@@ -341,7 +331,7 @@ def test_killed_run_leaves_no_image_and_is_cleaned_later(ws: dict[str, Path]) ->
     script = ws["root"] / "slow_image.py"
     script.write_text(
         "import sys\nfrom pathlib import Path\n"
-        "from pib.image import ImageSpec, ProtoArea, assemble\n"
+        "from pib.config.types import ImageSpec\nfrom pib.image.resolve import ProtoArea\nfrom pib.image.write import assemble\n"
         f"areas = [ProtoArea('base', Path({str(ws['base'])!r}), Path({str(ws['base.manifest'])!r}))]\n"
         "child = 'import os, sys, time; open(sys.argv[1], \"w\").write(str(os.getpid())); time.sleep(60)'\n"
         f"cmd = (sys.executable, '-c', child, {str(pidfile)!r})\n"
@@ -390,7 +380,7 @@ def test_runs_without_privileges(tmp_path: Path) -> None:
            "f etc/group 0644 root sys\nf bin/x 4755 svc svc\n")
     script = tmp_path / "run_image.py"
     script.write_text(
-        "from pathlib import Path\nfrom pib.image import ImageSpec, ProtoArea, assemble\n"
+        "from pathlib import Path\nfrom pib.config.types import ImageSpec\nfrom pib.image.resolve import ProtoArea\nfrom pib.image.write import assemble\n"
         f"r = assemble(ImageSpec(), [ProtoArea('p', Path('{tmp_path}/proto'), Path('{tmp_path}/m'))], "
         f"Path('{tmp_path}/out'), {STAMP!r}, {{}})\n"
         "status = open('/proc/self/status').read()\n"
@@ -487,7 +477,7 @@ echo "PIB-BOOT-OK stamp=$PIB_BUILDSTAMP key=$PIB_KEY_CORE data=$($S %u:%g:%a /sr
     spec = ImageSpec(compression="zstd")
     res = assemble(spec, [ProtoArea("core", proto, tmp_path / "m")], tmp_path / "out", STAMP, {},
                    component_keys={"core": "c0ffee"})
-    from pib.boot import Platform, boot
+    from pib.image.boot import Platform, boot
 
     booted = boot(Platform(STAMP, debian_kernel, res.boot_archive), log_dir=tmp_path / "log", timeout=120)
     assert booted.passed, booted.outcome
@@ -515,7 +505,7 @@ def test_zstd_output_does_not_depend_on_the_number_of_cores() -> None:
 def test_file_changing_under_the_writer_is_an_error(ws: dict[str, Path], threads: int) -> None:
     import io
 
-    from pib.image import write_cpio
+    from pib.image.write import write_cpio
 
     res = resolve(_spec(ws), _areas(ws))
     _write(ws["extra"] / "usr/lib/libsmall.so", b"grown larger than before")
@@ -527,7 +517,7 @@ def test_file_changing_under_the_writer_is_an_error(ws: dict[str, Path], threads
 def test_read_ahead_gives_the_same_stream(ws: dict[str, Path]) -> None:
     import io
 
-    from pib.image import write_cpio
+    from pib.image.write import write_cpio
 
     many = ws["root"] / "proto.many"
     lines = ["d usr/share 0755 root sys"]
@@ -545,7 +535,7 @@ def test_read_ahead_gives_the_same_stream(ws: dict[str, Path]) -> None:
 @pytest.mark.integration
 def test_real_smartos_manifests_assemble(tmp_path: Path) -> None:
     """The three real manifests, resolved and archived against a proto area holding their files."""
-    from pib.manifest import parse_file
+    from pib.image.manifest import parse_file
 
     real = sorted((Path(__file__).parent / "data" / "smartos-manifests").glob("*.manifest"))
     proto = tmp_path / "proto"

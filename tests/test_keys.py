@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from pib import keys
-from pib.config import load
-from pib.workspace import source_state
+from pib.build.checkout import source_state
+from pib.config.loader import load
 from tests.gitutil import commit, make_repo, write
 
 GOLDEN_DOC = {

@@ -29,11 +29,13 @@ from pathlib import Path
 import pytest
 
 from pib import cbe
-from pib.archive import sha256_file
-from pib.artifacts import read_metadata
-from pib.cbe import CbeSpec, CbeStateError
-from pib.signing import generate_keypair, load_public_key
-from pib.store import HttpStoreSpec, Store, open_store
+from pib.artifacts.metadata import read_metadata
+from pib.artifacts.signing import generate_keypair, load_public_key
+from pib.cbe import CbeStateError
+from pib.config.types import CbeSpec, HttpStoreSpec
+from pib.fsutil import sha256_file
+from pib.store import Store
+from pib.store.backends import open_store
 from pib.store.local import LocalStore
 from tests.gitutil import make_repo
 from tests.reliability import tally
@@ -305,31 +307,31 @@ POINTS = [
     Point("build script half-way through its output", "build", script="base.half", witness=".proto.base.pib-new/share/data"),
     Point("second component half-built, first finished", "build", script="extra.half", witness="proto.base/bin/tool"),
     Point("rebuild after a source change, half-way", "build", script="base.half", before="rebuild", witness="proto.base/bin/tool"),
-    Point("built tree complete, not yet swapped in", "build", func="pib.build|replace_dir|1", witness=".proto.base.pib-new/bin/tool"),
-    Point("proto area swapped in, build not recorded", "build", func="pib.state|save|1", witness="proto.base/bin/tool"),
+    Point("built tree complete, not yet swapped in", "build", func="pib.build.runner|replace_dir|1", witness=".proto.base.pib-new/bin/tool"),
+    Point("proto area swapped in, build not recorded", "build", func="pib.build.state|save|1", witness="proto.base/bin/tool"),
     # Packing into the local store.
-    Point("packing a fresh build", "build", func="pib.archive|pack|1"),
+    Point("packing a fresh build", "build", func="pib.artifacts.archive|pack|1"),
     Point("packed, not yet in the local store", "build", func="pib.store.local|LocalStore.put|1", witness=".proto.base.publish-*/*.tar.zst"),
     Point("local store: staging the archive", "build", func="pib.store.local|_link_or_copy|1"),
     # Restoring from the local store.
-    Point("restore: reading metadata", "build", func="pib.artifacts|_restore_from|1", before="clobbered"),
-    Point("restore: verified, about to extract", "build", func="pib.archive|unpack|1", before="clobbered"),
-    Point("restore: extracting", "build", func="pib.archive|_write_all|1", before="clobbered",
+    Point("restore: reading metadata", "build", func="pib.artifacts.transfer|_restore_from|1", before="clobbered"),
+    Point("restore: verified, about to extract", "build", func="pib.artifacts.archive|unpack|1", before="clobbered"),
+    Point("restore: extracting", "build", func="pib.artifacts.archive|_write_all|1", before="clobbered",
           witness=".proto.base.unpack-*/stream"),
-    Point("restore: extracted, not yet swapped in", "build", func="pib.archive|_replace_dir|1",
+    Point("restore: extracted, not yet swapped in", "build", func="pib.artifacts.archive|replace_dir|1",
           before="clobbered", witness=".proto.base.unpack-*/tree/bin/tool"),
     # Writing the image.
-    Point("image: resolving manifests", "build", func="pib.image|resolve|1"),
-    Point("image: boot archive opened", "build", func="pib.image|write_cpio|1"),
-    Point("image: boot archive half-written", "build", func="pib.image|_HashingFile.write|1",
+    Point("image: resolving manifests", "build", func="pib.image.write|resolve|1"),
+    Point("image: boot archive opened", "build", func="pib.image.write|write_cpio|1"),
+    Point("image: boot archive half-written", "build", func="pib.image.write|_HashingFile.write|1",
           witness="output/.pib-tmp-*/platform-*/boot_archive"),
-    Point("image: writing the tarball", "build", func="pib.image|_write_tgz|1"),
-    Point("image: complete, not yet renamed", "build", func="pib.image|_replace|1",
+    Point("image: writing the tarball", "build", func="pib.image.write|_write_tgz|1"),
+    Point("image: complete, not yet renamed", "build", func="pib.image.write|replace_dir|1",
           witness="output/.pib-tmp-*.tgz"),
-    Point("image: written, not yet recorded", "build", func="pib.imaging|_record_image|1",
+    Point("image: written, not yet recorded", "build", func="pib.image.step|_record_image|1",
           witness="output/platform-*/boot_archive"),
-    Point("image: old image moved aside, new one not in place", "build --force", func="os|rename|2|platform-",
-          before="built", witness="output/.pib-tmp-*/old/boot_archive"),
+    Point("image: about to swap in a new image of the same stamp", "build --force",
+          func="pib.fsutil|_exchange|1|platform-", before="built", witness="output/.pib-tmp-*/platform-*/boot_archive"),
     # Publishing to a remote store.
     Point("publish: signed, nothing uploaded", "build --publish", func="pib.store.http|HttpStore.put|1",
           remote=True),

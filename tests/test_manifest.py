@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pib.errors import Reason
-from pib.manifest import (
+from pib.image.manifest import (
     Kind,
     ManifestError,
     Record,

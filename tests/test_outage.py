@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pib.signing import generate_keypair
+from pib.artifacts.signing import generate_keypair
 from tests.gitutil import make_repo
 from tests.reliability import tally
 from tests.services.badhttp import MODES, BadHttp

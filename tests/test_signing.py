@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pib import signing
+from pib.artifacts import signing
 from pib.errors import PibError, Reason, VerifyError
 
 

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from pib.config.types import HttpStoreSpec
 from pib.errors import Reason, StoreError
-from pib.store import HttpStoreSpec, NotFound, open_store
+from pib.store import NotFound
+from pib.store.backends import open_store
 from pib.store.http import HttpStore
 from tests.services.badhttp import MODES, BadHttp
 from tests.services.nginx import BASIC_PASSWORD, BASIC_USER, Nginx

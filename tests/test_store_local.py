@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from pib.config.types import LocalStoreSpec
 from pib.errors import Reason, StoreError
-from pib.store import LocalStoreSpec, NotFound, Store, open_store
+from pib.store import NotFound, Store
+from pib.store.backends import open_store
 from pib.store.local import LocalStore
 from pib.store.memory import MemoryStore
 

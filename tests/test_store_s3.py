@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from pib.config.types import S3StoreSpec
 from pib.errors import Reason, StoreError
-from pib.store import NotFound, S3StoreSpec, open_store
+from pib.store import NotFound
+from pib.store.backends import open_store
 from pib.store.s3 import S3Store
 from tests.services.ports import free_ports
 from tests.services.seaweed import Seaweed

@@ -2,8 +2,12 @@
 
 A CBE version is a prefix `<root>/<version>` populated by a provider from a
 lock file that pins exactly what the version contains. `ensure()` checks (and
-installs) the version a workspace needs; `build_environment()` gives the
-complete, minimal environment a build runs with.
+installs) the version a workspace needs; pib.build.env turns it into the
+environment builds run with.
+
+The stores a prefix tarball may come from and the keys it is checked against
+are given by the caller: this package never reads the workspace's trust
+settings itself.
 """
 
 from __future__ import annotations
@@ -11,33 +15,31 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import stat
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from pib.cbe import install as _inst
 from pib.cbe.install import Status
-from pib.cbe.lock import Lock, load
+from pib.cbe.pins import Lock, load
 from pib.cbe.providers import Context
+from pib.config.types import CbeSpec
 from pib.errors import CbeError, Location, PibError
+from pib.fsutil import write_atomic
 from pib.run import Log
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from pib.artifacts.signing import Signer
     from pib.cbe.providers.tarball import Published
-    from pib.signing import Signer
 
 __all__ = [
-    "CbeSpec",
     "CbeStateError",
     "InstalledCbe",
     "InstalledVersion",
     "Status",
-    "build_environment",
     "default_root",
     "ensure",
     "list_installed",
@@ -46,26 +48,10 @@ __all__ = [
     "record_user",
     "remove",
     "signing_key",
-    "stores_and_keys",
     "verify_full",
 ]
 
 load_lock = load
-
-
-class SpecLike(Protocol):
-    """What pib.toml's [cbe] gives (pib.config.CbeConfig has these fields)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> str: ...
-    @property
-    def root(self) -> Path | None: ...
-    @property
-    def lock(self) -> Path: ...
-    @property
-    def system_path(self) -> tuple[str, ...]: ...
 
 
 class CbeStateError(CbeError):
@@ -74,16 +60,6 @@ class CbeStateError(CbeError):
     def __init__(self, message: str, *, status: Status, hint: str, where: Location | None) -> None:
         super().__init__(message, hint=hint, where=where)
         self.status = status
-
-
-@dataclass(frozen=True)
-class CbeSpec:
-    name: str
-    version: str
-    root: Path | None
-    lock: Path
-    system_path: tuple[str, ...] = ("/usr/bin", "/bin")
-    where: Location | None = None
 
 
 @dataclass(frozen=True)
@@ -120,22 +96,22 @@ def default_root(name: str) -> Path:
     return Path(base) / "pib" / "cbe" / name
 
 
-def _root(spec: SpecLike) -> Path:
+def _root(spec: CbeSpec) -> Path:
     return spec.root if spec.root is not None else default_root(spec.name)
 
 
-def _load_for(spec: SpecLike) -> Lock:
+def _load_for(spec: CbeSpec) -> Lock:
     lock = load(spec.lock)
     if lock.name != spec.name or lock.version != spec.version:
         raise CbeError(
             f"the lock is for CBE {lock.name} {lock.version}, pib.toml asks for {spec.name} {spec.version}",
-            where=getattr(spec, "where", None) or lock.where(),
+            where=spec.where or lock.where(),
             hint="make [cbe] name/version in pib.toml and the lock's name/version agree",
         )
     return lock
 
 
-def _installed(spec: SpecLike, lock: Lock, root: Path, record: Mapping[str, object]) -> InstalledCbe:
+def _installed(spec: CbeSpec, lock: Lock, root: Path, record: Mapping[str, object]) -> InstalledCbe:
     prefix = _inst.prefix_of(root, lock.version)
     env: dict[str, str] = {}
     provider_env = record.get("provider_env")
@@ -146,9 +122,9 @@ def _installed(spec: SpecLike, lock: Lock, root: Path, record: Mapping[str, obje
     return InstalledCbe(lock.name, lock.version, root, prefix, lock.digest, path, env, lock.provider)
 
 
-def _problem(spec: SpecLike, lock: Lock, state: _inst.Check, root: Path) -> CbeStateError:
+def _problem(spec: CbeSpec, lock: Lock, state: _inst.Check, root: Path) -> CbeStateError:
     label = f"CBE {lock.name} {lock.version} at {_inst.prefix_of(root, lock.version)}"
-    where = getattr(spec, "where", None)
+    where = spec.where
     if state.status is Status.MISSING:
         return CbeStateError(f"{label} is not installed", where=where, status=state.status,
                         hint="run `pib configure` or `pib cbe install` to install it")
@@ -165,7 +141,7 @@ def _problem(spec: SpecLike, lock: Lock, state: _inst.Check, root: Path) -> CbeS
 
 
 def ensure(
-    spec: SpecLike,
+    spec: CbeSpec,
     *,
     install: bool,
     update: bool = False,
@@ -199,7 +175,7 @@ def ensure(
         except OSError as exc:
             raise CbeError(
                 f"cannot install CBE {lock.name} {lock.version} into {root}: {exc.strerror or exc}",
-                where=getattr(spec, "where", None),
+                where=spec.where,
                 hint="install it as the owner of the CBE root, or set [cbe] root to a directory you can write",
             ) from None
         if state.status is not Status.OK:
@@ -208,7 +184,7 @@ def ensure(
     return _installed(spec, lock, root, state.record)
 
 
-def verify_full(spec: SpecLike) -> InstalledCbe:
+def verify_full(spec: CbeSpec) -> InstalledCbe:
     """Re-hash every file of the installed version against its install record."""
     lock = _load_for(spec)
     root = _root(spec)
@@ -219,45 +195,8 @@ def verify_full(spec: SpecLike) -> InstalledCbe:
     return _installed(spec, lock, root, state.record)
 
 
-def _scratch_home() -> Path:
-    home = Path(tempfile.gettempdir()) / f"pib-home-{os.getuid()}"
-    home.mkdir(mode=0o700, exist_ok=True)
-    st = home.lstat()
-    # Someone else's directory (or a link) in a shared /tmp is not ours to use.
-    if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077:
-        return Path(tempfile.mkdtemp(prefix="pib-home-"))
-    return home
 
 
-def build_environment(
-    installed: InstalledCbe,
-    extra: Mapping[str, str] | None = None,
-    *,
-    home: Path | None = None,
-    source_date_epoch: str | None = None,
-) -> dict[str, str]:
-    """The complete environment of a build: nothing from os.environ.
-
-    PATH is the CBE's bin directories then the allowed system directories;
-    HOME is `home` or a private scratch directory.
-    """
-    if home is None:
-        home = _scratch_home()
-    env = {
-        "PATH": installed.path,
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "TZ": "UTC",
-        "PIB_CBE": f"{installed.name}-{installed.version}",
-        "PIB_CBE_PREFIX": str(installed.prefix),
-    }
-    if source_date_epoch is not None:
-        env["SOURCE_DATE_EPOCH"] = source_date_epoch
-    env.update(installed.env)
-    if extra:
-        env.update(extra)
-    return env
 
 
 def _user_file(root: Path, version: str, workspace: Path) -> Path:
@@ -279,9 +218,7 @@ def record_user(installed: InstalledCbe, workspace: Path) -> bool:
             if not d.is_dir():
                 d.mkdir(exist_ok=True)
                 os.chmod(d, 0o1777)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(str(workspace.resolve()) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, str(workspace.resolve()) + "\n")
     except OSError:
         return False
     # A workspace uses one version at a time: it no longer holds the others.
@@ -292,9 +229,6 @@ def record_user(installed: InstalledCbe, workspace: Path) -> bool:
     return True
 
 
-def forget_user(root: Path, version: str, workspace: Path) -> None:
-    path = _user_file(root, version, workspace)
-    path.unlink(missing_ok=True)
 
 
 def users_of(root: Path, version: str) -> tuple[Path, ...]:
@@ -363,20 +297,11 @@ def remove(root: Path, version: str, *, force: bool = False) -> None:
     _inst.remove(root, version)
 
 
-def stores_and_keys(cfg: Any) -> tuple[list[object], list[object]]:
-    """Where a workspace's config says CBE tarballs come from, and whose signatures count.
-
-    Takes a pib.config.Config; returns store specs (opened when a tarball is
-    actually fetched) and the trusted public key files.
-    """
-    from pib.prebuilt import store_specs
-
-    return list(store_specs(cfg)), list(cfg.trust.public_keys)
 
 
 def signing_key(path: Path | None, env_var: str | None) -> Signer:
     """The publisher's key: a pib key file, or an environment variable holding the key or its path."""
-    from pib import signing
+    from pib.artifacts import signing
 
     value = str(path) if path is not None else os.environ.get(env_var or "", "")
     if not value:

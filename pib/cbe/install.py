@@ -5,7 +5,8 @@ Layout of a root (e.g. /opt/smartos-cbe):
     <root>/<version>/                 the prefix
     <root>/<version>/.pib/install.json  the install record, written last
     <root>/.locks/<version>.lock      fcntl lock held while installing/removing
-    <root>/.tmp/<version>@<random>/   an install in progress (renamed into place)
+    <root>/.tmp/<version>@<random>/   an install in progress (put into place whole)
+    <root>/.<version>.pib-old         a replaced version on its way out
     <root>/.users/<version>/<sha>     one file per workspace using the version
     <root>/.cache/                    provider download caches
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import fcntl
 import json
 import os
 import shutil
@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pib.cbe.lock import Lock
-from pib.cbe.providers import Context, module, sha256_file
+from pib.cbe.pins import Lock
+from pib.cbe.providers import Context, module
 from pib.errors import CbeError, PibError
+from pib.flock import held
+from pib.fsutil import aside, discard_tree, remove_tree, replace_dir, sha256_file, write_atomic
 
 RECORD_DIR = ".pib"
 RECORD = f"{RECORD_DIR}/install.json"
@@ -89,7 +91,7 @@ def snapshot(prefix: Path, *, hashes: bool) -> dict[str, Entry]:
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ["d", mode, 0, 0, ""]
             elif stat.S_ISREG(st.st_mode):
-                digest = sha256_file(Path(full)) if hashes else ""
+                digest = sha256_file(Path(full))[0] if hashes else ""
                 out[rel] = ["f", mode, st.st_size, st.st_mtime_ns, digest]
             else:
                 out[rel] = ["?", mode, 0, 0, ""]
@@ -142,47 +144,17 @@ def check(prefix: Path, lock: Lock, *, full: bool = False) -> Check:
 @contextlib.contextmanager
 def locked(root: Path, version: str) -> Iterator[None]:
     """The inter-process lock for installing or removing one version."""
-    locks = root / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    fd = os.open(locks / f"{version}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel drops it if we are killed
+    with held(root / ".locks" / f"{version}.lock"):
         yield
-    finally:
-        os.close(fd)
-
-
-def _discard(root: Path, path: Path) -> None:
-    """Remove a version's directory by first renaming it out of sight (hold its lock)."""
-    if not path.exists() and not path.is_symlink():
-        return
-    tmp = root / ".tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    trash = Path(tempfile.mkdtemp(prefix=f"trash@{path.name}@", dir=tmp))
-    target = trash / "x"
-    os.rename(path, target)
-    _rmtree(trash)
-
-
-def _rmtree(path: Path) -> None:
-    # Debian packages ship read-only directories; make them writable first.
-    def onerror(func: Any, p: str, exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o755)
-            os.chmod(p, 0o755)
-        with contextlib.suppress(OSError):
-            func(p)
-
-    shutil.rmtree(path, onerror=onerror)
 
 
 def _clean_stale(root: Path, version: str) -> None:
     """Leftovers of killed installs of this version (we hold its lock)."""
     tmp = root / ".tmp"
     if tmp.is_dir():
-        # Also what a killed removal or replacement of this version left.
-        for p in [*tmp.glob(f"{version}@*"), *tmp.glob(f"trash@{version}@*")]:
-            _rmtree(p)
+        for p in tmp.glob(f"{version}@*"):
+            remove_tree(p)
+    remove_tree(aside(prefix_of(root, version)))  # what a killed removal or replacement left
 
 
 def _populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
@@ -207,9 +179,7 @@ def _write_record(prefix: Path, lock: Lock, provider_env: dict[str, str]) -> Non
     rec_dir = prefix / RECORD_DIR
     rec_dir.mkdir(exist_ok=True)
     shutil.copyfile(lock.path, rec_dir / "lock.toml")
-    tmp = rec_dir / "install.json.tmp"
-    tmp.write_text(json.dumps(record, sort_keys=True, indent=0), encoding="utf-8")
-    os.replace(tmp, rec_dir / "install.json")
+    write_atomic(rec_dir / "install.json", json.dumps(record, sort_keys=True, indent=0))
 
 
 def install(lock: Lock, root: Path, ctx: Context, *, replace: bool, full: bool = False) -> Check:
@@ -239,20 +209,19 @@ def install(lock: Lock, root: Path, ctx: Context, *, replace: bool, full: bool =
                 work.mkdir(mode=0o755)
                 env = _populate(lock, work, ctx)
                 _write_record(work, lock, env)
-                _discard(root, prefix)
-                os.rename(work, prefix)
+                replace_dir(work, prefix)
             finally:
-                _rmtree(scratch)
+                remove_tree(scratch)
         else:
             # Built for this exact prefix: populate in place; the record,
             # written last, is what makes it count as installed.
-            _discard(root, prefix)
+            discard_tree(prefix)
             prefix.mkdir()
             try:
                 env = _populate(lock, prefix, ctx)
                 _write_record(prefix, lock, env)
             except PibError:
-                _discard(root, prefix)
+                discard_tree(prefix)
                 raise
     return check(prefix, lock)
 
@@ -263,7 +232,5 @@ def remove(root: Path, version: str) -> None:
         raise CbeError(f"CBE version {version!r} is not installed under {root}",
                        hint="`pib cbe ls` lists the installed versions")
     with locked(root, version):
-        _discard(root, prefix)
-        users = root / ".users" / version
-        if users.exists():
-            _rmtree(users)
+        discard_tree(prefix)
+        remove_tree(root / ".users" / version)

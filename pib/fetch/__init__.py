@@ -10,7 +10,6 @@ never download: they get the verified files by name in `PIB_SOURCES`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from typing import NamedTuple, Protocol
 
 from pib.errors import PibError, Reason
 from pib.fetch.pins import AptOrigin, Pinned, UrlOrigin
+from pib.fsutil import sha256_file
 from pib.run import Log
 
 URL_TIMEOUT = 30.0  # seconds per socket operation for url sources
@@ -65,14 +65,6 @@ def blob_path(sha256: str) -> str:
     return f"sources/sha256/{sha256}"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class Fetched(NamedTuple):
     pin: Pinned
     path: Path        # the verified file in the download cache
@@ -103,7 +95,7 @@ class Fetcher:
             path = self.cached(sha)
             if path.is_file():
                 # The cache is shared and outlives builds: check the bytes again before use.
-                if sha256_file(path) == sha:
+                if sha256_file(path)[0] == sha:
                     done[sha] = Fetched(p, path, "cache")
                     continue
                 self.warn(f"download cache: {p.name} had wrong bytes; fetching it again")
@@ -156,7 +148,7 @@ class Fetcher:
             tmp.unlink(missing_ok=True)
 
     def _adopt(self, p: Pinned, candidate: Path) -> None:
-        got = sha256_file(candidate)
+        got, _ = sha256_file(candidate)
         if got != p.sha256:
             raise FetchError(f"{p.name}: got sha256 {got}, the pin says {p.sha256}", where=p.where,
                              reason=Reason.VERIFY)

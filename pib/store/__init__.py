@@ -9,6 +9,7 @@ reader that sees the metadata always finds the whole entry.
 A miss raises NotFound (or returns False from has()); anything else a store
 does wrong (refused connection, 5xx, time-out, short body) raises StoreError.
 Every remote call has connect/read time-outs and a small retry budget.
+pib.store.backends opens the backend a store spec (pib.config.types) names.
 """
 
 from __future__ import annotations
@@ -41,40 +42,8 @@ class StoreEntry:
     modified: float  # seconds since the epoch, as the store reports it
 
 
-@dataclass(frozen=True)
-class LocalStoreSpec:
-    path: Path
-    quota_bytes: int | None = None
-    name: str = "local"
-
-
-@dataclass(frozen=True)
-class HttpStoreSpec:
-    name: str
-    url: str
-    token_env: str | None = None
-    user_env: str | None = None
-    password_env: str | None = None
-    timeout: float = 10.0
-    retries: int = 2
-
-
-@dataclass(frozen=True)
-class S3StoreSpec:
-    name: str
-    bucket: str
-    prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    timeout: float = 10.0
-    retries: int = 2
-
-
 # Named so that classes with a list() method can still spell the type.
 Entries = list[StoreEntry]
-
-StoreSpec = LocalStoreSpec | HttpStoreSpec | S3StoreSpec
 
 
 @runtime_checkable
@@ -143,17 +112,3 @@ def is_component_name(name: str) -> bool:
 
 def is_key(name: str) -> bool:
     return bool(_KEY_RE.match(name))
-
-
-def open_store(spec: StoreSpec) -> Store:
-    if isinstance(spec, LocalStoreSpec):
-        from pib.store.local import LocalStore
-
-        return LocalStore(spec.path, quota_bytes=spec.quota_bytes, name=spec.name)
-    if isinstance(spec, HttpStoreSpec):
-        from pib.store.http import HttpStore
-
-        return HttpStore(spec)
-    from pib.store.s3 import S3Store
-
-    return S3Store(spec)

@@ -17,7 +17,6 @@ import base64
 import http.client
 import json
 import os
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -25,7 +24,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, TypeVar
 
+from pib.config.types import HttpStoreSpec
 from pib.errors import StoreError
+from pib.fsutil import atomic_writer, write_atomic
 from pib.store import (
     ARCHIVE_SUFFIX,
     CHUNK,
@@ -33,7 +34,6 @@ from pib.store import (
     META_SUFFIX,
     MIN_RATE,
     Entries,
-    HttpStoreSpec,
     NotFound,
     StoreEntry,
     check_blob,
@@ -183,7 +183,7 @@ class HttpStore:
 
         self._attempts(f"GET {path}", download)
         meta_out = dest_dir / f"{key}{META_SUFFIX}"
-        _write_atomic(meta_out, meta)
+        write_atomic(meta_out, meta)
         return archive_out, meta_out
 
     def _stream_to(self, resp: http.client.HTTPResponse, path: str, dest: Path,
@@ -191,32 +191,26 @@ class HttpStore:
         expected = _content_length(resp)
         if max_size is not None and expected is not None and expected > max_size:
             raise StoreError(f"store {self.name}: {path} is {expected} bytes, more than the {max_size} expected")
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        try:
-            start = time.monotonic()
-            got = 0
-            buf = bytearray(CHUNK)
-            view = memoryview(buf)
-            with os.fdopen(fd, "wb") as out:
-                while True:
-                    n = resp.readinto(buf)
-                    if not n:
-                        break
-                    out.write(view[:n])
-                    got += n
-                    elapsed = time.monotonic() - start
-                    if elapsed > self.spec.timeout and got < MIN_RATE * (elapsed - self.spec.timeout):
-                        raise _Retryable(f"GET {path}: too slow ({got} bytes in {elapsed:.1f}s)")
-                    if expected is not None and got > expected:
-                        raise _Retryable(f"GET {path}: more bytes than Content-Length {expected}")
-                    if max_size is not None and got > max_size:
-                        raise StoreError(f"store {self.name}: {path}: more than the {max_size} bytes expected")
+        start = time.monotonic()
+        got = 0
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        with atomic_writer(dest) as out:  # a short or slow download never appears at dest
+            while True:
+                n = resp.readinto(buf)
+                if not n:
+                    break
+                out.write(view[:n])
+                got += n
+                elapsed = time.monotonic() - start
+                if elapsed > self.spec.timeout and got < MIN_RATE * (elapsed - self.spec.timeout):
+                    raise _Retryable(f"GET {path}: too slow ({got} bytes in {elapsed:.1f}s)")
+                if expected is not None and got > expected:
+                    raise _Retryable(f"GET {path}: more bytes than Content-Length {expected}")
+                if max_size is not None and got > max_size:
+                    raise StoreError(f"store {self.name}: {path}: more than the {max_size} bytes expected")
             if expected is not None and got != expected:
                 raise _Retryable(f"GET {path}: received {got} of {expected} bytes")
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes) -> None:
         check_names(component, key)
@@ -371,14 +365,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, http.client.IncompleteRead):
         return f"body cut short ({len(exc.partial)} bytes received)"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pib.errors import StoreError
+from pib.flock import open_lock_file, take
 from pib.store import (
     ARCHIVE_SUFFIX,
     META_SUFFIX,
@@ -55,23 +55,14 @@ class LocalStore:
     @contextlib.contextmanager
     def _lock(self, exclusive: bool) -> Iterator[None]:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lock_file(self.root / ".lock")
         except OSError as exc:
             raise StoreError(f"local store {self.root}: cannot open its lock: {exc.strerror}",
                              hint="check the store path and its permissions") from exc
         try:
-            op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-            deadline = time.monotonic() + LOCK_WAIT
-            while True:
-                try:
-                    fcntl.flock(fd, op | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise StoreError(f"local store {self.root}: lock held by another process for {LOCK_WAIT:.0f}s",
-                                         hint="another pib is writing to the store; try again") from None
-                    time.sleep(0.05)
+            if not take(fd, shared=not exclusive, wait=LOCK_WAIT):
+                raise StoreError(f"local store {self.root}: lock held by another process for {LOCK_WAIT:.0f}s",
+                                 hint="another pib is writing to the store; try again")
             yield
         finally:
             os.close(fd)

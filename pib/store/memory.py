@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from pib.errors import StoreError
+from pib.fsutil import write_atomic
 from pib.store import ARCHIVE_SUFFIX, META_SUFFIX, Entries, NotFound, StoreEntry, check_blob, check_names
 
 
@@ -94,8 +93,5 @@ class MemoryStore:
 
 def _write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
     return path

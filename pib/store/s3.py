@@ -9,8 +9,6 @@ HTTP store, so a stalled body cannot hold a build.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,7 +20,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pib.config.types import S3StoreSpec
 from pib.errors import StoreError
+from pib.fsutil import atomic_writer, write_atomic
 from pib.store import (
     ARCHIVE_SUFFIX,
     CHUNK,
@@ -32,7 +32,6 @@ from pib.store import (
     PARALLEL,
     Entries,
     NotFound,
-    S3StoreSpec,
     StoreEntry,
     check_blob,
     check_names,
@@ -121,25 +120,19 @@ class S3Store:
         expected = int(resp.get("ContentLength", -1))
         if max_size is not None and expected > max_size:
             raise StoreError(f"store {self.name}: {obj} is {expected} bytes, more than the {max_size} expected")
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        try:
-            start = time.monotonic()
-            got = 0
-            with os.fdopen(fd, "wb") as out:
-                for chunk in resp["Body"].iter_chunks(CHUNK):
-                    out.write(chunk)
-                    got += len(chunk)
-                    if max_size is not None and got > max_size:
-                        raise StoreError(f"store {self.name}: {obj}: more than the {max_size} bytes expected")
-                    elapsed = time.monotonic() - start
-                    if elapsed > self.spec.timeout and got < MIN_RATE * (elapsed - self.spec.timeout):
-                        raise StoreError(f"store {self.name}: GET {obj} too slow ({got} bytes in {elapsed:.1f}s)")
+        start = time.monotonic()
+        got = 0
+        with atomic_writer(dest) as out:  # a short or slow download never appears there
+            for chunk in resp["Body"].iter_chunks(CHUNK):
+                out.write(chunk)
+                got += len(chunk)
+                if max_size is not None and got > max_size:
+                    raise StoreError(f"store {self.name}: {obj}: more than the {max_size} bytes expected")
+                elapsed = time.monotonic() - start
+                if elapsed > self.spec.timeout and got < MIN_RATE * (elapsed - self.spec.timeout):
+                    raise StoreError(f"store {self.name}: GET {obj} too slow ({got} bytes in {elapsed:.1f}s)")
             if expected >= 0 and got != expected:
                 raise StoreError(f"store {self.name}: GET {obj}: received {got} of {expected} bytes")
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def get(self, component: str, key: str, dest_dir: Path) -> tuple[Path, Path]:
         check_names(component, key)
@@ -150,10 +143,7 @@ class S3Store:
 
         self._call(f"GET {obj}", lambda: self._download(obj, archive_out))
         meta_out = dest_dir / f"{key}{META_SUFFIX}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{meta_out.name}.", dir=dest_dir)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(meta)
-        os.replace(tmp, meta_out)
+        write_atomic(meta_out, meta)
         return archive_out, meta_out
 
     def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes) -> None:

@@ -8,15 +8,14 @@ afterwards (pkgsrc binaries are built for one prefix and cannot).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from pib.cbe.lock import Lock
+from pib.cbe.pins import Lock
 from pib.fetch import Mirror
 from pib.run import Log
 
@@ -40,12 +39,13 @@ class Context:
 
     def mirrors(self) -> list[Mirror]:
         """The stores as mirrors of pinned files; a store that cannot be opened is skipped."""
+        from pib.config.types import HttpStoreSpec, LocalStoreSpec, S3StoreSpec
         from pib.errors import PibError
-        from pib.store import StoreSpec, open_store
+        from pib.store.backends import open_store
 
         out: list[Mirror] = []
         for spec in self.stores:
-            if isinstance(spec, StoreSpec):  # type: ignore[arg-type,misc]
+            if isinstance(spec, LocalStoreSpec | HttpStoreSpec | S3StoreSpec):
                 try:
                     out.append(open_store(spec))
                 except PibError as exc:
@@ -54,22 +54,11 @@ class Context:
         return out
 
 
-Populate = Callable[[Lock, Path, Context], dict[str, str]]
-
-
 def module(provider: str) -> ModuleType:
     # Imported on demand so a debian host never loads pkgsrc code and vice versa.
     if provider not in ("debian", "pip", "tarball", "pkgsrc"):
         raise ValueError(provider)  # the lock parser already refused it
     return importlib.import_module(f"pib.cbe.providers.{provider}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_files(lock: Lock, prefix: Path) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from pib.cbe.lock import Lock, Package
+from pib.cbe.pins import Lock, Package
 from pib.cbe.providers import Context, write_files
 from pib.errors import CbeError, Location, PibError, Reason
 from pib.fetch import Fetcher, Mirror
@@ -95,7 +95,7 @@ def repin(lock: Lock, apt: AptSources, cache: Path, log: Log | None = None) -> t
     matter), keeps the lock's comments and layout, and re-parses the result with
     the one lock parser before returning it.
     """
-    from pib.cbe.lock import parse
+    from pib.cbe.pins import parse
 
     papt = PrivateApt(apt, cache / "apt", log=log)
     papt.update(force=True)

@@ -15,7 +15,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from pib.cbe.lock import Lock
+from pib.cbe.pins import Lock
 from pib.cbe.providers import Context, write_files
 from pib.errors import CbeError, PibError, Reason
 from pib.run import minimal_env, run

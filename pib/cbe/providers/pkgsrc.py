@@ -21,13 +21,13 @@ tested on Linux; running it needs an illumos host (docs/cbe.md).
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pib.cbe.lock import Lock, PkgsrcPin
-from pib.cbe.providers import Context, sha256_file, write_files
+from pib.cbe.pins import Lock, PkgsrcPin
+from pib.cbe.providers import Context, write_files
 from pib.errors import CbeError, PibError, Reason
+from pib.fsutil import remove_tree, sha256_file
 from pib.run import minimal_env, run
 
 RELOCATABLE = False
@@ -88,8 +88,7 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
             hint=f"set [cbe] root in pib.toml to {os.path.dirname(pin.prefix)}, or use a kit built for {prefix}",
         )
     work = ctx.cache / "pkgsrc" / f"{lock.version}.work"
-    if work.exists():
-        shutil.rmtree(work)
+    remove_tree(work)
     (work / "kit").mkdir(parents=True)
     env = env_for(prefix)
     kit: set[str] = set()
@@ -100,7 +99,7 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(step.write[1], encoding="utf-8")
             elif step.check == "kit-sha256":
-                got = sha256_file(work / "bootstrap.tar.gz")
+                got = sha256_file(work / "bootstrap.tar.gz")[0]
                 if got != pin.bootstrap_sha256:
                     raise CbeError(f"pkgsrc bootstrap kit has sha256 {got}, the lock pins {pin.bootstrap_sha256}",
                                    where=pin.where, hint="check bootstrap_url, or re-pin the lock")
@@ -127,6 +126,6 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
         except PibError as exc:
             raise CbeError(f"pkgsrc install step failed: {step.what}: {exc.message}", where=pin.where,
                            hint="see the log; check the repository URL and package names", detail=exc.detail) from None
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work)
     write_files(lock, prefix)
     return {}

@@ -1,12 +1,13 @@
 """The tarball provider: a whole prefix as one signed, hash-pinned archive.
 
-`publish()` packs a directory (tar + zstd, deterministic, pib.archive) into an
-artifact store under component `cbe-<name>` and key = the archive's SHA-256,
-with signed metadata (kind "cbe", name, version, archive hash and size,
-signer) written after the archive, as every store entry is. `populate()`
-reads the metadata, checks its signature against the trusted keys and that
-it names the archive the lock pins, fetches the archive, checks size and
-SHA-256, and only then unpacks it (pib.archive's safe extraction).
+`publish()` packs a directory (tar + zstd, deterministic, pib.artifacts.archive)
+into an artifact store under component `cbe-<name>` and key = the archive's
+SHA-256, with signed metadata (kind "cbe", name, version, archive hash and
+size, signer) written after the archive, as every store entry is.
+`populate()` fetches it through the same verified path as component
+artifacts (pib.artifacts.transfer.fetch_verified: signature, exact field set,
+archive size and SHA-256), checks that the metadata names the archive the
+lock pins, and only then unpacks it (pib.artifacts.archive's safe extraction).
 
 Stores are pib.store.Store objects; a plain path means a local directory
 store.
@@ -14,10 +15,7 @@ store.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,24 +25,24 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from pib import signing
-from pib.cbe.lock import Lock
-from pib.cbe.providers import Context, sha256_file
-from pib.errors import CbeError, Location, PibError
-from pib.store import HttpStoreSpec, LocalStoreSpec, NotFound, S3StoreSpec, Store, open_store
+from pib.artifacts import signing
+from pib.artifacts.metadata import META_FORMAT, read_signed, sign, timestamp
+from pib.artifacts.transfer import fetch_verified
+from pib.cbe.pins import Lock
+from pib.cbe.providers import Context
+from pib.config.types import HttpStoreSpec, LocalStoreSpec, S3StoreSpec
+from pib.errors import CbeError, Location, PibError, VerifyError
+from pib.fsutil import remove_tree, sha256_file
+from pib.store import NotFound, Store
+from pib.store.backends import open_store
 
 RELOCATABLE = True
-META_FORMAT = 1
-_FIELDS = {"format", "kind", "component", "key", "name", "version", "archive_sha256", "archive_size",
-           "created", "signer"}
+_FIELDS = ("format", "kind", "component", "key", "name", "version", "archive_sha256", "archive_size",
+           "created", "signer")
 
 
 def component(name: str) -> str:
     return f"cbe-{name}"
-
-
-def _canonical(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def public_key(source: object) -> signing.PublicKey:
@@ -118,7 +116,7 @@ def publish(
     epoch: int = 0,
 ) -> Published:
     """Pack src into the store as CBE name/version; returns what the lock must pin."""
-    from pib.archive import pack
+    from pib.artifacts.archive import pack
 
     if not src.is_dir():
         raise CbeError(f"cannot publish {src}: not a directory", hint="give the prefix directory to publish")
@@ -131,7 +129,7 @@ def publish(
     comp = component(name)
     with tempfile.TemporaryDirectory(prefix="pib-cbe-publish-") as tmp:
         res = pack(src, Path(tmp) / "cbe.tar.zst", epoch=epoch)
-        doc: dict[str, Any] = {
+        meta = sign({
             "format": META_FORMAT,
             "kind": "cbe",
             "component": comp,
@@ -140,33 +138,28 @@ def publish(
             "version": version,
             "archive_sha256": res.sha256,
             "archive_size": res.size,
-            "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created": timestamp(),
             "signer": signer.key_id,
-        }
-        doc["signature"] = signer.sign(_canonical(doc))
-        target.put(comp, res.sha256, res.path, _canonical(doc))
+        }, signer)
+        target.put(comp, res.sha256, res.path, meta)
     return Published(name, version, res.sha256, res.size, comp, tuple(bin_dirs))
 
 
 # --------------------------------------------------------------- populate
 
 
-def _check_meta(raw: bytes, lock: Lock, keys: list[signing.PublicKey], where: Location) -> None:
+def _check_meta(raw: bytes, lock: Lock, keys: list[signing.PublicKey], where: Location) -> dict[str, Any]:
+    pin = lock.tarball
+    assert pin is not None
     try:
-        doc = json.loads(raw.decode("utf-8"))
-        signature = doc.pop("signature")
-    except (ValueError, KeyError, AttributeError, TypeError):
-        raise CbeError("CBE tarball metadata is unreadable", where=where,
-                       hint="republish the CBE with `pib cbe publish`") from None
-    try:
-        signing.verify(_canonical(doc), str(signature), keys)
-    except PibError as exc:
+        doc = read_signed(raw, keys, fields=_FIELDS, what=f"CBE tarball {component(lock.name)}/{pin.sha256[:16]}")
+    except VerifyError as exc:
         raise CbeError(f"CBE tarball metadata refused: {exc.message}", where=where, hint=exc.hint) from None
-    assert lock.tarball is not None
-    if set(doc) != _FIELDS or doc.get("kind") != "cbe" or doc.get("archive_sha256") != lock.tarball.sha256 \
-            or doc.get("name") != lock.name or doc.get("archive_size") != lock.tarball.size:
+    if doc.get("kind") != "cbe" or doc.get("archive_sha256") != pin.sha256 or doc.get("name") != lock.name \
+            or doc.get("archive_size") != pin.size:
         raise CbeError("CBE tarball metadata names a different archive than the lock pins", where=where,
                        hint="check that the lock and the store belong together")
+    return doc
 
 
 def _fetch(lock: Lock, stores: Sequence[object], keys: list[signing.PublicKey], scratch: Path, where: Location) -> Path:
@@ -181,22 +174,21 @@ def _fetch(lock: Lock, stores: Sequence[object], keys: list[signing.PublicKey], 
             problems.append(f"{getattr(spec, 'name', spec)}: cannot open: {exc}")
             continue
         try:
-            raw = store.get_meta(comp, pin.sha256)
-            _check_meta(raw, lock, keys, where)
-            archive, _meta = store.get(comp, pin.sha256, scratch / "get")
+            archive, _, _ = fetch_verified(
+                store, comp, pin.sha256, scratch / "get",
+                read=lambda raw: _check_meta(raw, lock, keys, where),
+                pins=lambda doc: (str(doc["archive_sha256"]), int(doc["archive_size"])),
+            )
         except NotFound:
             continue
         except CbeError:
             raise
+        except VerifyError as exc:
+            raise CbeError(f"CBE tarball {comp}/{pin.sha256[:16]} is corrupt or tampered: {exc.message}",
+                           where=where, hint="republish the CBE, or fix the store it came from") from None
         except PibError as exc:
             problems.append(f"{getattr(store, 'name', store)}: {exc.message}")
             continue
-        got, size = sha256_file(archive), archive.stat().st_size
-        if size != pin.size or got != pin.sha256:
-            raise CbeError(
-                f"CBE tarball {comp}/{pin.sha256[:16]} is corrupt or tampered: sha256 {got} size {size}, "
-                f"the lock pins {pin.sha256} size {pin.size}",
-                where=where, hint="republish the CBE, or fix the store it came from")
         return archive
     detail = "; ".join(problems)
     raise CbeError(f"CBE tarball {comp}/{pin.sha256[:16]} is in none of the configured stores"
@@ -205,7 +197,7 @@ def _fetch(lock: Lock, stores: Sequence[object], keys: list[signing.PublicKey], 
 
 
 def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
-    from pib.archive import unpack
+    from pib.artifacts.archive import unpack
 
     pin = lock.tarball
     assert pin is not None
@@ -222,7 +214,7 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
     cached = cache / f"{pin.sha256}.tar.zst"
     scratch = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache))
     try:
-        if cached.is_file() and sha256_file(cached) != pin.sha256:  # the cache is shared: check it
+        if cached.is_file() and sha256_file(cached)[0] != pin.sha256:  # the cache is shared: check it
             cached.unlink()
         if not cached.is_file():
             os.replace(_fetch(lock, ctx.stores, keys, scratch, where), cached)
@@ -232,5 +224,5 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
             raise CbeError(f"CBE tarball refused: {exc.message}", where=where,
                            hint="republish the CBE from a clean directory") from None
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
     return {}

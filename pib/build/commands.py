@@ -1,0 +1,327 @@
+"""What each command does, as functions that return data (the CLI renders it).
+
+One `pib build`: check the host, take the workspace lock, plan every key
+(pib.build.plan), restore or build what is stale (pib.build.runner, with the
+stores through pib.build.prebuilt), record each result (pib.build.state),
+then make the image from the keys just planned (pib.image.step).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from pib.build import state
+from pib.build.checkout import CheckoutReport, clean_checkout, ensure_checkout
+from pib.build.context import BuildContext
+from pib.build.env import build_env
+from pib.build.plan import Plan, plan
+from pib.build.runner import Artifacts, Builder, BuildOptions, BuildReport, Event, State, sweep
+from pib.config.loader import topo_order
+from pib.config.types import Config
+from pib.errors import PibError, Reason
+from pib.flock import FileLock
+from pib.fsutil import discard_tree, remove_tree
+from pib.host import FloorCheck, check_floor
+from pib.parallel import parallel_map
+
+
+def workspace_lock(cfg: Config) -> FileLock:
+    return FileLock(cfg.workspace.state_dir / "lock", what=f"workspace {cfg.workspace.root}")
+
+
+# --------------------------------------------------------------------------
+# configure
+
+
+class ConfigureReport(NamedTuple):
+    floor: FloorCheck
+    checkouts: tuple[CheckoutReport, ...]
+    cbe: str
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": {"kind": self.floor.host.kind, "version": self.floor.host.version,
+                     "description": self.floor.host.description},
+            "min_version": self.floor.minimum,
+            "platform_ok": self.floor.ok,
+            "platform_overridden": self.floor.overridden,
+            "cbe": self.cbe,
+            "components": [
+                {"component": c.name, "action": c.action, "branch": c.branch, "head": c.head, "dirty": c.dirty}
+                for c in self.checkouts
+            ],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def configure(cfg: Config, *, update: bool = False, allow_old: bool = False, install_cbe: bool = True) -> ConfigureReport:
+    t0 = time.monotonic()
+    floor = check_floor(cfg.platform, allow_old=allow_old)
+    log_dir = cfg.workspace.log_dir
+    from pib.run import Log
+
+    with Log(log_dir / "configure.log") as log:
+        benv = build_env(cfg, install=install_cbe, log=log)
+        comps = topo_order(cfg)
+        reports = tuple(parallel_map(lambda c: ensure_checkout(c, update=update, log=log), comps, workers=4))
+    return ConfigureReport(floor, reports, benv.description, time.monotonic() - t0)
+
+
+# --------------------------------------------------------------------------
+# status
+
+
+class ComponentStatus(NamedTuple):
+    name: str
+    up_to_date: bool
+    reasons: tuple[str, ...]
+    key: str
+    dirty: bool
+    branch: str | None
+    head: str | None
+    last_action: str | None
+    prebuilt: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "component": self.name,
+            "state": State.UP_TO_DATE if self.up_to_date else State.STALE,
+            "reasons": list(self.reasons),
+            "key": self.key,
+            "dirty": self.dirty,
+            "branch": self.branch,
+            "head": self.head,
+            "last_action": self.last_action,
+            "prebuilt": self.prebuilt,
+        }
+
+
+def status(cfg: Config, names: Sequence[str] | None = None) -> list[ComponentStatus]:
+    _require_checkouts(cfg, names)
+    benv = build_env(cfg, install=False)
+    out: list[ComponentStatus] = []
+    for p in plan(cfg, names, benv):
+        out.append(ComponentStatus(
+            p.comp.name, p.up_to_date, p.reasons, p.key, p.source.dirty, p.source.branch, p.source.head,
+            p.record.action if p.record else None, p.comp.prebuilt,
+        ))
+    return out
+
+
+def _require_checkouts(cfg: Config, names: Sequence[str] | None) -> None:
+    missing = [c.name for c in topo_order(cfg, tuple(names) if names else None) if not (c.checkout / ".git").exists()]
+    if missing:
+        raise PibError(
+            f"not checked out: {', '.join(missing)}",
+            reason=Reason.SOURCE,
+            hint="run pib configure first",
+        )
+
+
+# --------------------------------------------------------------------------
+# build
+
+
+def build(
+    cfg: Config,
+    names: Sequence[str] | None,
+    opts: BuildOptions,
+    *,
+    wait_for_lock: bool = False,
+    allow_old: bool = False,
+    offline: bool = False,
+    image: bool = True,
+    ci: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+    on_lock_wait: Callable[[str], None] | None = None,
+) -> BuildReport:
+    floor = check_floor(cfg.platform, allow_old=allow_old)
+    if opts.publish:
+        from pib.artifacts.policy import check_publish_policy, publishing_signer
+
+        check_publish_policy(cfg, floor, ci=ci)
+        publishing_signer(cfg)  # fail before building, not after
+    with workspace_lock(cfg) as lock:
+        lock.acquire(wait=wait_for_lock, on_wait=on_lock_wait)
+        _require_checkouts(cfg, names)
+        ctx = BuildContext(cfg, build_env(cfg, install=False), floor)
+        plans = plan(cfg, names, ctx.benv)
+        # The stores are opened only when something may be restored or published.
+        needed = opts.publish or any(p.comp.prebuilt and (opts.force or not p.up_to_date) for p in plans)
+        artifacts = _artifacts(ctx, offline=offline) if needed else None
+        report = Builder(ctx, opts, artifacts=artifacts, on_event=on_event).run(plans)
+        if report.ok and image and cfg.image is not None and not names:
+            report.image = _image(ctx, plans, report, force=opts.force)
+        return report
+
+
+def _artifacts(ctx: BuildContext, *, offline: bool) -> Artifacts | None:
+    if not any(c.prebuilt for c in ctx.cfg.components):
+        return None
+    from pib.build.prebuilt import StoreArtifacts
+
+    return StoreArtifacts(ctx, offline=offline)
+
+
+def _image(ctx: BuildContext, plans: list[Plan], report: BuildReport, *, force: bool) -> dict[str, Any]:
+    """The image of the keys just planned, with what this build did for build.json."""
+    from pib.image.step import make_image
+
+    image, made = make_image(ctx.cfg, {p.comp.name: p.key for p in plans}, lambda: _build_info(ctx, plans, report),
+                             force=force)
+    return {**image, "action": State.BUILT if made else State.UP_TO_DATE}
+
+
+def _build_info(ctx: BuildContext, plans: list[Plan], report: BuildReport) -> dict[str, Any]:
+    import os
+    import platform
+
+    floor, benv = ctx.floor, ctx.benv
+    by_name = {o.component: o for o in report.outcomes}
+    info: dict[str, Any] = {
+        "workspace": ctx.cfg.workspace.name,
+        "components": [
+            {
+                "name": p.comp.name,
+                "key": p.key,
+                "action": by_name[p.comp.name].action if p.comp.name in by_name else State.UP_TO_DATE,
+                "seconds": round(by_name[p.comp.name].seconds, 3) if p.comp.name in by_name else 0.0,
+                "dirty": p.source.dirty,
+                "head": p.source.head,
+                "store": by_name[p.comp.name].store if p.comp.name in by_name else None,
+            }
+            for p in plans
+        ],
+        "cbe": dict(benv.key) if benv.key else None,
+        "cbe_description": benv.description,
+        "host": {
+            "platform": floor.host.version,
+            "kind": floor.host.kind,
+            "description": floor.host.description,
+            "machine": platform.machine(),
+            "oldest_supported": floor.minimum,
+        },
+        "build_seconds": round(report.seconds, 3),
+    }
+    if "SOURCE_DATE_EPOCH" not in os.environ:
+        info["note"] = "SOURCE_DATE_EPOCH unset: the build stamp is the current time"
+    return info
+
+
+# --------------------------------------------------------------------------
+# clobber
+
+
+class ClobberReport(NamedTuple):
+    component: str
+    removed_proto: bool
+    cleaned_checkout: bool
+
+
+def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False) -> list[ClobberReport]:
+    out: list[ClobberReport] = []
+    with workspace_lock(cfg) as lock:
+        lock.acquire(wait=wait_for_lock)
+        for name in names:
+            c = cfg.component(name)
+            had_proto = c.proto.exists()
+            sweep(c)
+            if had_proto:
+                discard_tree(c.proto)  # never a half-deleted proto area in place
+            state.forget(cfg.workspace.state_dir, c.name)
+            remove_tree(cfg.workspace.state_dir / "build" / c.name)
+            cleaned = (c.checkout / ".git").exists()
+            if cleaned:
+                clean_checkout(c)
+            out.append(ClobberReport(c.name, had_proto, cleaned))
+    return out
+
+
+# --------------------------------------------------------------------------
+# explain
+
+
+def explain(cfg: Config, name: str) -> dict[str, Any]:
+    from pib import keys
+
+    _require_checkouts(cfg, [name])
+    benv = build_env(cfg, install=False)
+    p = next(x for x in plan(cfg, [name], benv) if x.comp.name == name)
+    out: dict[str, Any] = {
+        "component": name,
+        "key": p.key,
+        "document": p.doc,
+        "up_to_date": p.up_to_date,
+        "reasons": list(p.reasons),
+        "dirty": p.source.dirty,
+    }
+    if p.record is not None:
+        out["last_build"] = {
+            "key": p.record.key,
+            "action": p.record.action,
+            "differs": [{"field": f, "was": a, "now": b} for f, a, b in keys.diff(p.record.doc, p.doc)],
+        }
+    nearest = _nearest_artifact(cfg, name)
+    if nearest is not None:
+        store_name, doc = nearest
+        out["nearest_artifact"] = {
+            "store": store_name,
+            "key": keys.digest(doc),
+            "differs": [{"field": f, "was": a, "now": b} for f, a, b in keys.diff(doc, p.doc)],
+        }
+    return out
+
+
+def _nearest_artifact(cfg: Config, name: str) -> tuple[str, dict[str, Any]] | None:
+    from pib.artifacts.policy import nearest_artifact
+
+    return nearest_artifact(cfg, name)
+
+
+# --------------------------------------------------------------------------
+# publish
+
+
+class Published(NamedTuple):
+    component: str
+    key: str
+    stores: tuple[str, ...]
+
+
+def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = False, ci: bool = False) -> list[Published]:
+    """Upload signed artifacts of up-to-date, clean prebuilt components (all of them, or those named)."""
+    from pib.artifacts.policy import check_publish_policy, remote_stores
+    from pib.build.prebuilt import publish_one
+    from pib.run import Log
+
+    floor = check_floor(cfg.platform)
+    check_publish_policy(cfg, floor, ci=ci)
+    chosen = list(names) if names else [c.name for c in cfg.components if c.prebuilt]
+    if not chosen:
+        raise PibError("no component is marked prebuilt = true", reason=Reason.PUBLISH,
+                       hint="mark the components whose artifacts others should restore")
+    with workspace_lock(cfg) as lock:
+        lock.acquire(wait=wait_for_lock)
+        _require_checkouts(cfg, chosen)
+        benv = build_env(cfg, install=False)
+        plans = {p.comp.name: p for p in plan(cfg, chosen, benv)}
+        for n in chosen:
+            p = plans[n]
+            if p.source.dirty:
+                raise PibError(f"cannot publish {n}: its source tree has uncommitted changes",
+                               reason=Reason.PUBLISH, hint="commit them; artifacts of dirty trees stay local")
+            if not p.up_to_date:
+                raise PibError(f"cannot publish {n}: it is not built for its current inputs "
+                               f"({'; '.join(p.reasons)})", reason=Reason.PUBLISH, hint=f"run pib build {n} first")
+        remotes = remote_stores(cfg)
+        ctx = BuildContext(cfg, benv, floor)
+        out = []
+        with Log(cfg.workspace.log_dir / "publish.log") as log:
+            for n in chosen:
+                p = plans[n]
+                stores = publish_one(ctx, p, p.comp.proto, log, remotes)
+                out.append(Published(n, p.key, stores))
+        return out

@@ -1,0 +1,69 @@
+"""The plan of a build: every component's key and whether (and why) it is stale.
+
+Keys depend only on inputs (sources, recipe, CBE, baseline, key files and the
+keys of dependencies), so the whole plan is known before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from pib import keys
+from pib.build import state
+from pib.build.checkout import SourceState, source_state
+from pib.build.env import BuildEnv
+from pib.config.loader import topo_order
+from pib.config.types import ComponentConfig, Config
+from pib.parallel import parallel_map
+
+
+class Plan(NamedTuple):
+    comp: ComponentConfig
+    source: SourceState
+    doc: dict[str, Any]
+    key: str
+    record: state.Record | None
+    reasons: tuple[str, ...]  # empty: up to date
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.reasons
+
+
+def plan(cfg: Config, names: Sequence[str] | None, benv: BuildEnv) -> list[Plan]:
+    comps = topo_order(cfg, tuple(names) if names else None)
+    index_dir = cfg.workspace.state_dir / "index"
+    sources = dict(zip(
+        [c.name for c in comps],
+        parallel_map(lambda c: source_state(c.checkout, index_dir / c.name), comps),
+        strict=True,
+    ))
+    plans: dict[str, Plan] = {}
+    for c in comps:
+        doc = keys.key_document(
+            c,
+            workspace=cfg.workspace.root,
+            tree=sources[c.name].tree,
+            cbe=benv.key,
+            baseline=cfg.platform.min_version,
+            dep_keys={d: plans[d].key for d in c.depends},
+        )
+        key = keys.digest(doc)
+        rec = state.load(cfg.workspace.state_dir, c.name)
+        plans[c.name] = Plan(c, sources[c.name], doc, key, rec, _reasons(c, key, doc, rec))
+    return [plans[c.name] for c in comps]
+
+
+def _reasons(c: ComponentConfig, key: str, doc: dict[str, Any], rec: state.Record | None) -> tuple[str, ...]:
+    if rec is None:
+        return ("never built",)
+    out: list[str] = []
+    if rec.key != key:
+        for path, _old, _new in keys.diff(rec.doc, doc):
+            out.append(f"{path} changed")
+        if not out:
+            out.append("key changed")
+    if not rec.proto_intact(c.proto):
+        out.append("proto area missing, emptied or replaced")
+    return tuple(out)

@@ -1,0 +1,145 @@
+"""The build's view of the artifact stores (implements pib.build.runner.Artifacts).
+
+The machine's local store comes first and is shared by every workspace; the
+configured remotes follow. Artifacts of local builds enter the local store
+signed by a per-user machine key, trusted only on this machine; anything
+published to a remote is signed with the configured signing key.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pib.artifacts import policy, transfer
+from pib.artifacts.metadata import ArtifactInfo, CbeInfo
+from pib.errors import PibError, Reason
+from pib.parallel import parallel_map
+from pib.run import Log
+from pib.store import Store
+
+if TYPE_CHECKING:
+    from pib.build.context import BuildContext
+    from pib.build.plan import Plan
+
+
+class StoreArtifacts:
+    """The build's view of the stores (implements pib.build.runner.Artifacts)."""
+
+    def __init__(self, ctx: BuildContext, *, offline: bool) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.local = policy.local_store(ctx.cfg)
+        self.remotes = [] if offline else policy.remote_stores(ctx.cfg)
+        self._signer, machine_pub = policy.machine_signer()
+        self.trusted = [*policy.trusted_keys(ctx.cfg, machine=False), machine_pub]
+        self.warnings: list[str] = []
+        self._known: dict[str, set[tuple[str, str]]] = {}  # remote name -> entries it has
+        self._down: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _warn(self, text: str) -> None:
+        with self._lock:
+            if text not in self.warnings:
+                self.warnings.append(text)
+
+    def prepare(self, plans: Sequence[Plan]) -> None:
+        """One concurrent existence round for every stale prebuilt component, per remote."""
+        wanted = [(p.comp.name, p.key) for p in plans if p.comp.prebuilt and not p.source.dirty]
+        if not wanted or not self.remotes:
+            return
+
+        def ask(store: Store) -> tuple[str, set[tuple[str, str]] | None, str]:
+            try:
+                return store.name, store.has_many(wanted), ""
+            except PibError as exc:
+                return store.name, None, exc.message
+
+        for name, found, error in parallel_map(ask, self.remotes):
+            if found is None:
+                self._down.add(name)
+                self._warn(f"store {name} is unavailable ({error}); building locally what it would have provided")
+            else:
+                self._known[name] = found
+
+    def _candidates(self, plan: Plan) -> list[Store]:
+        if plan.source.dirty:
+            return []  # a dirty tree never takes a shared artifact, and is never uploaded
+        out = []
+        for s in self.remotes:
+            if s.name in self._down:
+                continue
+            known = self._known.get(s.name)
+            if known is not None and (plan.comp.name, plan.key) not in known:
+                continue
+            out.append(s)
+        return out
+
+    def restore(self, plan: Plan, proto: Path, log: Log) -> tuple[str | None, str]:
+        outcome = transfer.restore(
+            plan.comp.name, plan.key, self._candidates(plan), self.trusted, proto, log, local_store=self.local,
+        )
+        for prob in outcome.problems:
+            self._warn(f"store {prob.store}: {plan.comp.name}: {prob.reason.value}: {prob.message}")
+        if outcome.hit:
+            return outcome.store, f"{outcome.bytes} bytes in {outcome.seconds:.1f}s"
+        if outcome.status == "error":
+            return None, "artifact rejected or store failed: " + "; ".join(
+                f"{p.store}: {p.message}" for p in outcome.problems)
+        where = ", ".join(["local", *(s.name for s in self._candidates(plan))])
+        return None, f"no artifact for this key in {where}" + (" (dirty tree: local store only)"
+                                                                if plan.source.dirty else "")
+
+    def keep(self, plan: Plan, proto: Path, log: Log) -> None:
+        try:
+            out = transfer.publish(artifact_info(self.ctx, plan), proto, [self.local], self._signer, remote=False,
+                                   log=log)
+        except PibError as exc:
+            self._warn(f"could not keep {plan.comp.name} in the local store: {exc.message}")
+            return
+        # A store that refused the entry (e.g. a full disk) reports it in the outcome, not by raising.
+        for prob in out.problems:
+            self._warn(f"could not keep {plan.comp.name} in the local store: {prob.message}")
+
+    def publish(self, plan: Plan, proto: Path, log: Log) -> tuple[str, ...]:
+        return publish_one(self.ctx, plan, proto, log, self.remotes)
+
+    def publish_missing(self, plans: Sequence[Plan], log: Log) -> dict[str, tuple[str, ...]]:
+        targets = [s for s in self.remotes if policy.may_publish(self.cfg, s.name)]
+        wanted = [(p.comp.name, p.key) for p in plans if not p.source.dirty]
+        if not targets or not wanted:
+            return {}
+        have = dict(zip([s.name for s in targets], parallel_map(lambda s: s.has_many(wanted), targets), strict=True))
+        out: dict[str, tuple[str, ...]] = {}
+        for p in plans:
+            lacking = [s for s in targets if (p.comp.name, p.key) not in have[s.name]]
+            if lacking and not p.source.dirty:
+                log.line(f"pib: {p.comp.name}: not in {', '.join(s.name for s in lacking)}; publishing")
+                out[p.comp.name] = publish_one(self.ctx, p, p.comp.proto, log, lacking)
+        return out
+
+
+def artifact_info(ctx: BuildContext, plan: Plan) -> ArtifactInfo:
+    """What the metadata of the artifact of `plan`, built here, says."""
+    k = ctx.benv.key
+    return ArtifactInfo(plan.comp.name, plan.key, plan.doc, plan.source.dirty, str(ctx.floor.host),
+                        CbeInfo(k["name"], k["version"], k["lock"]) if k else None)
+
+
+def publish_one(ctx: BuildContext, plan: Plan, proto: Path, log: Log | None, remotes: Sequence[Store]) -> tuple[str, ...]:
+    """Upload the artifact of `plan` to the remotes that take published artifacts; names of those written."""
+    targets = [s for s in remotes if policy.may_publish(ctx.cfg, s.name)]
+    if not targets:
+        raise PibError("no remote store to publish to", reason=Reason.PUBLISH,
+                       hint="add a [[store]] (http or s3) to pib.toml or pib.local.toml")
+    out = transfer.publish(artifact_info(ctx, plan), proto, targets, policy.publishing_signer(ctx.cfg), remote=True,
+                           log=log)
+    if out.problems:
+        raise PibError(
+            f"publishing {plan.comp.name} failed: " + "; ".join(f"{p.store}: {p.message}" for p in out.problems),
+            reason=Reason.STORE,
+            hint="check the store and its credentials, then run pib publish again",
+        )
+    return out.published

@@ -1,0 +1,405 @@
+"""Running a plan: skip, restore or build each component, in dependency order.
+
+An up-to-date component is skipped at once; a stale one is restored from a
+store or built in its build environment into a fresh proto area that replaces
+the old one only when the build succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from pib.build import state
+from pib.build.checkout import source_state
+from pib.build.env import component_env
+from pib.build.plan import Plan
+from pib.config.types import ComponentConfig
+from pib.errors import PibError, Reason
+from pib.fsutil import aside, remove_tree, replace_dir, symlink_atomic
+from pib.run import Cancelled, Log, run
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from pib.build.context import BuildContext
+
+# --------------------------------------------------------------------------
+# Events and outcomes
+
+
+class State(enum.StrEnum):
+    """A component's state in a build; the values appear in --json output, reports and state records."""
+
+    WAITING = "waiting"
+    BUILDING = "building"
+    RESTORING = "restoring"
+    PUBLISHING = "publishing"
+    UP_TO_DATE = "up-to-date"
+    BUILT = "built"
+    RESTORED = "restored"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    SKIPPED = "skipped"
+    STALE = "stale"  # `pib status`: not up to date
+
+
+DONE = frozenset({State.UP_TO_DATE, State.BUILT, State.RESTORED})  # outcomes of a component that is ready
+NOT_DONE = frozenset({State.FAILED, State.STOPPED, State.SKIPPED})  # outcomes that stop its dependents
+
+
+class Event(NamedTuple):
+    component: str
+    state: State
+    elapsed: float = 0.0
+    detail: str = ""
+
+
+class Outcome(NamedTuple):
+    component: str
+    action: State  # one of DONE or NOT_DONE
+    seconds: float
+    key: str
+    dirty: bool
+    log: str | None = None
+    detail: str = ""
+    store: str | None = None
+    published: tuple[str, ...] = ()
+    command_seconds: float = 0.0
+
+
+class BuildReport:
+    """What a build did; filled in as it goes (the one mutable result)."""
+
+    def __init__(self, policy: str = "stop") -> None:
+        self.outcomes: list[Outcome] = []
+        self.seconds = 0.0
+        self.image: dict[str, Any] | None = None
+        self.boot: dict[str, Any] | None = None
+        self.error: PibError | None = None
+        self.policy = policy
+        self.warnings: list[str] = []
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(o.action in DONE for o in self.outcomes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "on_failure": self.policy,
+            "components": [
+                {
+                    "component": o.component,
+                    "action": o.action,
+                    "seconds": round(o.seconds, 3),
+                    "key": o.key,
+                    "dirty": o.dirty,
+                    "log": o.log,
+                    "detail": o.detail,
+                    "store": o.store,
+                    "published": list(o.published),
+                }
+                for o in self.outcomes
+            ],
+            "image": self.image,
+            "boot": self.boot,
+            "warnings": list(self.warnings),
+            "error": self.error.to_json() if self.error else None,
+        }
+
+
+class Artifacts(Protocol):
+    """Restore and publish prebuilt artifacts (implemented over the stores)."""
+
+    warnings: list[str]
+
+    def prepare(self, plans: Sequence[Plan]) -> None:
+        """Look up every stale prebuilt component at once, before building starts."""
+        ...
+
+    def restore(self, plan: Plan, proto: Path, log: Log) -> tuple[str | None, str]:
+        """Restore `plan` into `proto` atomically. (store name, note) on a hit, (None, why) on a miss."""
+        ...
+
+    def keep(self, plan: Plan, proto: Path, log: Log) -> None:
+        """Put a fresh local build into the machine's local store."""
+        ...
+
+    def publish(self, plan: Plan, proto: Path, log: Log) -> tuple[str, ...]:
+        """Upload to the remotes allowed to receive it; names of the stores written."""
+        ...
+
+    def publish_missing(self, plans: Sequence[Plan], log: Log) -> dict[str, tuple[str, ...]]:
+        """Upload artifacts of components that were not built now (up to date or restored) to the
+        remotes that lack them, e.g. after an earlier publish was interrupted."""
+        ...
+
+
+class BuildOptions(NamedTuple):
+    jobs: int = 1
+    keep_going: bool = False
+    force: bool = False
+    publish: bool = False
+    require_prebuilt: bool = False
+
+
+# --------------------------------------------------------------------------
+# Running
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def proto_tmp(proto: Path) -> Path:
+    return proto.with_name(f".{proto.name}.pib-new")
+
+
+def sweep(comp: ComponentConfig) -> None:
+    """Remove leftovers of a killed earlier run beside the proto area."""
+    if proto_tmp(comp.proto).exists():
+        stop_orphans(proto_tmp(comp.proto))
+    for leftover in (proto_tmp(comp.proto), aside(comp.proto)):
+        remove_tree(leftover)
+    # Scratch directories of restore and pack (the workspace lock is held, so none is in use).
+    for kind in ("fetch", "unpack", "publish"):
+        for leftover in comp.proto.parent.glob(f".{comp.proto.name}.{kind}-*"):
+            remove_tree(leftover)
+
+
+def stop_orphans(destdir: Path) -> None:
+    """SIGKILL build commands still writing into `destdir`, orphaned when an earlier pib was killed.
+
+    Build commands run in sessions of their own, so killing pib leaves them running. Every process of
+    a build inherits PIB_PROTO=destdir; the workspace lock is held, so none of them belongs to a live
+    build. Without /proc (not Linux) there is nothing to find.
+    """
+    wanted = f"PIB_PROTO={destdir}".encode()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if wanted in environ:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class Builder:
+    def __init__(
+        self,
+        ctx: BuildContext,
+        opts: BuildOptions,
+        *,
+        artifacts: Artifacts | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.opts = opts
+        self.artifacts = artifacts
+        self.on_event = on_event or (lambda e: None)
+        self.cancel = threading.Event()
+        self.stamp = _stamp()
+
+    def _emit(self, name: str, st: State, started: float | None = None, detail: str = "") -> None:
+        self.on_event(Event(name, st, time.monotonic() - started if started else 0.0, detail))
+
+    def run(self, plans: Sequence[Plan]) -> BuildReport:
+        report = BuildReport(policy="keep-going" if self.opts.keep_going else "stop")
+        t0 = time.monotonic()
+        if self.opts.publish:
+            dirty = [p.comp.name for p in plans if p.comp.prebuilt and p.source.dirty]
+            if dirty:
+                raise PibError(
+                    f"cannot publish: {', '.join(dirty)} {'has' if len(dirty) == 1 else 'have'} uncommitted changes",
+                    reason=Reason.PUBLISH,
+                    hint="commit the changes (artifacts of dirty trees are never published), or build without --publish",
+                )
+        outcomes: dict[str, Outcome] = {}
+        for p in plans:
+            self._emit(p.comp.name, State.WAITING)
+        if self.artifacts is not None and not self.opts.force:
+            self.artifacts.prepare([p for p in plans if not p.up_to_date])
+        for p in plans:
+            if p.up_to_date and not self.opts.force and all(
+                    outcomes.get(d) is not None for d in p.comp.depends):
+                outcomes[p.comp.name] = Outcome(p.comp.name, State.UP_TO_DATE, 0.0, p.key, p.source.dirty)
+                self._emit(p.comp.name, State.UP_TO_DATE)
+        pending = [p for p in plans if p.comp.name not in outcomes]
+        if pending:
+            self._schedule(pending, outcomes)
+        if self.opts.publish and self.artifacts is not None and all(
+                o.action in DONE for o in outcomes.values()):
+            report.error = self._publish_rest(plans, outcomes)
+        report.outcomes = [outcomes[p.comp.name] for p in plans]
+        report.seconds = time.monotonic() - t0
+        if self.artifacts is not None:
+            report.warnings = list(self.artifacts.warnings)
+        failed = [o for o in report.outcomes if o.action == State.FAILED]
+        if failed:
+            first = failed[0]
+            others = [o.component for o in report.outcomes if o.action == State.STOPPED]
+            msg = f"{first.component} failed" + (f"; stopped: {', '.join(others)}" if others else "")
+            report.error = PibError(msg, reason=Reason.PREBUILT_MISSING if first.detail.startswith("no prebuilt")
+                                    else Reason.BUILD, detail=first.detail)
+        return report
+
+    def _publish_rest(self, plans: Sequence[Plan], outcomes: dict[str, Outcome]) -> PibError | None:
+        assert self.artifacts is not None
+        rest = [p for p in plans if p.comp.prebuilt and outcomes[p.comp.name].action in (State.UP_TO_DATE, State.RESTORED)]
+        if not rest:
+            return None
+        try:
+            with Log(self.cfg.workspace.log_dir / f"publish.{self.stamp}.log") as log:
+                done = self.artifacts.publish_missing(rest, log)
+        except PibError as exc:
+            return exc
+        for name, stores in done.items():
+            o = outcomes[name]
+            outcomes[name] = Outcome(o.component, o.action, o.seconds, o.key, o.dirty, o.log, o.detail, o.store,
+                                     stores, o.command_seconds)
+        return None
+
+    def _schedule(self, pending: list[Plan], outcomes: dict[str, Outcome]) -> None:
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        running: dict[Future[Outcome], Plan] = {}
+        stopping = False
+        with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
+            try:
+                while pending or running:
+                    for p in list(pending):
+                        deps = [outcomes.get(d) for d in p.comp.depends]
+                        if any(o is not None and o.action in NOT_DONE for o in deps) or (
+                            stopping and not running and not self.opts.keep_going
+                        ):
+                            pending.remove(p)
+                            why = "a dependency failed" if any(deps) else "the build stopped after a failure"
+                            outcomes[p.comp.name] = Outcome(p.comp.name, State.SKIPPED, 0.0, p.key, p.source.dirty, detail=why)
+                            self._emit(p.comp.name, State.SKIPPED, detail=why)
+                            continue
+                        if stopping and not self.opts.keep_going:
+                            continue
+                        if not all(o is not None for o in deps):
+                            continue
+                        if p.up_to_date and not self.opts.force:
+                            pending.remove(p)
+                            outcomes[p.comp.name] = Outcome(p.comp.name, State.UP_TO_DATE, 0.0, p.key, p.source.dirty)
+                            self._emit(p.comp.name, State.UP_TO_DATE)
+                            continue
+                        if len(running) >= max(1, self.opts.jobs):
+                            continue
+                        pending.remove(p)
+                        running[pool.submit(self._one, p)] = p
+                    if not running:
+                        continue
+                    done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        p = running.pop(fut)
+                        o = fut.result()
+                        outcomes[p.comp.name] = o
+                        if o.action == State.FAILED and not self.opts.keep_going:
+                            stopping = True
+                            self.cancel.set()
+            except KeyboardInterrupt:
+                self.cancel.set()
+                for fut in running:
+                    fut.cancel()
+                wait(list(running))
+                raise PibError("interrupted; running builds were stopped, nothing half-built was kept",
+                               reason=Reason.INTERRUPTED) from None
+
+    def _one(self, p: Plan) -> Outcome:
+        c = p.comp
+        start = time.monotonic()
+        log_path = self.cfg.workspace.log_dir / f"{c.name}.{self.stamp}.log"
+        with Log(log_path) as log:
+            _link_latest(log_path, self.cfg.workspace.log_dir / f"{c.name}.log")
+            log.line(f"pib: component {c.name}, key {p.key}")
+            for r in p.reasons:
+                log.line(f"pib: stale: {r}")
+            sweep(c)
+            try:
+                return self._restore_or_build(p, log, start)
+            except Cancelled as exc:
+                remove_tree(proto_tmp(c.proto))
+                self._emit(c.name, State.STOPPED, start)
+                log.line(f"pib: stopped: {exc.message}")
+                return Outcome(c.name, State.STOPPED, time.monotonic() - start, p.key, p.source.dirty, str(log_path),
+                               detail="stopped because another component failed")
+            except PibError as exc:
+                remove_tree(proto_tmp(c.proto))
+                log.line(f"pib: failed: {exc.message}")
+                self._emit(c.name, State.FAILED, start, exc.message)
+                detail = exc.message + (f"\n{exc.detail}" if exc.detail else "")
+                return Outcome(c.name, State.FAILED, time.monotonic() - start, p.key, p.source.dirty, str(log_path),
+                               detail=detail)
+
+    def _restore_or_build(self, p: Plan, log: Log, start: float) -> Outcome:
+        c = p.comp
+        note = ""
+        if c.prebuilt and self.artifacts is not None and not self.opts.force:
+            self._emit(c.name, State.RESTORING, start)
+            store, note = self.artifacts.restore(p, c.proto, log)
+            if store is not None:
+                self._finish(p, State.RESTORED, start, store=store)
+                self._emit(c.name, State.RESTORED, start, f"from {store}")
+                return Outcome(c.name, State.RESTORED, time.monotonic() - start, p.key, p.source.dirty, str(log.path),
+                               detail=note, store=store)
+            log.line(f"pib: no prebuilt artifact: {note}")
+            if self.opts.require_prebuilt:
+                raise PibError(f"no prebuilt artifact for {c.name} ({note})", reason=Reason.PREBUILT_MISSING,
+                               hint="publish one from CI, or build without --require-prebuilt")
+        self._emit(c.name, State.BUILDING, start, note)
+        new = proto_tmp(c.proto)
+        remove_tree(new)
+        try:
+            new.mkdir(parents=True)
+        except OSError as exc:
+            raise PibError(f"cannot create {new}: {exc.strerror or exc}", reason=Reason.BUILD,
+                           hint="free space (or fix permissions) where the proto area lives") from exc
+        env = component_env(self.cfg, p, self.ctx.benv, new)
+        res = run(list(c.build), cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
+                  what=f"build of {c.name}")
+        after = source_state(c.checkout, self.cfg.workspace.state_dir / "index" / c.name)
+        if after.tree != p.source.tree:
+            log.line("pib: warning: the build changed its own source tree (files not in .gitignore?); "
+                     "the next build will see a different key")
+        replace_dir(new, c.proto)
+        published: tuple[str, ...] = ()
+        if c.prebuilt and self.artifacts is not None:
+            self.artifacts.keep(p, c.proto, log)
+            if self.opts.publish:
+                self._emit(c.name, State.PUBLISHING, start)
+                published = self.artifacts.publish(p, c.proto, log)
+        self._finish(p, State.BUILT, start)
+        self._emit(c.name, State.BUILT, start, note)
+        return Outcome(c.name, State.BUILT, time.monotonic() - start, p.key, p.source.dirty, str(log.path),
+                       detail=note, published=published, command_seconds=res.seconds)
+
+    def _finish(self, p: Plan, action: State, start: float, store: str | None = None) -> None:
+        state.save(self.cfg.workspace.state_dir, state.Record(
+            component=p.comp.name, key=p.key, doc=p.doc, action=action, finished=state.now(),
+            seconds=time.monotonic() - start, proto=state.ProtoFingerprint.of(p.comp.proto),
+            dirty=p.source.dirty, store=store,
+        ))
+
+
+def _link_latest(target: Path, link: Path) -> None:
+    with contextlib.suppress(OSError):
+        symlink_atomic(target.name, link)

@@ -1,0 +1,88 @@
+"""What the workspace last built: one record per component under .pib/state/.
+
+A record holds the input key and document of the last successful build or
+restore, and a cheap fingerprint of the proto area so a deleted or emptied
+proto area is noticed without walking it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pib.fsutil import write_atomic
+
+
+class ProtoFingerprint(NamedTuple):
+    inode: int
+    mtime_ns: int
+    entries: int
+
+    @classmethod
+    def of(cls, proto: Path) -> ProtoFingerprint | None:
+        try:
+            st = os.stat(proto)
+            entries = len(os.listdir(proto))
+        except OSError:
+            return None
+        return cls(st.st_ino, st.st_mtime_ns, entries)
+
+
+class Record(NamedTuple):
+    component: str
+    key: str
+    doc: dict[str, Any]
+    action: str  # a pib.build.runner.State: built | restored
+    finished: float
+    seconds: float
+    proto: ProtoFingerprint | None
+    dirty: bool = False
+    store: str | None = None
+
+    def proto_intact(self, proto: Path) -> bool:
+        now = ProtoFingerprint.of(proto)
+        return now is not None and now.entries > 0 and now == self.proto
+
+
+def _path(state_dir: Path, name: str) -> Path:
+    return state_dir / "state" / f"{name}.json"
+
+
+def load(state_dir: Path, name: str) -> Record | None:
+    try:
+        data = json.loads(_path(state_dir, name).read_text(encoding="utf-8"))
+        fp = data.pop("proto", None)
+        return Record(**data, proto=ProtoFingerprint(**fp) if fp else None)
+    except (OSError, ValueError, TypeError):
+        return None  # a missing or unreadable record means "not built"
+
+
+def save(state_dir: Path, rec: Record) -> None:
+    path = _path(state_dir, rec.component)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({**rec._asdict(), "proto": rec.proto._asdict() if rec.proto else None},
+                                  indent=1, sort_keys=True))
+
+
+def forget(state_dir: Path, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        _path(state_dir, name).unlink()
+
+
+def now() -> float:
+    return time.time()
+
+
+def recorded_keys(state_dir: Path, names: Iterable[str]) -> dict[str, str]:
+    """Keys of the last successful build or restore of each named component that has one."""
+    out: dict[str, str] = {}
+    for name in names:
+        rec = load(state_dir, name)
+        if rec is not None:
+            out[name] = rec.key
+    return out

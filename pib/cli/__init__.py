@@ -1,0 +1,373 @@
+"""The `pib` command: parse arguments, call one core function, render its result.
+
+Only this package prints or exits; core modules raise PibError, which is mapped to an exit code here. Imports of the
+core happen inside handlers so `pib --help` and a no-op build stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pib.cli.common import common_options, emit_json, load_config, want_json
+
+# Command groups living in their own modules; each has register(subparsers).
+# Only the one being run is imported.
+_EXTENSIONS = {
+    "pib.cli.cbe": ("cbe",),
+    "pib.cli.store": ("cache", "keygen"),
+    "pib.cli.image": ("image", "manifest"),
+    "pib.cli.boot": ("boot",),
+}
+_CORE = ("config", "configure", "build", "live", "ci", "publish", "status", "explain", "clobber")
+
+
+class _Skipped:
+    """Stands in for the parsers of commands not being run: building all of
+    them costs more than a no-op build's own work."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
+class _OnlySub:
+    def __init__(self, sub: Any, only: str | None) -> None:
+        self._sub = sub
+        self._only = only
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if self._only is None or name == self._only:
+            return self._sub.add_parser(name, **kwargs)
+        return _Skipped()
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command word of argv, when it names a known command (else None: build everything)."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help", "--version"):
+            return None
+        if a == "-C":
+            i += 2
+            continue
+        if not a.startswith("-"):
+            known = _CORE + tuple(c for cmds in _EXTENSIONS.values() for c in cmds)
+            return a if a in known else None
+        i += 1
+    return None
+
+
+# --------------------------------------------------------------------------
+# handlers
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    if want_json(args):
+        emit_json({
+            "files": [str(f) for f in cfg.files],
+            "config": cfg.data,
+            "sources": {k: str(v) for k, v in cfg.sources.items()},
+        })
+        return 0
+    print(f"# workspace {cfg.workspace.root}")
+    print(f"# files: {', '.join(str(f) for f in cfg.files)}")
+    width = max((len(k) for k in cfg.sources), default=10)
+    for key, where in sorted(cfg.sources.items()):
+        value = _lookup(cfg.data, key)
+        print(f"{key.ljust(width)} = {json.dumps(value, default=str)}    # {where}")
+    return 0
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    cur = data
+    for part in dotted.replace("[", ".[").split("."):
+        if not part:
+            continue
+        cur = cur[int(part[1:-1])] if part.startswith("[") else cur[part]
+    return cur
+
+
+def _cmd_configure(args: argparse.Namespace) -> int:
+    from pib.build import commands
+
+    cfg = load_config(args)
+    rep = commands.configure(cfg, update=args.update, allow_old=args.allow_old_platform, install_cbe=not args.no_install)
+    if want_json(args):
+        emit_json(rep.to_json())
+        return 0
+    from pib.cli.ui import seconds, table
+
+    if rep.floor.overridden:
+        print(f"WARNING: host platform {rep.floor.host.version} is OLDER than the oldest supported "
+              f"{rep.floor.minimum}; builds may not run on supported platforms and will not be published",
+              file=sys.stderr)
+    print(f"host: {rep.floor.host}  (oldest supported: {rep.floor.minimum or 'any'})")
+    print(f"build environment: {rep.cbe}")
+    rows = [[c.name, c.action, c.branch or "(detached)", (c.head or "")[:12], "dirty" if c.dirty else "clean"]
+            for c in rep.checkouts]
+    print(table(rows, ["component", "checkout", "branch", "head", "tree"]))
+    print(f"configured in {seconds(rep.seconds)}")
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from pib.build import commands
+    from pib.build.runner import BuildOptions, State
+    from pib.cli.ui import Progress, summary
+    from pib.config.loader import topo_order
+    from pib.errors import PibError
+
+    cfg = load_config(args)
+    opts = BuildOptions(
+        jobs=args.jobs or cfg.workspace.jobs,
+        keep_going=args.keep_going,
+        force=args.force,
+        publish=args.publish,
+        require_prebuilt=args.require_prebuilt,
+    )
+    names = tuple(args.components) or None
+    order = [c.name for c in topo_order(cfg, names)]
+    json_out = want_json(args)
+
+    def on_wait(holder: str) -> None:
+        print(f"waiting for another build of this workspace ({holder})", file=sys.stderr)
+
+    ci = args.command == "ci"
+    with Progress(order, live=False if json_out or args.quiet else None) as prog:
+        report = commands.build(
+            cfg, names, opts,
+            wait_for_lock=args.wait, allow_old=args.allow_old_platform, offline=args.offline,
+            image=not args.no_image, ci=ci, on_event=None if args.quiet and not prog.live else prog.event,
+            on_lock_wait=on_wait,
+        )
+    if args.boot and report.error is None and report.image:
+        from pib.image.boot import boot_configured, locate
+
+        result = boot_configured(cfg, locate(cfg.workspace.output_dir, report.image["buildstamp"]))
+        report.boot = result.to_json()
+        try:
+            result.check()
+        except PibError as exc:
+            report.error = exc
+    if ci:
+        path = Path(args.report) if args.report else cfg.workspace.output_dir / "ci-report.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
+        print(f"report: {path}", file=sys.stderr)
+    if json_out:
+        emit_json(report.to_json())
+    else:
+        for w in report.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(summary(report))
+        if report.image:
+            print(f"image: {report.image.get('dir')} ({report.image.get('action', 'built')})")
+        if report.boot:
+            b = report.boot
+            print(f"boot: {'PASS' if b['passed'] else 'FAIL'} in {b['seconds']:.1f}s: {b['marker_line']}")
+        if report.error is not None:
+            policy = "other running builds were allowed to finish" if opts.keep_going else \
+                "other running builds were stopped"
+            print(f"error: {report.error.message} ({policy})", file=sys.stderr)
+            for o in report.outcomes:
+                if o.action is State.FAILED:
+                    print(f"--- {o.component}: {o.detail}", file=sys.stderr)
+                    if o.log:
+                        print(f"--- full log: {o.log}", file=sys.stderr)
+    return report.error.exit_code if report.error is not None else 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from pib.build import commands
+
+    cfg = load_config(args)
+    done = commands.publish(cfg, tuple(args.components) or None, wait_for_lock=args.wait)
+    if want_json(args):
+        emit_json([{"component": p.component, "key": p.key, "stores": list(p.stores)} for p in done])
+        return 0
+    for p in done:
+        print(f"{p.component} {p.key[:12]}: published to {', '.join(p.stores)}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pib.build import commands
+    from pib.cli.ui import table
+
+    cfg = load_config(args)
+    rows = commands.status(cfg, tuple(args.components) or None)
+    if want_json(args):
+        emit_json({"components": [r.to_json() for r in rows]})
+        return 0
+    out = []
+    for r in rows:
+        why = "; ".join(r.reasons)
+        out.append([r.name, "up to date" if r.up_to_date else "stale", r.key[:12],
+                    ("dirty" if r.dirty else "clean"), why])
+    print(table(out, ["component", "state", "key", "tree", "why"]))
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from pib.build import commands
+
+    cfg = load_config(args)
+    data = commands.explain(cfg, args.component)
+    if want_json(args):
+        emit_json(data)
+        return 0
+    print(f"component {data['component']}  key {data['key']}  ({'dirty' if data['dirty'] else 'clean'} tree)")
+    print(json.dumps(data["document"], indent=2, sort_keys=True))
+    if data["up_to_date"]:
+        print("up to date with the last local build")
+    for label, k in (("last local build", "last_build"), ("newest artifact in the stores", "nearest_artifact")):
+        section = data.get(k)
+        if section is None:
+            print(f"{label}: none")
+            continue
+        where = f" in {section['store']}" if "store" in section else ""
+        if not section["differs"]:
+            print(f"{label}{where}: same key {section['key'][:12]}")
+            continue
+        print(f"{label}{where} ({section['key'][:12]}) differs in:")
+        for d in section["differs"]:
+            print(f"  {d['field']}: {json.dumps(d['was'])} -> {json.dumps(d['now'])}")
+    return 0
+
+
+def _cmd_clobber(args: argparse.Namespace) -> int:
+    from pib.build import commands
+
+    cfg = load_config(args)
+    if args.all:
+        names = list(cfg.names)
+    elif args.components:
+        names = args.components
+    else:
+        print("pib clobber: name components, or --all", file=sys.stderr)
+        return 2
+    reps = commands.clobber(cfg, names, wait_for_lock=args.wait)
+    if want_json(args):
+        emit_json([r._asdict() for r in reps])
+        return 0
+    for r in reps:
+        print(f"{r.component}: proto area {'removed' if r.removed_proto else 'absent'}, "
+              f"checkout {'cleaned' if r.cleaned_checkout else 'absent'}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# parser
+
+
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with `only`, just that command's sub-parser is built."""
+    common = common_options()
+    p = argparse.ArgumentParser(prog="pib", description="Build platform images from components, "
+                                "never rebuilding what has not changed.", parents=[common])
+    from pib import __version__
+
+    p.add_argument("--version", action="version", version=f"pib {__version__}")
+    sub: Any = _OnlySub(p.add_subparsers(dest="command", metavar="COMMAND"), only)
+
+    cfg = sub.add_parser("config", help="show the resolved configuration", parents=[common])
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    show = cfg_sub.add_parser("show", help="print resolved values and where each came from", parents=[common])
+    show.set_defaults(func=_cmd_config_show)
+
+    c = sub.add_parser("configure", help="check the host, install the build environment, check out components",
+                       parents=[common])
+    c.add_argument("--update", action="store_true", help="fetch and fast-forward every component")
+    c.add_argument("--allow-old-platform", action="store_true", help="continue on a host older than the floor (loudly)")
+    c.add_argument("--no-install", action="store_true", help="do not install a missing build environment")
+    c.set_defaults(func=_cmd_configure)
+
+    for name, helptext in (("build", "build stale components (and the image)"), ("live", "same as build"),
+                           ("ci", "CI entry point: build everything, publish prebuilt components, write a JSON report")):
+        b = sub.add_parser(name, help=helptext, parents=[common])
+        if name == "ci":
+            b.add_argument("--report", metavar="FILE", help="JSON report (default: output/ci-report.json)")
+            b.set_defaults(publish=True)
+        b.add_argument("components", nargs="*", metavar="COMPONENT")
+        b.add_argument("-j", "--jobs", type=int, default=0, help="components built at once (default: workspace.jobs)")
+        b.add_argument("-k", "--keep-going", action="store_true",
+                       help="after a failure, let other builds finish (default: stop them)")
+        b.add_argument("--force", action="store_true", help="rebuild even if up to date; do not restore")
+        if name != "ci":
+            b.add_argument("--publish", action="store_true", help="upload artifacts of prebuilt components")
+        b.add_argument("--offline", action="store_true", help="use only the local store")
+        b.add_argument("--require-prebuilt", action="store_true",
+                       help="a prebuilt component without an artifact is an error")
+        b.add_argument("--no-image", action="store_true", help="build components only")
+        b.add_argument("--boot", action="store_true", help="then boot the image in QEMU (like pib boot)")
+        b.add_argument("--wait", action="store_true", help="wait for another build of this workspace to end")
+        b.add_argument("--allow-old-platform", action="store_true")
+        b.add_argument("-q", "--quiet", action="store_true", help="no progress view")
+        b.set_defaults(func=_cmd_build)
+
+    pb = sub.add_parser("publish", help="upload signed artifacts of built, clean prebuilt components",
+                        parents=[common])
+    pb.add_argument("components", nargs="*", metavar="COMPONENT")
+    pb.add_argument("--wait", action="store_true")
+    pb.set_defaults(func=_cmd_publish)
+
+    s = sub.add_parser("status", help="up to date or stale, and why", parents=[common])
+    s.add_argument("components", nargs="*", metavar="COMPONENT")
+    s.set_defaults(func=_cmd_status)
+
+    e = sub.add_parser("explain", help="show a component's key document and what changed", parents=[common])
+    e.add_argument("component")
+    e.set_defaults(func=_cmd_explain)
+
+    cl = sub.add_parser("clobber", help="remove a component's proto area, build record and build products",
+                        parents=[common])
+    cl.add_argument("components", nargs="*", metavar="COMPONENT")
+    cl.add_argument("--all", action="store_true")
+    cl.add_argument("--wait", action="store_true")
+    cl.set_defaults(func=_cmd_clobber)
+
+    for mod_name, commands in _EXTENSIONS.items():
+        if only is not None and only not in commands:
+            continue
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod_name:
+                raise
+            continue
+        mod.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pib.errors import PibError
+
+    if argv is None:
+        argv = sys.argv[1:]
+    p = parser(_command_of(argv))
+    args = p.parse_args(argv)
+    if not getattr(args, "func", None):
+        p.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except PibError as exc:
+        if getattr(args, "debug", False):
+            import traceback
+
+            traceback.print_exc()
+        if want_json(args):
+            emit_json({"error": exc.to_json()})
+        print(f"pib: error: {exc}", file=sys.stderr)
+        if exc.detail:
+            print(exc.detail, file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pib: interrupted", file=sys.stderr)
+        return 130

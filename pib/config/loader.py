@@ -1,0 +1,665 @@
+"""pib.toml (+ the uncommitted pib.local.toml) -> frozen configuration.
+
+One load step builds every value of pib.config.types, including the specs
+the other layers take as they are (stores, CBE, image); nothing changes them
+afterwards. Every value remembers the file and line it came from, so errors
+(and `pib config show`) can name them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pib.config.tomlloc import Locator
+from pib.config.tomlloc import loads as toml_loads
+from pib.config.types import (
+    CONFIG_NAME,
+    BootConfig,
+    CbeSpec,
+    ComponentConfig,
+    Config,
+    HttpStoreSpec,
+    ImageSpec,
+    KernelSpec,
+    LocalStoreSpec,
+    Overlay,
+    PlatformConfig,
+    S3StoreSpec,
+    StoreSpec,
+    TrustConfig,
+    WorkspaceConfig,
+)
+from pib.errors import ConfigError, Location
+
+LOCAL_NAME = "pib.local.toml"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------
+# Loading
+
+
+def find_workspace(start: Path) -> Path:
+    """The nearest directory at or above `start` holding pib.toml."""
+    here = start.resolve()
+    for d in (here, *here.parents):
+        if (d / CONFIG_NAME).is_file():
+            return d
+    raise ConfigError(
+        f"no {CONFIG_NAME} in {here} or any parent directory",
+        hint="run pib inside a workspace, or pass -C DIR",
+    )
+
+
+class _Doc:
+    """The merged document plus where each key came from."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.locators: list[tuple[Locator, dict[str, Any]]] = []
+
+    def add(self, path: Path) -> None:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                "not UTF-8 text",
+                where=Location(str(path), raw[: exc.start].count(b"\n") + 1),
+                hint="save the file as UTF-8",
+            ) from exc
+        data = toml_loads(text, str(path), ConfigError, what=path.name,
+                          hint="fix the syntax; see the config reference in README.md")
+        # Later files win, so search them first.
+        self.locators.insert(0, (Locator(str(path), text), data))
+        _merge(self.data, data)
+
+    def where(self, keypath: tuple[str | int, ...]) -> Location:
+        for locator, data in self.locators:
+            if _has(data, keypath):
+                return locator.at(keypath)
+        # Not set anywhere: point at the nearest enclosing table.
+        for locator, _ in self.locators:
+            line = locator.line_of(keypath)
+            if line:
+                return Location(locator.path, line)
+        return Location(self.locators[-1][0].path if self.locators else CONFIG_NAME)
+
+
+def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def _has(data: Any, keypath: tuple[str | int, ...]) -> bool:
+    cur = data
+    for k in keypath:
+        if isinstance(k, int):
+            if not isinstance(cur, list) or k >= len(cur):
+                return False
+        elif not isinstance(cur, dict) or k not in cur:
+            return False
+        cur = cur[k]
+    return True
+
+
+class _Section:
+    """Typed access to one table; remembers which keys were read."""
+
+    def __init__(self, doc: _Doc, path: tuple[str | int, ...], data: Any, sources: dict[str, Location]) -> None:
+        self.doc = doc
+        self.path = path
+        self.sources = sources
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{_dotted(path)} must be a table",
+                where=doc.where(path),
+                hint=f"write it as [{_dotted(path)}]",
+            )
+        self.data: dict[str, Any] = data
+        self.used: set[str] = set()
+
+    def where(self, key: str | None = None) -> Location:
+        return self.doc.where(self.path + ((key,) if key else ()))
+
+    def _get(self, key: str) -> Any:
+        self.used.add(key)
+        if key in self.data:
+            self.sources[_dotted((*self.path, key))] = self.where(key)
+        return self.data.get(key)
+
+    def _type_error(self, key: str, want: str) -> ConfigError:
+        value = self.data[key]
+        return ConfigError(
+            f"{_dotted((*self.path, key))} must be {want}, not {type(value).__name__} {value!r}",
+            where=self.where(key),
+            hint="see the config reference in README.md",
+        )
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        v = self._get(key)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise self._type_error(key, "a string")
+        return v
+
+    def req_str(self, key: str) -> str:
+        v = self.text(key)
+        if v is None or v == "":
+            raise ConfigError(
+                f"{_dotted((*self.path, key))} is required",
+                where=self.where(),
+                hint=f"add {key} = \"...\" to [{_dotted(self.path)}]",
+            )
+        return v
+
+    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
+        v = self._get(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self._type_error(key, "an integer")
+        if minimum is not None and v < minimum:
+            raise ConfigError(
+                f"{_dotted((*self.path, key))} must be at least {minimum}, not {v}",
+                where=self.where(key),
+            )
+        return v
+
+    def number(self, key: str, default: float) -> float:
+        v = self._get(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise self._type_error(key, "a number")
+        if v <= 0:
+            raise ConfigError(f"{_dotted((*self.path, key))} must be positive", where=self.where(key))
+        return float(v)
+
+    def flag(self, key: str, default: bool) -> bool:
+        v = self._get(key)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise self._type_error(key, "true or false")
+        return v
+
+    def strs(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        v = self._get(key)
+        if v is None:
+            return default
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self._type_error(key, "a list of strings")
+        return tuple(v)
+
+    def argv(self, key: str) -> tuple[str, ...] | None:
+        """A command: a list of strings (argv), or one string naming a script."""
+        v = self._get(key)
+        if v is None:
+            return None
+        if isinstance(v, str):
+            if not v.strip():
+                raise ConfigError(f"{_dotted((*self.path, key))} is empty", where=self.where(key))
+            return (v,)
+        if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+            return tuple(v)
+        raise self._type_error(key, "an argv list of strings or a script path")
+
+    def size(self, key: str) -> int | None:
+        v = self._get(key)
+        if v is None:
+            return None
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+        if isinstance(v, str):
+            m = _SIZE_RE.match(v)
+            if m:
+                unit = (m.group(2) or "B").upper().rstrip("B").rstrip("I")
+                mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
+                return int(float(m.group(1)) * mult)
+        raise self._type_error(key, 'a size such as 64M, 2G or a number of bytes')
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        v = self.text(key, default)
+        assert v is not None
+        if v not in choices:
+            raise ConfigError(
+                f"{_dotted((*self.path, key))} = {v!r} is not one of: {', '.join(choices)}",
+                where=self.where(key),
+                hint=f"use one of: {', '.join(choices)}",
+            )
+        return v
+
+    def env_table(self, key: str) -> tuple[tuple[str, str], ...]:
+        v = self._get(key)
+        if v is None:
+            return ()
+        if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+            raise self._type_error(key, "a table of string values")
+        for name in v:
+            if not _ENV_RE.match(name):
+                raise ConfigError(
+                    f"{name!r} is not a valid environment variable name",
+                    where=self.where(key),
+                )
+        return tuple(sorted(v.items()))
+
+    def sub(self, key: str) -> _Section:
+        v = self._get(key)
+        return _Section(self.doc, (*self.path, key), v, self.sources)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            key = unknown[0]
+            import difflib  # only for this message
+
+            near = difflib.get_close_matches(key, sorted(self.used), n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(sorted(self.used))}"
+            raise ConfigError(
+                f"unknown key {_dotted((*self.path, key))!r}",
+                where=self.where(key),
+                hint=hint,
+            )
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out or "(top level)"
+
+
+def load(root: Path, *, local: bool = True) -> Config:
+    """Load <root>/pib.toml and, if present, <root>/pib.local.toml over it."""
+    root = root.resolve()
+    main = root / CONFIG_NAME
+    if not main.is_file():
+        raise ConfigError(f"no {CONFIG_NAME} in {root}", hint="run pib inside a workspace, or pass -C DIR")
+    doc = _Doc()
+    doc.add(main)
+    files = [main]
+    override = root / LOCAL_NAME
+    if local and override.is_file():
+        doc.add(override)
+        files.append(override)
+    sources: dict[str, Location] = {}
+    top = _Section(doc, (), doc.data, sources)
+    cfg = _build(root, top, doc, tuple(files), sources)
+    return cfg
+
+
+def _rel(root: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else root / p
+
+
+def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], sources: dict[str, Location]) -> Config:
+    ws = top.sub("workspace")
+    workspace = WorkspaceConfig(
+        name=ws.text("name", root.name) or root.name,
+        root=root,
+        projects_dir=_rel(root, ws.text("projects_dir", "projects") or "projects"),
+        log_dir=_rel(root, ws.text("log_dir", "log") or "log"),
+        output_dir=_rel(root, ws.text("output_dir", "output") or "output"),
+        state_dir=_rel(root, ws.text("state_dir", ".pib") or ".pib"),
+        jobs=ws.integer("jobs", max(1, os.cpu_count() or 1), minimum=1),
+    )
+    ws.done()
+
+    pl = top.sub("platform")
+    platform = PlatformConfig(
+        min_version=pl.text("min_version"),
+        detector=pl.choice("detector", ("auto", "smartos", "os-release", "command"), "auto"),
+        command=pl.strs("command"),
+        where=pl.where(),
+    )
+    if platform.detector == "command" and not platform.command:
+        raise ConfigError(
+            "platform.detector = \"command\" needs platform.command",
+            where=pl.where("detector"),
+            hint='add command = ["/path/to/print-version"]',
+        )
+    pl.done()
+
+    cbe: CbeSpec | None = None
+    if "cbe" in top.data:
+        cb = top.sub("cbe")
+        name = cb.req_str("name")
+        root_s = cb.text("root")
+        cbe = CbeSpec(
+            name=name,
+            version=cb.req_str("version"),
+            root=_rel(root, root_s) if root_s else None,
+            lock=_rel(root, cb.req_str("lock")),
+            system_path=cb.strs("system_path", ("/usr/bin", "/bin")),
+            where=cb.where(),
+        )
+        for d in cbe.system_path:
+            if not d.startswith("/"):
+                raise ConfigError(f"cbe.system_path entry {d!r} must be absolute", where=cb.where("system_path"))
+        cb.done()
+    else:
+        top.used.add("cbe")
+
+    components = _components(root, top, workspace)
+
+    ls = top.sub("local_store")
+    default_store = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pib" / "store"
+    local_store = LocalStoreSpec(
+        path=_rel(root, ls.text("path") or str(default_store)),
+        quota_bytes=ls.size("quota"),
+        where=ls.where(),
+    )
+    ls.done()
+
+    stores = _stores(root, top, doc)
+
+    tr = top.sub("trust")
+    key_env = tr.text("signing_key_env", "PIB_SIGNING_KEY")
+    if key_env is not None and not _ENV_RE.match(key_env):
+        raise ConfigError(f"trust.signing_key_env {key_env!r} is not a variable name", where=tr.where("signing_key_env"))
+    signing = tr.text("signing_key")
+    trust = TrustConfig(
+        public_keys=tuple(_rel(root, p) for p in tr.strs("public_keys")),
+        signing_key=_rel(root, signing) if signing else None,
+        signing_key_env=key_env,
+        publish=tr.choice("publish", ("ci", "always", "never"), "ci"),
+        require_oldest_platform=tr.flag("require_oldest_platform", False),
+    )
+    tr.done()
+
+    image = _image(root, top, {c.name for c in components})
+
+    bt = top.sub("boot")
+    boot = BootConfig(
+        memory=bt.integer("memory", 256, minimum=32),
+        timeout=bt.number("timeout", 120.0),
+        marker=bt.text("marker", "PIB-BOOT-OK") or "PIB-BOOT-OK",
+        append=bt.text("append", "console=ttyS0") or "console=ttyS0",
+        qemu=bt.text("qemu", "qemu-system-x86_64") or "qemu-system-x86_64",
+    )
+    bt.done()
+
+    top.done()
+    return Config(
+        workspace=workspace,
+        platform=platform,
+        cbe=cbe,
+        components=components,
+        local_store=local_store,
+        stores=stores,
+        trust=trust,
+        image=image,
+        boot=boot,
+        files=files,
+        sources=sources,
+        data=doc.data,
+    )
+
+
+def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[ComponentConfig, ...]:
+    table = top.sub("components")
+    out: list[ComponentConfig] = []
+    for name in list(table.data):
+        sec = table.sub(name)
+        if not _NAME_RE.match(name):
+            raise ConfigError(
+                f"component name {name!r} is not allowed",
+                where=sec.where(),
+                hint="use lower-case letters, digits, '-', '_' and '.', starting with a letter or digit",
+            )
+        source = sec.text("source")
+        path_s = sec.text("path")
+        if (source is None) == (path_s is None):
+            raise ConfigError(
+                f"component {name!r} needs exactly one of source (a git URL or repository to clone) "
+                "or path (an existing checkout used in place)",
+                where=sec.where(),
+                hint=f"add source = \"https://...\" to [components.{name}]",
+            )
+        build = sec.argv("build")
+        if build is None:
+            raise ConfigError(
+                f"component {name!r} has no build command",
+                where=sec.where(),
+                hint='add build = ["make", "install"] (an argv list) or build = "./build.sh"',
+            )
+        branch = sec.text("branch")
+        ref = sec.text("ref")
+        if branch is not None and ref is not None:
+            raise ConfigError(
+                f"component {name!r} sets both branch and ref",
+                where=sec.where("ref"),
+                hint="a ref (commit, tag or PR-<n>) pins the checkout; drop one of them",
+            )
+        if source is not None and "://" not in source and not source.startswith(("git@", "/")):
+            # A relative path to a local repository: relative to the workspace.
+            source = str(_rel(root, source))
+        checkout = _rel(root, path_s) if path_s else workspace.projects_dir / name
+        dir_s = sec.text("dir")
+        if dir_s is not None:
+            checkout = _rel(root, dir_s)
+        proto = _rel(root, sec.text("proto", f"proto.{name}") or f"proto.{name}")
+        if proto.resolve() == root or root.resolve().is_relative_to(proto.resolve()):
+            raise ConfigError(f"component {name!r}: proto {proto} would contain the workspace", where=sec.where("proto"))
+        manifest = sec.text("manifest")
+        if manifest is not None and (manifest.startswith("/") or ".." in Path(manifest).parts):
+            raise ConfigError(
+                f"component {name!r}: manifest must be a path inside the checkout",
+                where=sec.where("manifest"),
+            )
+        comp = ComponentConfig(
+            name=name,
+            source=source,
+            path=_rel(root, path_s) if path_s else None,
+            branch=branch,
+            ref=ref,
+            build=build,
+            checkout=checkout,
+            proto=proto,
+            manifest=manifest,
+            depends=sec.strs("depends"),
+            key_files=tuple(_rel(root, p) for p in sec.strs("key_files")),
+            env=sec.env_table("env"),
+            prebuilt=sec.flag("prebuilt", False),
+            where=sec.where(),
+        )
+        sec.done()
+        out.append(comp)
+    table.done()
+    _check_graph(out, table)
+    protos: dict[Path, str] = {}
+    for c in out:
+        if c.proto in protos:
+            raise ConfigError(
+                f"components {protos[c.proto]!r} and {c.name!r} share the proto area {c.proto}",
+                where=c.where,
+                hint="each component needs its own proto area",
+            )
+        protos[c.proto] = c.name
+    return tuple(out)
+
+
+def _check_graph(comps: list[ComponentConfig], table: _Section) -> None:
+    names = {c.name for c in comps}
+    for c in comps:
+        for d in c.depends:
+            if d not in names:
+                raise ConfigError(
+                    f"component {c.name!r} depends on unknown component {d!r}",
+                    where=table.doc.where(("components", c.name, "depends")),
+                    hint=f"known components: {', '.join(sorted(names))}",
+                )
+    deps = {c.name: c.depends for c in comps}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        stack.append(n)
+        for d in deps[n]:
+            if state.get(d) == 1:
+                cycle = [*stack[stack.index(d):], d]
+                raise ConfigError(
+                    "dependency cycle: " + " -> ".join(cycle),
+                    where=table.doc.where(("components", n, "depends")),
+                    hint="a component cannot (indirectly) depend on itself; remove one of these depends",
+                )
+            if state.get(d) is None:
+                visit(d)
+        stack.pop()
+        state[n] = 2
+
+    for c in comps:
+        if c.name not in state:
+            visit(c.name)
+
+
+def _stores(root: Path, top: _Section, doc: _Doc) -> tuple[StoreSpec, ...]:
+    raw = top._get("store")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("store must be an array of tables", where=doc.where(("store",)), hint="write each one as [[store]]")
+    out: list[StoreSpec] = []
+    for i, item in enumerate(raw):
+        sec = _Section(doc, ("store", i), item, top.sources)
+        kind = sec.choice("type", ("local", "http", "s3"), "http")
+        name = sec.text("name", f"{kind}{i}") or f"{kind}{i}"
+        url = sec.text("url")
+        bucket = sec.text("bucket")
+        path_s = sec.text("path")
+        if kind == "http" and not url:
+            raise ConfigError(f"store {name!r} (http) needs url", where=sec.where(), hint='add url = "https://host/pib"')
+        if kind == "s3" and not bucket:
+            raise ConfigError(f"store {name!r} (s3) needs bucket", where=sec.where(), hint='add bucket = "my-artifacts"')
+        if kind == "local" and not path_s:
+            raise ConfigError(f"store {name!r} (local) needs path", where=sec.where())
+        env_names = {k: sec.text(k) for k in ("token_env", "user_env", "password_env")}
+        for k, v in env_names.items():
+            if v is not None and not _ENV_RE.match(v):
+                raise ConfigError(
+                    f"store.{k} must name an environment variable, not hold a secret",
+                    where=sec.where(k),
+                    hint="put the credential in an environment variable and name it here",
+                )
+        # Every key is read whatever the type, so each is known (and shown by `config show`) for all of them.
+        s3 = (sec.text("prefix", "") or "", sec.text("endpoint_url"), sec.text("region"), sec.text("profile"))
+        timeout = sec.number("timeout", 10.0)
+        retries = sec.integer("retries", 2, minimum=0)
+        publish = sec.flag("publish", True)
+        if kind == "local":
+            assert path_s is not None
+            out.append(LocalStoreSpec(_rel(root, path_s), None, name, publish, sec.where()))
+        elif kind == "http":
+            assert url is not None
+            out.append(HttpStoreSpec(name, url, env_names["token_env"], env_names["user_env"],
+                                     env_names["password_env"], timeout, retries, publish, sec.where()))
+        else:
+            assert bucket is not None
+            out.append(S3StoreSpec(name, bucket, *s3, timeout, retries, publish, sec.where()))
+        sec.done()
+    names = [s.name for s in out]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"two stores are named {n!r}", where=doc.where(("store",)), hint="give each [[store]] its own name")
+    return tuple(out)
+
+
+def _image(root: Path, top: _Section, components: set[str]) -> ImageSpec | None:
+    if "image" not in top.data:
+        top.used.add("image")
+        return None
+    im = top.sub("image")
+    kernels: list[KernelSpec] = []
+    for spec in im.strs("kernel"):
+        comp, sep, path = spec.partition(":")
+        if not sep or not path or comp not in components:
+            raise ConfigError(
+                f"image.kernel entry {spec!r} must be COMPONENT:PATH with a known component",
+                where=im.where("kernel"),
+                hint=f"components: {', '.join(sorted(components))}",
+            )
+        kernels.append(KernelSpec(comp, path))
+    overlays: list[Overlay] = []
+    raw = im._get("overlays") or []
+    if not isinstance(raw, list):
+        raise ConfigError("image.overlays must be a list", where=im.where("overlays"))
+    for item in raw:
+        if isinstance(item, str):
+            overlays.append(_overlay(_rel(root, item), None))
+        elif isinstance(item, dict) and isinstance(item.get("path"), str) and set(item) <= {"path", "manifest"}:
+            man = item.get("manifest")
+            if man is not None and not isinstance(man, str):
+                raise ConfigError("image.overlays manifest must be a string", where=im.where("overlays"))
+            overlays.append(_overlay(_rel(root, item["path"]), _rel(root, man) if man else None))
+        else:
+            raise ConfigError(
+                "image.overlays entries must be a path or { path = \"...\", manifest = \"...\" }",
+                where=im.where("overlays"),
+            )
+    image = ImageSpec(
+        kernels=tuple(kernels),
+        overlays=tuple(overlays),
+        compression="gzip" if im.choice("compression", ("zstd", "gzip"), "zstd") == "gzip" else "zstd",
+        max_size=im.size("max_size"),
+        archive_command=im.strs("archive_command") or None,
+        release_file=im.text("release_file", "etc/pib-release") or "etc/pib-release",
+        where=im.where(),
+    )
+    im.done()
+    return image
+
+
+def _overlay(path: Path, manifest: Path | None) -> Overlay:
+    return Overlay(f"overlay:{path.name}", path, manifest)
+
+
+# --------------------------------------------------------------------------
+# Ordering
+
+
+def topo_order(cfg: Config, names: tuple[str, ...] | None = None) -> list[ComponentConfig]:
+    """Components in dependency order (config order among equals).
+
+    With `names`, only those components and everything they depend on.
+    """
+    wanted: set[str]
+    if names:
+        wanted = set()
+        todo = [cfg.component(n).name for n in names]
+        while todo:
+            n = todo.pop()
+            if n not in wanted:
+                wanted.add(n)
+                todo.extend(cfg.component(n).depends)
+    else:
+        wanted = set(cfg.names)
+    done: set[str] = set()
+    order: list[ComponentConfig] = []
+    pending = [c for c in cfg.components if c.name in wanted]
+    while pending:
+        for c in pending:
+            if all(d in done for d in c.depends):
+                order.append(c)
+                done.add(c.name)
+                pending.remove(c)
+                break
+    return order
+

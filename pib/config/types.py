@@ -1,0 +1,174 @@
+"""The configuration's types: what pib.toml (and pib.local.toml) say, frozen.
+
+pib.config.loader makes every one of them in one load step; nothing changes
+them afterwards. NamedTuples, not dataclasses: they are on every command's
+start-up path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from pib.errors import ConfigError, Location
+
+CONFIG_NAME = "pib.toml"
+
+
+class WorkspaceConfig(NamedTuple):
+    name: str
+    root: Path
+    projects_dir: Path
+    log_dir: Path
+    output_dir: Path
+    state_dir: Path
+    jobs: int
+
+
+class PlatformConfig(NamedTuple):
+    min_version: str | None
+    detector: str  # auto | smartos | os-release | command
+    command: tuple[str, ...]
+    where: Location
+
+
+class CbeSpec(NamedTuple):
+    """[cbe]: the build environment version a workspace builds with."""
+
+    name: str
+    version: str
+    root: Path | None  # None: pib.cbe.default_root(name)
+    lock: Path
+    system_path: tuple[str, ...] = ("/usr/bin", "/bin")
+    where: Location | None = None
+
+
+class ComponentConfig(NamedTuple):
+    name: str
+    source: str | None  # git URL or path to clone from
+    path: Path | None  # use this existing checkout in place instead of cloning
+    branch: str | None
+    ref: str | None  # commit, tag, or PR-<n>
+    build: tuple[str, ...]
+    checkout: Path
+    proto: Path
+    manifest: str | None  # relative to the checkout
+    depends: tuple[str, ...]
+    key_files: tuple[Path, ...]
+    env: tuple[tuple[str, str], ...]
+    prebuilt: bool
+    where: Location
+
+
+# Artifact stores: the machine's local store ([local_store]) and each [[store]].
+# `publish`: whether `pib publish` and `pib build --publish` may write to it.
+
+
+class LocalStoreSpec(NamedTuple):
+    path: Path
+    quota_bytes: int | None = None
+    name: str = "local"
+    publish: bool = True
+    where: Location | None = None
+
+
+class HttpStoreSpec(NamedTuple):
+    name: str
+    url: str
+    token_env: str | None = None  # names of environment variables, never the secrets
+    user_env: str | None = None
+    password_env: str | None = None
+    timeout: float = 10.0
+    retries: int = 2
+    publish: bool = True
+    where: Location | None = None
+
+
+class S3StoreSpec(NamedTuple):
+    name: str
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    timeout: float = 10.0
+    retries: int = 2
+    publish: bool = True
+    where: Location | None = None
+
+
+StoreSpec = LocalStoreSpec | HttpStoreSpec | S3StoreSpec
+
+
+class TrustConfig(NamedTuple):
+    public_keys: tuple[Path, ...]
+    signing_key: Path | None
+    signing_key_env: str | None
+    publish: str  # ci | always | never
+    require_oldest_platform: bool
+
+
+class KernelSpec(NamedTuple):
+    component: str  # the proto area that holds it
+    path: str       # relative to that proto area
+    name: str = ""  # file name in the platform directory (default: basename of path)
+
+    @property
+    def out_name(self) -> str:
+        return self.name or self.path.rpartition("/")[2]
+
+
+class Overlay(NamedTuple):
+    name: str
+    path: Path
+    manifest: Path | None = None
+
+
+class ImageSpec(NamedTuple):
+    """[image]: what the platform image holds and how its boot archive is written."""
+
+    kernels: tuple[KernelSpec, ...] = ()
+    overlays: tuple[Overlay, ...] = ()
+    compression: Literal["zstd", "gzip"] = "zstd"
+    max_size: int | None = None  # bytes of the boot archive file as written
+    archive_command: tuple[str, ...] | None = None  # {staged} {output} {manifest} {buildstamp}
+    release_file: str = "etc/pib-release"
+    where: Location | None = None  # where the image settings were written (pib.toml)
+
+
+class BootConfig(NamedTuple):
+    memory: int
+    timeout: float
+    marker: str
+    append: str
+    qemu: str
+
+
+class Config(NamedTuple):
+    workspace: WorkspaceConfig
+    platform: PlatformConfig
+    cbe: CbeSpec | None
+    components: tuple[ComponentConfig, ...]
+    local_store: LocalStoreSpec
+    stores: tuple[StoreSpec, ...]
+    trust: TrustConfig
+    image: ImageSpec | None
+    boot: BootConfig
+    files: tuple[Path, ...]
+    sources: Mapping[str, Location]  # dotted key -> where it was set
+    data: Mapping[str, Any]  # the merged raw document, for `config show`
+
+    def component(self, name: str) -> ComponentConfig:
+        for c in self.components:
+            if c.name == name:
+                return c
+        known = ", ".join(c.name for c in self.components) or "none"
+        raise ConfigError(
+            f"no component named {name!r}",
+            hint=f"components in {CONFIG_NAME}: {known}",
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.components)
