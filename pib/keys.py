@@ -50,7 +50,7 @@ def key_document(
                 where=comp.where,
                 hint="create it, or remove it from key_files",
             ) from exc
-    return {
+    doc: dict[str, Any] = {
         "format": FORMAT,
         "component": comp.name,
         "source": {"tree": tree},
@@ -60,6 +60,11 @@ def key_document(
         "key_files": key_files,
         "depends": {d: dep_keys[d] for d in sorted(comp.depends)},
     }
+    if comp.sources:
+        # Declared downloads by name and content, never by origin: a mirror or a new URL for the
+        # same bytes keeps the key. Absent when there are none, so such keys are unchanged.
+        doc["sources"] = {p.name: p.sha256 for p in comp.sources}
+    return doc
 
 
 def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
