@@ -34,12 +34,14 @@ def _example_module() -> ModuleType:
 make_workspace = _example_module().make_workspace
 
 
-def pib(ws: Path, *args: str, check: bool = True, creds: Seaweed | None = None) -> Any:
+def pib(ws: Path, *args: str, check: bool = True, creds: Seaweed | None = None,
+        extra_env: dict[str, str] | None = None) -> Any:
     """Run the real CLI with --json and return its parsed output."""
     env = minimal_env({"PYTHONPATH": str(REPO)})
     for var in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "PIB_CACHE"):
         if var in os.environ:
             env[var] = os.environ[var]
+    env.update(extra_env or {})
     if creds is not None:
         env.update(AWS_ACCESS_KEY_ID=creds.access_key, AWS_SECRET_ACCESS_KEY=creds.secret_key)
     res = run([sys.executable, "-m", "pib", "-C", str(ws), *args, "--json"], env=env, capture=True,
@@ -197,3 +199,58 @@ def test_empty_local_store_restores_from_s3(story: dict[str, Any]) -> None:
     assert {c["component"]: c["store"] for c in built["components"] if c["action"] == "restored"} == {
         "kernel": "s3", "extra": "s3"}
     assert booted["passed"] and marker_keys(booted["marker_line"]) == keys(story["first"])
+
+
+def test_first_build_mirrored_every_pinned_file_to_s3(story: dict[str, Any]) -> None:
+    uploaded = set(story["first"]["sources_uploaded"]["s3"])
+    # The declared sources of kernel and extra, and the CBE's Debian packages.
+    assert {"busybox_1.35.0.orig.tar.bz2", "busybox_1.35.0-4+deb12u1.debian.tar.xz"} <= uploaded
+    assert any(n.startswith("linux-image-6.1.0-50-amd64_") for n in uploaded)
+    assert any(n.startswith("gcc-12_") for n in uploaded) and len(uploaded) > 30
+
+
+def test_fetch_then_offline_from_scratch_with_upstream_unreachable(story: dict[str, Any]) -> None:
+    """`pib fetch` on a connected machine, then configure and build with no network at all: a fresh
+    CBE root, an empty local store, no remote, and Debian's archive pointed at a dead address."""
+    root: Path = story["root"]
+    ws = make_workspace(root, name="offline", repos=root / "repos")
+    fetched = pib(story["ws"], "fetch")
+    assert {f["came_from"] for f in fetched["files"]} == {"cache"}  # the story fetched them all
+    (ws / "pib.local.toml").write_text(
+        f'[local_store]\npath = "{root / "offline-store"}"\n\n[cbe]\nroot = "{root / "offline-cbe"}"\n\n'
+        '[apt]\nuris = ["http://127.0.0.1:9/debian"]\n', encoding="utf-8")
+    configured = pib(ws, "configure", "--offline")
+    assert configured["cbe"].endswith(str(root / "offline-cbe" / "gcc12-1"))
+    built = pib(ws, "build", "--offline")
+    assert actions(built) == {"kernel": "built", "extra": "built", "core": "built"}
+    assert {k: v for k, v in keys(built).items() if k != "core"} == {
+        k: v for k, v in keys(story["first"]).items() if k != "core"}
+    log = Path(next(c["log"] for c in built["components"] if c["component"] == "extra")).read_text()
+    assert "busybox_1.35.0.orig.tar.bz2 (sha256" in log and "from cache" in log
+    booted = pib(ws, "boot")
+    assert booted["passed"] and marker_keys(booted["marker_line"]) == keys(built)
+
+
+def test_first_build_published_the_cbe_prefix(story: dict[str, Any]) -> None:
+    assert story["first"]["cbe_published"] == ["s3"]
+
+
+def test_new_machine_installs_the_cbe_as_a_binary_from_s3(story: dict[str, Any]) -> None:
+    """A fresh CBE root and download cache: configure takes the signed prefix of this lock from S3."""
+    root: Path = story["root"]
+    ws = make_workspace(root, name="binary-cbe", repos=root / "repos")
+    isolate(ws, root / "binary-store", story["s3"], story["key"], publish=False)
+    text = (ws / "pib.local.toml").read_text().replace(f'root = "{root / "cbe"}"', f'root = "{root / "binary-cbe-root"}"')
+    (ws / "pib.local.toml").write_text(text)
+    fresh = {"PIB_CACHE": str(root / "binary-cache")}
+    configured = pib(ws, "configure", creds=story["s3"], extra_env=fresh)
+    assert configured["cbe"].endswith(str(root / "binary-cbe-root" / "gcc12-1"))
+    log = (ws / "log" / "configure.log").read_text()
+    assert "installed from the prebuilt prefix in s3" in log
+    assert not (root / "binary-cache" / "sha256").exists()  # no package was fetched
+    # Every file of the installed prefix matches the install record made from it.
+    res = run([sys.executable, "-m", "pib", "-C", str(ws), "cbe", "verify", "--full"],
+              env=minimal_env({"PYTHONPATH": str(REPO), **fresh}), capture=True, check=False)
+    assert res.returncode == 0 and res.stdout.startswith("ok:"), res.stdout
+    built = pib(ws, "build", creds=story["s3"], extra_env=fresh)
+    assert keys(built) == {**keys(story["first"]), "core": keys(built)["core"]}

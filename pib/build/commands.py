@@ -161,6 +161,8 @@ def build(
                          on_event=on_event).run(plans)
         if opts.publish and report.ok:
             _publish_sources(ctx, plans, report, offline=offline)
+            if not offline:
+                _publish_cbe(ctx, report)
         if report.ok and image and cfg.image is not None and not names:
             report.image = _image(ctx, plans, report, force=opts.force)
         return report
@@ -240,6 +242,34 @@ def _publish_sources(ctx: BuildContext, plans: list[Plan], report: BuildReport, 
                 report.sources_uploaded[up.store] = list(up.names)
     except PibError as exc:
         report.warnings.append(f"could not mirror pinned sources to the stores: {exc.message}")
+
+
+def _publish_cbe(ctx: BuildContext, report: BuildReport) -> None:
+    """Publish the installed CBE prefix, keyed by its lock digest, to the remotes that lack it."""
+    cfg = ctx.cfg
+    if cfg.cbe is None:
+        return
+    from pib import cbe
+    from pib.artifacts.policy import may_publish, publishing_signer, remote_stores
+    from pib.cbe.install import read_record
+    from pib.cbe.pins import load
+    from pib.cbe.providers.tarball import component, publish_prefix
+
+    try:
+        lock = load(cfg.cbe.lock)
+        if lock.provider == "tarball":
+            return  # already published as what it is
+        targets = [s for s in remote_stores(cfg) if may_publish(cfg, s.name)]
+        lacking = [s for s in targets if not s.has(component(lock.name), lock.digest)]
+        if not lacking:
+            return
+        installed = cbe.verify_full(cfg.cbe)  # every file hashed: only an untouched prefix is published
+        record = read_record(installed.prefix) or {}
+        env = record.get("provider_env")
+        report.cbe_published = list(publish_prefix(installed.prefix, lock, dict(env) if isinstance(env, dict) else {},
+                                                   lacking, publishing_signer(cfg)))
+    except PibError as exc:
+        report.warnings.append(f"could not publish the CBE prefix: {exc.message}")
 
 
 def _cbe_pins(cfg: Config) -> list[Pinned]:

@@ -88,6 +88,7 @@ class BuildReport:
         self.policy = policy
         self.warnings: list[str] = []
         self.sources_uploaded: dict[str, list[str]] = {}  # store -> pinned files it was sent
+        self.cbe_published: list[str] = []  # stores the CBE prefix was published to
 
     @property
     def ok(self) -> bool:
@@ -116,6 +117,7 @@ class BuildReport:
             "boot": self.boot,
             "warnings": list(self.warnings),
             "sources_uploaded": self.sources_uploaded,
+            "cbe_published": self.cbe_published,
             "error": self.error.to_json() if self.error else None,
         }
 
@@ -351,7 +353,8 @@ class Builder:
                 remove_tree(proto_tmp(c.proto))
                 log.line(f"pib: failed: {exc.message}")
                 self._emit(c.name, State.FAILED, start, exc.message)
-                detail = exc.message + (f"\n{exc.detail}" if exc.detail else "")
+                detail = exc.message + (f"\n  hint: {exc.hint}" if exc.hint else "") + \
+                    (f"\n{exc.detail}" if exc.detail else "")
                 return Outcome(c.name, State.FAILED, time.monotonic() - start, p.key, p.source.dirty, str(log_path),
                                detail=detail)
 

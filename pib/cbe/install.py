@@ -163,6 +163,17 @@ def _populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
     return env
 
 
+def _prebuilt_or_populate(lock: Lock, work: Path, ctx: Context) -> dict[str, str]:
+    """A signed prebuilt prefix of this exact lock from the stores, else the provider's packages."""
+    if lock.provider != "tarball":  # a tarball lock already is a prebuilt prefix
+        from pib.cbe.providers.tarball import install_prefix
+
+        got = install_prefix(lock, work, ctx)
+        if got is not None:
+            return got[0]
+    return _populate(lock, work, ctx)
+
+
 def _write_record(prefix: Path, lock: Lock, provider_env: dict[str, str]) -> None:
     files = snapshot(prefix, hashes=True)
     record = {
@@ -207,7 +218,7 @@ def install(lock: Lock, root: Path, ctx: Context, *, replace: bool, full: bool =
             work = scratch / "prefix"
             try:
                 work.mkdir(mode=0o755)
-                env = _populate(lock, work, ctx)
+                env = _prebuilt_or_populate(lock, work, ctx)
                 _write_record(work, lock, env)
                 replace_dir(work, prefix)
             finally:

@@ -80,6 +80,7 @@ class Fetcher:
         self.cache = cache
         self.mirrors = [m for m in mirrors if not (offline and m.remote)]
         self.apt = apt
+        self.refused: list[str] = []  # what each place that had a file did wrong
         self.offline = offline
         self.log = log
         self.warn = warn or (lambda _msg: None)
@@ -110,7 +111,14 @@ class Fetcher:
                              f"{', '.join(p.describe() for p in todo)}",
                              where=todo[0].where, hint="run `pib fetch` while online first")
         if todo:
-            self._upstream(todo, done)
+            try:
+                self._upstream(todo, done)
+            except PibError as exc:
+                if not self.refused:
+                    raise
+                raise FetchError(f"{exc.message}; the stores did not help either: {'; '.join(self.refused)}",
+                                 where=exc.where, hint=exc.hint, detail=exc.detail,
+                                 reason=exc.reason) from None
         return done
 
     # ------------------------------------------------------------- mirrors
@@ -130,6 +138,7 @@ class Fetcher:
                 self._into_cache(p, partial(_mirror_get, mirror, p))
             except PibError as exc:
                 self.warn(f"store {mirror.name}: {p.name}: {exc.message}; trying the next source")
+                self.refused.append(f"store {mirror.name} refused for {p.name} ({exc.message})")
                 left.append(p)
                 continue
             done[p.sha256] = Fetched(p, self.cached(p.sha256), f"store {mirror.name}")

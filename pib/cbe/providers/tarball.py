@@ -226,3 +226,95 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
     finally:
         remove_tree(scratch)
     return {}
+
+
+# ------------------------------------------------- any lock's prefix, prebuilt
+
+# A CBE installed from packages can be published whole, keyed by its lock digest:
+# a machine with a store that holds it installs the prefix in one verified unpack
+# instead of fetching and unpacking every package (RFD 141: build tools delivered
+# in binary form). The signed metadata names the lock digest, so a prefix of
+# another lock can never be taken for this one.
+PREFIX_KIND = "cbe-prefix"
+_PREFIX_FIELDS = ("format", "kind", "component", "key", "name", "version", "provider", "provider_env",
+                  "archive_sha256", "archive_size", "created", "signer")
+
+
+def publish_prefix(prefix: Path, lock: Lock, provider_env: dict[str, str], stores: Sequence[Store],
+                   key: signing.Signer | Ed25519PrivateKey) -> tuple[str, ...]:
+    """Pack an installed (and verified) prefix into each store under cbe-<name>/<lock digest>."""
+    from pib.artifacts.archive import pack
+
+    signer = signer_of(key)
+    comp = component(lock.name)
+    with tempfile.TemporaryDirectory(prefix="pib-cbe-prefix-") as tmp:
+        res = pack(prefix, Path(tmp) / "prefix.tar.zst", epoch=0)
+        meta = sign({
+            "format": META_FORMAT,
+            "kind": PREFIX_KIND,
+            "component": comp,
+            "key": lock.digest,
+            "name": lock.name,
+            "version": lock.version,
+            "provider": lock.provider,
+            "provider_env": dict(provider_env),
+            "archive_sha256": res.sha256,
+            "archive_size": res.size,
+            "created": timestamp(),
+            "signer": signer.key_id,
+        }, signer)
+        for store in stores:
+            store.put(comp, lock.digest, res.path, meta)
+    return tuple(s.name for s in stores)
+
+
+def _check_prefix_meta(raw: bytes, lock: Lock, keys: list[signing.PublicKey]) -> dict[str, Any]:
+    doc = read_signed(raw, keys, fields=_PREFIX_FIELDS, what=f"CBE prefix {component(lock.name)}/{lock.digest[:16]}")
+    env = doc.get("provider_env")
+    if doc.get("kind") != PREFIX_KIND or doc.get("key") != lock.digest or doc.get("name") != lock.name \
+            or doc.get("version") != lock.version or doc.get("provider") != lock.provider \
+            or not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise VerifyError("CBE prefix metadata names another lock than the one being installed",
+                          hint="the store entry does not belong to this lock; delete it")
+    return doc
+
+
+def install_prefix(lock: Lock, dest: Path, ctx: Context) -> tuple[dict[str, str], str] | None:
+    """Unpack a signed prebuilt prefix of exactly this lock into dest: (provider env, store name).
+
+    None when no store has one, or none that verifies (then the caller installs from the
+    lock's packages as usual; a refused entry is logged, never used).
+    """
+    from pib.artifacts.archive import unpack
+
+    if not ctx.stores or not ctx.trusted_keys or (ctx.offline and not ctx.stores):
+        return None
+    keys = [public_key(k) for k in ctx.trusted_keys]
+    comp = component(lock.name)
+    scratch = Path(tempfile.mkdtemp(prefix=".prefix-", dir=dest.parent))
+    try:
+        for spec in ctx.stores:
+            try:
+                store = store_of(spec)
+                archive, _, doc = fetch_verified(
+                    store, comp, lock.digest, scratch / "get",
+                    read=lambda raw: _check_prefix_meta(raw, lock, keys),
+                    pins=lambda d: (str(d["archive_sha256"]), int(d["archive_size"])),
+                )
+                unpack(archive, dest, log=ctx.log)
+            except NotFound:
+                continue
+            except PibError as exc:
+                if ctx.log is not None:
+                    ctx.log.line(f"pib: CBE prefix from {getattr(spec, 'name', spec)} not used: {exc.message}")
+                remove_tree(dest)
+                dest.mkdir(mode=0o755)
+                continue
+            remove_tree(dest / ".pib")  # the publisher's install record; this install writes its own
+            if ctx.log is not None:
+                ctx.log.line(f"pib: CBE {lock.name} {lock.version} installed from the prebuilt prefix in "
+                             f"{store.name}")
+            return {str(k): str(v) for k, v in doc["provider_env"].items()}, store.name
+    finally:
+        remove_tree(scratch)
+    return None
