@@ -198,3 +198,33 @@ def test_debian_version_order(lower: str, higher: str) -> None:
     from pib.cbe.providers.debian import _VersionKey
 
     assert _VersionKey(lower) < _VersionKey(higher) and not _VersionKey(higher) < _VersionKey(lower)
+
+
+@pytest.mark.integration
+def test_cbe_package_dropped_upstream_installs_from_a_store_or_says_how_to_repin(tmp_path: Path) -> None:
+    from pib.cbe import ensure
+    from pib.cbe.pins import load as load_lock
+    from pib.config.types import CbeSpec, LocalStoreSpec
+    from pib.errors import CbeError
+
+    work = tmp_path / "debs"
+    work.mkdir()
+    old = build_deb(work, "tool", "1.0-1", {"usr/bin/tool": "#!/bin/sh\necho 1\n"})
+    new = build_deb(work, "tool", "1.0-2", {"usr/bin/tool": "#!/bin/sh\necho 2\n"})
+    uri = make_archive(tmp_path / "repo", "stable", [new])  # 1.0-1 was superseded and dropped
+    lock = tmp_path / "t.lock.toml"
+    lock.write_text('format = 1\nname = "t"\nversion = "1"\nprovider = "debian"\n\n'
+                    f'[apt]\nuris = ["{uri}"]\nsuites = ["stable"]\ntrusted = true\n\n'
+                    f'[[packages]]\nname = "tool"\nversion = "1.0-1"\narch = "amd64"\nsha256 = "{sha256(old)}"\n')
+    spec = CbeSpec("t", "1", tmp_path / "root", lock)
+    with pytest.raises(CbeError) as exc:
+        ensure(spec, install=True)
+    text = str(exc.value)
+    assert "tool:amd64=1.0-1" in text and "stable" in text and f"pib cbe pin {lock}" in text
+    assert not (tmp_path / "root" / "1").exists()
+
+    store = LocalStore(tmp_path / "store")
+    store.put_blob(blob_path(sha256(old)), old)
+    inst = ensure(spec, install=True, stores=[LocalStoreSpec(tmp_path / "store")])
+    assert (inst.prefix / "usr" / "bin" / "tool").read_text() == "#!/bin/sh\necho 1\n"
+    assert inst.lock_digest == load_lock(lock).digest
