@@ -218,11 +218,14 @@ def test_fetch_then_offline_from_scratch_with_upstream_unreachable(story: dict[s
     assert {f["came_from"] for f in fetched["files"]} == {"cache"}  # the story fetched them all
     (ws / "pib.local.toml").write_text(
         f'[local_store]\npath = "{root / "offline-store"}"\n\n[cbe]\nroot = "{root / "offline-cbe"}"\n\n'
-        '[apt]\nuris = ["http://127.0.0.1:9/debian"]\n', encoding="utf-8")
+        '[apt]\nuris = ["http://127.0.0.1:9/debian"]\n\n'
+        '[[store]]\nname = "unreachable"\ntype = "http"\nurl = "http://127.0.0.1:9/pib"\ntimeout = 1\nretries = 0\n',
+        encoding="utf-8")
     configured = pib(ws, "configure", "--offline")
     assert configured["cbe"].endswith(str(root / "offline-cbe" / "gcc12-1"))
     built = pib(ws, "build", "--offline")
     assert actions(built) == {"kernel": "built", "extra": "built", "core": "built"}
+    assert not any("unreachable" in w for w in built["warnings"])  # never even asked
     assert {k: v for k, v in keys(built).items() if k != "core"} == {
         k: v for k, v in keys(story["first"]).items() if k != "core"}
     log = Path(next(c["log"] for c in built["components"] if c["component"] == "extra")).read_text()
