@@ -50,24 +50,44 @@ class ConfigureReport(NamedTuple):
             "platform_overridden": self.floor.overridden,
             "cbe": self.cbe,
             "components": [
-                {"component": c.name, "action": c.action, "branch": c.branch, "head": c.head, "dirty": c.dirty}
+                {"component": c.name, "action": c.action, "branch": c.branch, "head": c.head, "dirty": c.dirty,
+                 "note": c.note}
                 for c in self.checkouts
             ],
             "seconds": round(self.seconds, 3),
         }
 
 
-def configure(cfg: Config, *, update: bool = False, allow_old: bool = False, install_cbe: bool = True) -> ConfigureReport:
+def configure(cfg: Config, *, update: bool = False, allow_old: bool = False, install_cbe: bool = True,
+              wait_for_lock: bool = False) -> ConfigureReport:
     t0 = time.monotonic()
     floor = check_floor(cfg.platform, allow_old=allow_old)
     log_dir = cfg.workspace.log_dir
+    from pib.artifacts.policy import trusted_keys
     from pib.run import Log
 
-    with Log(log_dir / "configure.log") as log:
+    trusted_keys(cfg, machine=False)  # a missing or unreadable key file is a configure-time error
+    # A checkout must not move under a running build (its key was computed from the old content).
+    with workspace_lock(cfg) as lock, Log(log_dir / "configure.log") as log:
+        lock.acquire(wait=wait_for_lock)
         benv = build_env(cfg, install=install_cbe, log=log)
         comps = topo_order(cfg)
-        reports = tuple(parallel_map(lambda c: ensure_checkout(c, update=update, log=log), comps, workers=4))
+        reports = tuple(parallel_map(lambda c: ensure_checkout(c, update=update, log=log, sources=cfg.sources),
+                                     comps, workers=4))
+        _check_manifests(cfg)
     return ConfigureReport(floor, reports, benv.description, time.monotonic() - t0)
+
+
+def _check_manifests(cfg: Config) -> None:
+    """Every component manifest is a file of its checkout (an overlay's is checked by the image step)."""
+    for c in cfg.components:
+        if c.manifest is not None and not (c.checkout / c.manifest).is_file():
+            raise PibError(
+                f"component {c.name!r}: manifest {c.manifest} is not in its checkout {c.checkout}",
+                reason=Reason.MANIFEST,
+                where=cfg.sources.get(f"components.{c.name}.manifest", c.where),
+                hint="commit the manifest to the component's repository, or fix manifest in pib.toml",
+            )
 
 
 # --------------------------------------------------------------------------
@@ -139,6 +159,8 @@ def build(
     on_lock_wait: Callable[[str], None] | None = None,
 ) -> BuildReport:
     floor = check_floor(cfg.platform, allow_old=allow_old)
+    if opts.force and names and not opts.forced:
+        opts = opts._replace(forced=tuple(names))  # --force NAME rebuilds NAME, not what it depends on
     if opts.publish:
         from pib.artifacts.policy import check_publish_policy, publishing_signer
 
@@ -150,7 +172,7 @@ def build(
         ctx = BuildContext(cfg, build_env(cfg, install=False), floor)
         plans = plan(cfg, names, ctx.benv)
         # The stores are opened only when something may be restored or published.
-        needed = opts.publish or any(p.comp.prebuilt and (opts.force or not p.up_to_date) for p in plans)
+        needed = opts.publish or any(p.comp.prebuilt and (opts.forces(p.comp.name) or not p.up_to_date) for p in plans)
         artifacts = _artifacts(ctx, offline=offline) if needed else None
         report = Builder(ctx, opts, artifacts=artifacts, on_event=on_event).run(plans)
         if report.ok and image and cfg.image is not None and not names:
@@ -219,12 +241,27 @@ class ClobberReport(NamedTuple):
     component: str
     removed_proto: bool
     cleaned_checkout: bool
+    removed_untracked: tuple[str, ...] = ()
 
 
-def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False) -> list[ClobberReport]:
+def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False, force: bool = False) -> list[ClobberReport]:
+    """Remove proto areas, build records and build products; untracked work is kept unless `force`."""
+    from pib.build.checkout import untracked_files
+
     out: list[ClobberReport] = []
     with workspace_lock(cfg) as lock:
         lock.acquire(wait=wait_for_lock)
+        untracked = {n: untracked_files(cfg.component(n).checkout) for n in names
+                     if (cfg.component(n).checkout / ".git").exists()}
+        at_risk = [f"{n}: {f}" for n, files in untracked.items() for f in files]
+        if at_risk and not force:
+            shown = at_risk[:20] + ([f"... and {len(at_risk) - 20} more"] if len(at_risk) > 20 else [])
+            raise PibError(
+                "clobber would delete untracked files that no .gitignore ignores (uncommitted work?)",
+                reason=Reason.SOURCE,
+                detail="\n".join(shown),
+                hint="commit or move them, add build products to .gitignore, or pass --force to delete them",
+            )
         for name in names:
             c = cfg.component(name)
             had_proto = c.proto.exists()
@@ -236,7 +273,7 @@ def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False) -
             cleaned = (c.checkout / ".git").exists()
             if cleaned:
                 clean_checkout(c)
-            out.append(ClobberReport(c.name, had_proto, cleaned))
+            out.append(ClobberReport(c.name, had_proto, cleaned, tuple(untracked.get(c.name, ()))))
     return out
 
 
@@ -289,6 +326,7 @@ class Published(NamedTuple):
     component: str
     key: str
     stores: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = False, ci: bool = False) -> list[Published]:
@@ -322,6 +360,7 @@ def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = F
         with Log(cfg.workspace.log_dir / "publish.log") as log:
             for n in chosen:
                 p = plans[n]
-                stores = publish_one(ctx, p, p.comp.proto, log, remotes)
-                out.append(Published(n, p.key, stores))
+                warnings: list[str] = []
+                stores = publish_one(ctx, p, p.comp.proto, log, remotes, warn=warnings.append)
+                out.append(Published(n, p.key, stores, tuple(warnings)))
         return out

@@ -97,7 +97,8 @@ def _cmd_configure(args: argparse.Namespace) -> int:
     from pib.build import commands
 
     cfg = load_config(args)
-    rep = commands.configure(cfg, update=args.update, allow_old=args.allow_old_platform, install_cbe=not args.no_install)
+    rep = commands.configure(cfg, update=args.update, allow_old=args.allow_old_platform, install_cbe=not args.no_install,
+                             wait_for_lock=args.wait)
     if want_json(args):
         emit_json(rep.to_json())
         return 0
@@ -112,6 +113,9 @@ def _cmd_configure(args: argparse.Namespace) -> int:
     rows = [[c.name, c.action, c.branch or "(detached)", (c.head or "")[:12], "dirty" if c.dirty else "clean"]
             for c in rep.checkouts]
     print(table(rows, ["component", "checkout", "branch", "head", "tree"]))
+    for c in rep.checkouts:
+        if c.note:
+            print(f"{c.name}: {c.note}", file=sys.stderr)
     print(f"configured in {seconds(rep.seconds)}")
     return 0
 
@@ -189,10 +193,13 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     done = commands.publish(cfg, tuple(args.components) or None, wait_for_lock=args.wait)
     if want_json(args):
-        emit_json([{"component": p.component, "key": p.key, "stores": list(p.stores)} for p in done])
+        emit_json([{"component": p.component, "key": p.key, "stores": list(p.stores), "warnings": list(p.warnings)}
+                   for p in done])
         return 0
     for p in done:
         print(f"{p.component} {p.key[:12]}: published to {', '.join(p.stores)}")
+        for w in p.warnings:
+            print(f"warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -252,7 +259,7 @@ def _cmd_clobber(args: argparse.Namespace) -> int:
     else:
         print("pib clobber: name components, or --all", file=sys.stderr)
         return 2
-    reps = commands.clobber(cfg, names, wait_for_lock=args.wait)
+    reps = commands.clobber(cfg, names, wait_for_lock=args.wait, force=args.force)
     if want_json(args):
         emit_json([r._asdict() for r in reps])
         return 0
@@ -286,6 +293,7 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("--update", action="store_true", help="fetch and fast-forward every component")
     c.add_argument("--allow-old-platform", action="store_true", help="continue on a host older than the floor (loudly)")
     c.add_argument("--no-install", action="store_true", help="do not install a missing build environment")
+    c.add_argument("--wait", action="store_true", help="wait for a build of this workspace to end")
     c.set_defaults(func=_cmd_configure)
 
     for name, helptext in (("build", "build stale components (and the image)"), ("live", "same as build"),
@@ -330,6 +338,7 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     cl.add_argument("components", nargs="*", metavar="COMPONENT")
     cl.add_argument("--all", action="store_true")
     cl.add_argument("--wait", action="store_true")
+    cl.add_argument("--force", action="store_true", help="also delete untracked files no .gitignore ignores")
     cl.set_defaults(func=_cmd_clobber)
 
     for mod_name, commands in _EXTENSIONS.items():
@@ -345,11 +354,21 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM (how CI cancels) and SIGHUP (a closed terminal) stop pib the way Ctrl-C does: running builds
+    are killed, nothing half-made is kept, exit 130."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     from pib.errors import PibError
 
     if argv is None:
         argv = sys.argv[1:]
+    _stop_on_signals()
     p = parser(_command_of(argv))
     args = p.parse_args(argv)
     if not getattr(args, "func", None):
