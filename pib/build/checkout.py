@@ -155,8 +155,10 @@ def ensure_checkout(comp: ComponentConfig, *, update: bool = False, log: Log | N
                         f"run pib configure --update to repoint it (or: {fix})")
             else:
                 _check_source(comp, sources)
-                git(["remote", "remove", "origin"], dest, check=False, log=log)
-                git(["remote", "add", "origin", comp.source], dest, log=log)
+                if origin:
+                    git(["remote", "set-url", "origin", comp.source], dest, log=log)  # keeps branch tracking
+                else:
+                    git(["remote", "add", "origin", comp.source], dest, log=log)
                 note = f"origin repointed from {origin or '(none)'} to {comp.source}"
                 action = CheckoutAction.UPDATED
         with _explained(comp, sources, "cannot update the checkout"):
@@ -194,7 +196,8 @@ def _explained(comp: ComponentConfig, sources: Mapping[str, Location] | None, do
     except PibError as exc:
         if exc.where is not None:
             raise
-        said = [ln.strip() for ln in (exc.detail or "").splitlines() if ln.strip()]
+        said = [ln.strip() for ln in (exc.detail or "").splitlines()
+                if ln.strip() and not re.match(r"^\[\d\d:\d\d:\d\d\] ", ln)]  # pib's own log lines
         why = said[-1].removeprefix("fatal: ") if said else exc.message
         key = "branch" if comp.branch and "branch" in why.lower() else "ref" if comp.ref else "source"
         raise PibError(
