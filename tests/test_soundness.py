@@ -473,6 +473,52 @@ def test_bad_stamp_and_broken_pipe_are_not_tracebacks(tmp_path: Path) -> None:
     ws = one(tmp_path, TWO_FILES)
     r = pib(ws, "image", "--stamp", "20261301T000000Z")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "bad buildstamp" in r.stderr
-    p = subprocess.run(f"{sys.executable} -m pib -C {ws} config show | head -1", shell=True, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONUNBUFFERED": "0"})
-    assert p.stdout.startswith("# workspace") and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+    # `pib config show | head -1`, made deterministic: the reader is gone before pib writes.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    p = subprocess.run([sys.executable, "-m", "pib", "-C", str(ws), "config", "show"], stdout=write_end,
+                       stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr and p.returncode == 141
+
+
+def test_allow_old_platform_warns_on_build(tmp_path: Path) -> None:
+    ws = one(tmp_path, TWO_FILES)
+    (ws / "pib.toml").write_text((ws / "pib.toml").read_text().replace('min_version = "1"', 'min_version = "99"'))
+    data = build(ws, "--allow-old-platform")
+    assert data["_rc"] == 0 and any("older than the oldest supported" in w for w in data["warnings"])  # type: ignore[attr-defined]
+    r = pib(ws, "build", "--allow-old-platform")
+    assert r.returncode == 0 and "warning: host platform" in r.stderr
+
+
+def test_a_refused_ci_run_leaves_no_stale_report(tmp_path: Path) -> None:
+    ws = one(tmp_path, TWO_FILES, extra='prebuilt = true\n[trust]\npublish = "never"\n')
+    stale = ws / "output" / "ci-report.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"ok": true}\n')
+    r = pib(ws, "ci")
+    assert r.returncode == EXIT_CODES[Reason.PUBLISH]
+    assert not stale.exists()
+
+
+def test_require_prebuilt_with_a_store_down_does_not_promise_a_local_build(tmp_path: Path) -> None:
+    ws = one(tmp_path, TWO_FILES, extra='prebuilt = true\n[[store]]\nname = "ci"\nurl = "http://127.0.0.1:9/x"\n'
+             'timeout = 2\nretries = 0\n')
+    data = build(ws, "--require-prebuilt")
+    assert data["_rc"] == EXIT_CODES[Reason.PREBUILT_MISSING]
+    assert data["warnings"] and not any("building locally" in w for w in data["warnings"])  # type: ignore[attr-defined]
+
+
+def test_status_says_what_a_build_would_do_and_explain_names_changed_files(tmp_path: Path) -> None:
+    ws = one(tmp_path, COPY_DATA, extra="prebuilt = true\n")
+    assert status(ws)["x"]["next"] == "build"
+    assert actions(build(ws)) == {"x": "built"}
+    assert status(ws)["x"]["next"] == ""
+    import shutil
+
+    shutil.rmtree(ws / "proto.x")
+    assert status(ws)["x"]["next"] == "restore from local"  # the machine's store kept the build
+    assert actions(build(ws)) == {"x": "restored"}
+    write(ws / "projects" / "x", {"data/a.dat": "changed\n", "data/new.dat": "n\n"})
+    ex = json.loads(pib(ws, "explain", "x", "--json").stdout)
+    assert ex["last_build"]["changed_files"] == ["data/a.dat", "data/new.dat"]

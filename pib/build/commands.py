@@ -104,6 +104,7 @@ class ComponentStatus(NamedTuple):
     head: str | None
     last_action: str | None
     prebuilt: bool
+    next: str = ""  # what a build would do: "" (nothing), "build", "restore from local", "build or restore"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,19 +117,45 @@ class ComponentStatus(NamedTuple):
             "head": self.head,
             "last_action": self.last_action,
             "prebuilt": self.prebuilt,
+            "next": self.next,
         }
 
 
 def status(cfg: Config, names: Sequence[str] | None = None) -> list[ComponentStatus]:
     _require_checkouts(cfg, names)
     benv = build_env(cfg, install=False)
+    plans = plan(cfg, names, benv)
+    local = _local_hits(cfg, plans)
     out: list[ComponentStatus] = []
-    for p in plan(cfg, names, benv):
+    for p in plans:
         out.append(ComponentStatus(
             p.comp.name, p.up_to_date, p.reasons, p.key, p.source.dirty, p.source.branch, p.source.head,
-            p.record.action if p.record else None, p.comp.prebuilt,
+            p.record.action if p.record else None, p.comp.prebuilt, _next(cfg, p, local),
         ))
     return out
+
+
+def _local_hits(cfg: Config, plans: Sequence[Plan]) -> set[tuple[str, str]]:
+    """Which stale prebuilt components the machine's local store holds (no network: a status stays cheap)."""
+    wanted = [(p.comp.name, p.key) for p in plans if p.comp.prebuilt and not p.up_to_date]
+    if not wanted:
+        return set()
+    from pib.artifacts.policy import local_store
+
+    try:
+        return local_store(cfg).has_many(wanted)
+    except PibError:
+        return set()
+
+
+def _next(cfg: Config, p: Plan, local: set[tuple[str, str]]) -> str:
+    if p.up_to_date:
+        return ""
+    if (p.comp.name, p.key) in local:
+        return f"restore from {cfg.local_store.name}"
+    if p.comp.prebuilt and cfg.stores and not p.source.dirty:
+        return "build, unless a remote store has it"
+    return "build"
 
 
 def _require_checkouts(cfg: Config, names: Sequence[str] | None) -> None:
@@ -173,19 +200,23 @@ def build(
         plans = plan(cfg, names, ctx.benv)
         # The stores are opened only when something may be restored or published.
         needed = opts.publish or any(p.comp.prebuilt and (opts.forces(p.comp.name) or not p.up_to_date) for p in plans)
-        artifacts = _artifacts(ctx, offline=offline) if needed else None
+        artifacts = _artifacts(ctx, offline=offline, require_prebuilt=opts.require_prebuilt) if needed else None
         report = Builder(ctx, opts, artifacts=artifacts, on_event=on_event).run(plans)
+        if floor.overridden:
+            report.warnings.insert(0, f"host platform {floor.host.version} is older than the oldest supported "
+                                      f"{floor.minimum} (--allow-old-platform): builds may not run on supported "
+                                      "platforms and are never published")
         if report.ok and image and cfg.image is not None and not names:
             report.image = _image(ctx, plans, report, force=opts.force)
         return report
 
 
-def _artifacts(ctx: BuildContext, *, offline: bool) -> Artifacts | None:
+def _artifacts(ctx: BuildContext, *, offline: bool, require_prebuilt: bool = False) -> Artifacts | None:
     if not any(c.prebuilt for c in ctx.cfg.components):
         return None
     from pib.build.prebuilt import StoreArtifacts
 
-    return StoreArtifacts(ctx, offline=offline)
+    return StoreArtifacts(ctx, offline=offline, require_prebuilt=require_prebuilt)
 
 
 def _image(ctx: BuildContext, plans: list[Plan], report: BuildReport, *, force: bool) -> dict[str, Any]:
@@ -301,6 +332,11 @@ def explain(cfg: Config, name: str) -> dict[str, Any]:
             "action": p.record.action,
             "differs": [{"field": f, "was": a, "now": b} for f, a, b in keys.diff(p.record.doc, p.doc)],
         }
+        was = (p.record.doc.get("source") or {}).get("tree")
+        if isinstance(was, str) and was != p.source.tree:
+            from pib.build.checkout import changed_files
+
+            out["last_build"]["changed_files"] = changed_files(p.comp.checkout, was, p.source.tree)
     nearest = _nearest_artifact(cfg, name)
     if nearest is not None:
         store_name, doc = nearest

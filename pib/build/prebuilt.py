@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 class StoreArtifacts:
     """The build's view of the stores (implements pib.build.runner.Artifacts)."""
 
-    def __init__(self, ctx: BuildContext, *, offline: bool) -> None:
+    def __init__(self, ctx: BuildContext, *, offline: bool, require_prebuilt: bool = False) -> None:
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.local = policy.local_store(ctx.cfg)
@@ -39,6 +39,7 @@ class StoreArtifacts:
         self._known: dict[str, set[tuple[str, str]]] = {}  # remote name -> entries it has
         self._down: set[str] = set()
         self._lock = threading.Lock()
+        self._require = require_prebuilt
 
     def _warn(self, text: str) -> None:
         with self._lock:
@@ -60,7 +61,9 @@ class StoreArtifacts:
         for name, found, error in parallel_map(ask, self.remotes):
             if found is None:
                 self._down.add(name)
-                self._warn(f"store {name} is unavailable ({error}); building locally what it would have provided")
+                then = ("what it would have provided is missing (--require-prebuilt)" if self._require
+                        else "building locally what it would have provided")
+                self._warn(f"store {name} is unavailable ({error}); {then}")
             else:
                 self._known[name] = found
 

@@ -143,6 +143,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(f"waiting for another build of this workspace ({holder})", file=sys.stderr)
 
     ci = args.command == "ci"
+    report_path = Path(args.report) if ci and args.report else cfg.workspace.output_dir / "ci-report.json"
+    if ci:
+        report_path.unlink(missing_ok=True)  # a refused run must not leave the last run's report looking current
     with Progress(order, live=False if json_out or args.quiet else None) as prog:
         report = commands.build(
             cfg, names, opts,
@@ -160,7 +163,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         except PibError as exc:
             report.error = exc
     if ci:
-        path = Path(args.report) if args.report else cfg.workspace.output_dir / "ci-report.json"
+        path = report_path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
         print(f"report: {path}", file=sys.stderr)
@@ -216,8 +219,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         why = "; ".join(r.reasons)
         out.append([r.name, "up to date" if r.up_to_date else "stale", r.key[:12],
-                    ("dirty" if r.dirty else "clean"), why])
-    print(table(out, ["component", "state", "key", "tree", "why"]))
+                    ("dirty" if r.dirty else "clean"), r.next and f"will {r.next}", why])
+    print(table(out, ["component", "state", "key", "tree", "next", "why"]))
     return 0
 
 
@@ -245,6 +248,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         print(f"{label}{where} ({section['key'][:12]}) differs in:")
         for d in section["differs"]:
             print(f"  {d['field']}: {json.dumps(d['was'])} -> {json.dumps(d['now'])}")
+        if section.get("changed_files"):
+            print("  files changed since then: " + ", ".join(section["changed_files"][:20])
+                  + (f" and {len(section['changed_files']) - 20} more" if len(section["changed_files"]) > 20 else ""))
     return 0
 
 
@@ -376,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # The reader went away (`pib config show | head -1`): nothing more to say, and nowhere to say it.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except PibError as exc:
         if getattr(args, "debug", False):
             import traceback
