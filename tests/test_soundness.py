@@ -256,7 +256,9 @@ def test_a_second_publish_of_a_key_keeps_the_first_artifact(tmp_path: Path, ngin
     assert second["components"][0]["key"] == key  # type: ignore[index]
     assert meta.read_bytes() == before, "the published artifact was overwritten"
     assert any("already published with other bytes" in w for w in second["warnings"])  # type: ignore[attr-defined]
-    # Publishing it again from a explicitly: still the first artifact, still a warning.
+    listed = json.loads(pib(a, "cache", "ls", "--store", url, "--json").stdout)["entries"]
+    assert [(e["component"], e["key"]) for e in listed] == [("x", key)]
+    # Publishing it again from b explicitly: still the first artifact, still a warning.
     r = pib(b, "publish", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["warnings"] and meta.read_bytes() == before
@@ -522,3 +524,13 @@ def test_status_says_what_a_build_would_do_and_explain_names_changed_files(tmp_p
     write(ws / "projects" / "x", {"data/a.dat": "changed\n", "data/new.dat": "n\n"})
     ex = json.loads(pib(ws, "explain", "x", "--json").stdout)
     assert ex["last_build"]["changed_files"] == ["data/a.dat", "data/new.dat"]
+
+
+def test_json_is_honoured_by_keygen_and_cache_rm(tmp_path: Path) -> None:
+    r = pib(tmp_path, "keygen", str(tmp_path / "k.key"), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["public_key"] == str(tmp_path / "k.key.pub")
+    ws = one(tmp_path, TWO_FILES, extra="prebuilt = true\n")
+    key = build(ws)["components"][0]["key"]  # type: ignore[index]
+    r = pib(ws, "cache", "rm", "x", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["removed"] == [{"component": "x", "key": key}]
