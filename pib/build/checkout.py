@@ -67,7 +67,6 @@ class SourceState(NamedTuple):
     head: str | None  # HEAD commit (None in an empty repository)
     head_tree: str | None
     branch: str | None  # None when detached
-    epoch: int = 0  # committer time of HEAD: the SOURCE_DATE_EPOCH of the build (0 without a commit)
 
     @property
     def dirty(self) -> bool:
@@ -301,8 +300,7 @@ def source_state(checkout: Path, index: Path | None) -> SourceState:
         head = out[0] if out else None
     if head is None:
         return SourceState(tree, None, None, branch)
-    head_tree, epoch = _head_info(checkout, head, index)
-    return SourceState(tree, head, head_tree, branch, epoch)
+    return SourceState(tree, head, _head_tree(checkout, head, index), branch)
 
 
 def content_paths(checkout: Path) -> list[str]:
@@ -399,20 +397,20 @@ def _read_head(gitdir: Path) -> tuple[str | None, str | None]:
     return branch, None
 
 
-def _head_info(checkout: Path, commit: str, index: Path) -> tuple[str, int]:
-    """Tree and committer time of a commit; they never change, so they are remembered beside the private index."""
+def _head_tree(checkout: Path, commit: str, index: Path) -> str:
+    """The tree of a commit never changes, so it is remembered beside the private index."""
     memo = index.with_name(index.name + ".trees")
     try:
         for line in memo.read_text(encoding="utf-8").splitlines():
-            fields = line.split(" ")
-            if fields[0] == commit and len(fields) == 3:
-                return fields[1], int(fields[2])
-    except (OSError, ValueError):
+            c, _, t = line.partition(" ")
+            if c == commit:
+                return t
+    except OSError:
         pass
-    tree, _, when = git(["show", "-s", "--format=%T %ct", commit], checkout, hermetic=True).strip().partition(" ")
+    tree = git(["rev-parse", f"{commit}^{{tree}}"], checkout, hermetic=True).strip()
     with open(memo, "a", encoding="utf-8") as fh:
-        fh.write(f"{commit} {tree} {int(when)}\n")
-    return tree, int(when)
+        fh.write(f"{commit} {tree}\n")
+    return tree
 
 
 def clean_checkout(comp: ComponentConfig, log: Log | None = None) -> None:

@@ -94,8 +94,9 @@ def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path) -> dic
     for d in c.depends:
         extra[f"PIB_DEP_{_env_name(d)}"] = str(cfg.component(d).proto)
     extra.update(c.env)
-    # The epoch is in the key (source.epoch): the caller's SOURCE_DATE_EPOCH, which is not, never reaches a build.
-    return build_environment(benv, extra, home=home, source_date_epoch=str(plan.doc["source"]["epoch"]))
+    # The epoch is in the key (a fixed workspace value, so equal content keeps its key across commits);
+    # the caller's SOURCE_DATE_EPOCH, which is not in the key, never reaches a build.
+    return build_environment(benv, extra, home=home, source_date_epoch=str(plan.doc["epoch"]))
 
 
 def _scratch_home() -> Path:

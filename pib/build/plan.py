@@ -45,7 +45,7 @@ def plan(cfg: Config, names: Sequence[str] | None, benv: BuildEnv) -> list[Plan]
             c,
             workspace=cfg.workspace.root,
             tree=sources[c.name].tree,
-            epoch=sources[c.name].epoch,
+            epoch=cfg.workspace.source_date_epoch,
             cbe=benv.key,
             baseline=cfg.platform.min_version,
             dep_keys={d: plans[d].key for d in c.depends},

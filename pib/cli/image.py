@@ -40,7 +40,8 @@ def _cmd_image(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     if args.sizes:
-        report = size_report(image_spec(cfg), proto_areas(cfg), top=args.top)
+        report = size_report(image_spec(cfg), proto_areas(cfg), top=args.top,
+                             component_keys=recorded_keys(cfg.workspace.state_dir, cfg.names))
         if want_json(args):
             emit_json(report.to_json())
         else:

@@ -319,6 +319,7 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
         output_dir=_rel(root, ws.text("output_dir", "output") or "output"),
         state_dir=_rel(root, ws.text("state_dir", ".pib") or ".pib"),
         jobs=ws.integer("jobs", max(1, os.cpu_count() or 1), minimum=1),
+        source_date_epoch=ws.integer("source_date_epoch", 315532800, minimum=0),
     )
     ws.done()
 
