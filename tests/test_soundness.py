@@ -523,7 +523,7 @@ def test_require_prebuilt_with_a_store_down_does_not_promise_a_local_build(tmp_p
 
 
 def test_status_says_what_a_build_would_do_and_explain_names_changed_files(tmp_path: Path) -> None:
-    ws = one(tmp_path, COPY_DATA, extra="prebuilt = true\n")
+    ws = one(tmp_path, COPY_DATA, extra='prebuilt = true\n[local_store]\npath = "../store"\n')
     assert status(ws)["x"]["next"] == "build"
     assert actions(build(ws)) == {"x": "built"}
     assert status(ws)["x"]["next"] == ""
@@ -540,7 +540,7 @@ def test_status_says_what_a_build_would_do_and_explain_names_changed_files(tmp_p
 def test_json_is_honoured_by_keygen_and_cache_rm(tmp_path: Path) -> None:
     r = pib(tmp_path, "keygen", str(tmp_path / "k.key"), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["public_key"] == str(tmp_path / "k.key.pub")
-    ws = one(tmp_path, TWO_FILES, extra="prebuilt = true\n")
+    ws = one(tmp_path, TWO_FILES, extra='prebuilt = true\n[local_store]\npath = "../store"\n')
     key = build(ws)["components"][0]["key"]  # type: ignore[index]
     r = pib(ws, "cache", "rm", "x", "--json")
     assert r.returncode == 0, r.stderr
