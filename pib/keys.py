@@ -20,7 +20,8 @@ from pib.fsutil import sha256_file
 if TYPE_CHECKING:
     from pib.config.types import ComponentConfig
 
-FORMAT = 1
+# 2: epoch (the SOURCE_DATE_EPOCH every build gets) and cbe.system_path joined the document.
+FORMAT = 2
 
 
 def digest(doc: Mapping[str, Any]) -> str:
@@ -32,6 +33,7 @@ def key_document(
     *,
     workspace: Path,
     tree: str,
+    epoch: int,
     cbe: Mapping[str, str] | None,
     baseline: str | None,
     dep_keys: Mapping[str, str],
@@ -54,6 +56,7 @@ def key_document(
         "format": FORMAT,
         "component": comp.name,
         "source": {"tree": tree},
+        "epoch": epoch,
         "recipe": {"build": list(comp.build), "env": dict(comp.env)},
         "cbe": dict(cbe) if cbe else None,
         "platform": {"baseline": baseline},

@@ -217,13 +217,16 @@ def test_second_build_refuses_or_waits(three: Path) -> None:
         assert "in use by another pib" in r.stderr and "--wait" in r.stderr
         waiter = subprocess.Popen([sys.executable, "-m", "pib", "-C", str(three), "build", "--wait", "--json"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+        assert waiter.stderr is not None
+        # Release only once the waiter says it waits (a loaded machine may take seconds to start it).
+        first = waiter.stderr.readline()
+        assert "waiting for another build" in first, first
+        time.sleep(0.5)
         assert waiter.poll() is None  # still waiting for the lock
     finally:
         lock.release()
     _, err = waiter.communicate(timeout=60)
-    assert waiter.returncode == 0, err
-    assert "waiting for another build" in err
+    assert waiter.returncode == 0, first + err
 
 
 def test_unknown_component_and_config_error_exit_codes(three: Path) -> None:

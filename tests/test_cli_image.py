@@ -102,3 +102,22 @@ def test_workspace_manifest_check_names_the_line(tmp_path: Path) -> None:
     assert r.returncode == EXIT_CODES[Reason.MANIFEST]
     err = json.loads(r.stdout)["error"]
     assert err["where"].endswith("manifest:7")
+
+
+@pytest.mark.integration
+def test_sizes_count_the_release_file_as_written(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path)
+    assert pib(ws, "build", "--json").returncode == 0
+    report = json.loads(pib(ws, "image", "--sizes", "--json").stdout)
+    generated = {f["path"]: f["bytes"] for c in report["components"] for f in c["largest"]}
+    # PIB_BUILDSTAMP=<16 characters> and one PIB_KEY_CORE=<64 hex digits> line, as the image writes it.
+    assert generated["etc/pib-release"] == len(b"PIB_BUILDSTAMP=00000000T000000Z\n") + len(
+        "PIB_KEY_CORE=\n") + 64
+
+
+def test_manifest_check_reports_every_bad_line(tmp_path: Path) -> None:
+    m = tmp_path / "manifest"
+    m.write_text("d etc 0755 root root\nx bad\nf etc/a 0644 root root\nf /abs 0644 root root\n")
+    r = pib(tmp_path, "manifest", "check", str(m))
+    assert r.returncode == EXIT_CODES[Reason.MANIFEST]
+    assert f"{m}:2:" in r.stderr and f"{m}:4:" in r.stderr

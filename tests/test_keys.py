@@ -13,18 +13,20 @@ from pib.config.loader import load
 from tests.gitutil import commit, make_repo, write
 
 GOLDEN_DOC = {
-    "format": 1,
+    "format": 2,
     "component": "extra",
     "source": {"tree": "4b825dc642cb6eb9a060e54bf8d69288fbee4904"},
+    "epoch": 1700000000,
     "recipe": {"build": ["make", "install"], "env": {"OPT": "-O2"}},
-    "cbe": {"name": "smartos-cbe", "version": "2", "lock": "ab" * 32},
+    "cbe": {"name": "smartos-cbe", "version": "2", "lock": "ab" * 32, "system_path": "/usr/bin:/bin"},
     "platform": {"baseline": "20180329T002515Z"},
     "key_files": {"compat/illumos-hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
     "depends": {"illumos": "cd" * 32},
 }
-# Changing this value means every existing artifact in every store is orphaned:
+# Changing this value means every existing artifact in every store is orphaned (format 2 did, on purpose:
+# the build epoch and cbe.system_path became inputs):
 # bump keys.FORMAT and say so in the release notes.
-GOLDEN_KEY = "f953019a626cef501098931d2d29867a377466fd4b7de71c3dca6e4c65dc096b"
+GOLDEN_KEY = "79fc06ebe62ed0c7fe9534b2b59a34ba90cdce130343e7aaa146968e42d449cd"
 
 
 def test_golden_key_document(tmp_path: Path) -> None:
@@ -38,7 +40,8 @@ def test_golden_key_document(tmp_path: Path) -> None:
     cfg = load(tmp_path)
     doc = keys.key_document(
         cfg.component("extra"), workspace=tmp_path, tree="4b825dc642cb6eb9a060e54bf8d69288fbee4904",
-        cbe={"name": "smartos-cbe", "version": "2", "lock": "ab" * 32}, baseline="20180329T002515Z",
+        epoch=1700000000, cbe={"name": "smartos-cbe", "version": "2", "lock": "ab" * 32, "system_path": "/usr/bin:/bin"},
+        baseline="20180329T002515Z",
         dep_keys={"illumos": "cd" * 32},
     )
     assert doc == GOLDEN_DOC

@@ -58,7 +58,8 @@ def trusted_keys(cfg: Config, *, machine: bool = True) -> list[PublicKey]:
             keys.append(load_public_key(path))
         except PibError as exc:
             raise PibError(f"cannot load trusted public key {path}: {exc.message}", reason=Reason.CONFIG,
-                           hint="fix trust.public_keys in pib.toml") from exc
+                           where=cfg.sources.get("trust.public_keys"),
+                           hint="fix trust.public_keys in pib.toml (paths are relative to the workspace)") from exc
     if machine:
         keys.append(machine_signer()[1])
     return keys

@@ -166,6 +166,8 @@ class PublishOutcome:
     archive_size: int
     published: tuple[str, ...]
     problems: tuple[StoreProblem, ...]
+    # Shared stores that already held this key with other bytes: theirs was kept (first writer wins).
+    differing: tuple[StoreProblem, ...] = ()
 
 
 def publish(
@@ -201,17 +203,45 @@ def publish(
         meta = make_metadata(info, packed.sha256, packed.size, signer)
         published: list[str] = []
         problems: list[StoreProblem] = []
+        differing: list[StoreProblem] = []
         for store in targets:
             try:
+                if store.remote:
+                    # A key names one artifact for everyone who restores it: the first one published stays.
+                    held = _held_sha256(store, component, key)
+                    if held is not None:
+                        published.append(store.name)
+                        if held != packed.sha256:
+                            differing.append(StoreProblem(store.name, Reason.PUBLISH, (
+                                f"{component}/{key} already published with other bytes (archive sha256 "
+                                f"{held[:16]}, this build {packed.sha256[:16]}): the build is not reproducible; "
+                                "the published artifact was kept")))
+                        _note(log, f"{store.name}: {component}/{key} already there; kept")
+                        continue
                 store.put(component, key, packed.path, meta)
                 published.append(store.name)
                 _note(log, f"{store.name}: published {component}/{key}")
             except PibError as exc:
                 problems.append(StoreProblem(store.name, exc.reason, exc.message))
                 _note(log, f"{store.name}: publishing failed: {exc.message}")
-        return PublishOutcome(meta, packed.sha256, packed.size, tuple(published), tuple(problems))
+        return PublishOutcome(meta, packed.sha256, packed.size, tuple(published), tuple(problems),
+                              tuple(differing))
     finally:
         remove_tree(work)
+
+
+def _held_sha256(store: Store, component: str, key: str) -> str | None:
+    """The archive SHA-256 the store's entry states (None: no entry). Unverified: only compared, never used."""
+    try:
+        raw = store.get_meta(component, key)
+    except NotFound:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return ""
+    sha = doc.get("archive_sha256") if isinstance(doc, dict) else None
+    return sha if isinstance(sha, str) else ""
 
 
 # ------------------------------------------------------------------ explain

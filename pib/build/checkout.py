@@ -1,22 +1,31 @@
 """Component checkouts: clone, branch, update, and the content of the working tree.
 
 The content hash of a working tree is a git tree id computed with a private
-index (`git add -A` + `git write-tree`): tracked edits and untracked,
-not-ignored files count, a bare `touch` does not, and the user's own index is
-never touched.
+index (`git update-index` + `git write-tree`): tracked edits and untracked
+files not ignored by the tree's own .gitignore files count, a bare `touch`
+does not, and the user's own index is never touched.
+
+The content, never the machine, decides the key: every git command that looks
+at content runs without the system and global git configuration and with the
+settings that change what git reads from a file pinned (`HERMETIC`), and
+ignore rules come only from .gitignore files in the tree (not
+`.git/info/exclude` or `core.excludesFile`, which a fresh clone does not have).
+The private index is reconciled with the current path set on every run, so a
+file once seen and later ignored leaves no trace in the key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 from pib.config.types import ComponentConfig
-from pib.errors import PibError, Reason
+from pib.errors import Location, PibError, Reason
 from pib.fsutil import remove_tree, write_atomic
 from pib.run import Log, minimal_env, run
 
@@ -34,9 +43,21 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# What a key or a status may depend on: the repository, never the user's or the machine's git configuration.
+HERMETIC_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_ATTR_NOSYSTEM": "1"}
+HERMETIC = (
+    "-c", "core.excludesFile=/dev/null", "-c", "core.attributesFile=/dev/null", "-c", "core.autocrlf=false",
+    "-c", "core.safecrlf=false", "-c", "core.fileMode=true", "-c", "core.symlinks=true",
+    "-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false", "-c", "core.quotePath=false",
+)
+
+
 def git(args: list[str], cwd: Path, *, log: Log | None = None, env: Mapping[str, str] | None = None,
-        check: bool = True, timeout: float | None = 600) -> str:
-    res = run(["git", *args], cwd=cwd, env=git_env(env), log=log, capture=True, check=check,
+        check: bool = True, timeout: float | None = 600, hermetic: bool = False, input: bytes | None = None) -> str:
+    """Run git; hermetic: without the user's and the machine's configuration (keys and status)."""
+    argv = ["git", *HERMETIC, *args] if hermetic else ["git", *args]
+    full_env = git_env({**(env or {}), **HERMETIC_ENV} if hermetic else env)
+    res = run(argv, cwd=cwd, env=full_env, log=log, capture=True, check=check, input=input,
               reason=Reason.SOURCE, what=f"git {' '.join(args[:2])} in {cwd}", timeout=timeout)
     return res.stdout
 
@@ -75,21 +96,27 @@ def _is_repo(path: Path) -> bool:
     return (path / ".git").exists()
 
 
-def ensure_checkout(comp: ComponentConfig, *, update: bool = False, log: Log | None = None) -> CheckoutReport:
-    """Clone a missing checkout, put it on its configured branch or ref; with update, fast-forward it."""
+def ensure_checkout(comp: ComponentConfig, *, update: bool = False, log: Log | None = None,
+                    sources: Mapping[str, Location] | None = None) -> CheckoutReport:
+    """Clone a missing checkout, put it on its configured branch or ref; with update, fast-forward it.
+
+    `sources` (the configuration's key -> file:line map) lets errors point at the line to fix.
+    """
     dest = comp.checkout
     if comp.path is not None:
         if not _is_repo(dest):
             raise PibError(
                 f"component {comp.name!r}: {dest} is not a git checkout",
                 reason=Reason.SOURCE,
-                where=comp.where,
+                where=_where(comp, sources, "path"),
                 hint=f"run git init in {dest} and commit, or use source = ... to clone one",
             )
         st = source_state(dest, None)
         return CheckoutReport(comp.name, CheckoutAction.IN_PLACE, st.branch, st.head, st.dirty)
     assert comp.source is not None
     action = CheckoutAction.UNCHANGED
+    note = ""
+    target = comp.ref or comp.branch
     if not _is_repo(dest):
         if dest.exists() and any(dest.iterdir()):
             raise PibError(
@@ -98,23 +125,87 @@ def ensure_checkout(comp: ComponentConfig, *, update: bool = False, log: Log | N
                 where=comp.where,
                 hint=f"move it away, or run: pib clobber {comp.name}",
             )
+        _check_source(comp, sources)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.cloning")
         remove_tree(tmp)
         args = ["clone", "--quiet"]
         if comp.branch and not _PR.match(comp.branch):
             args += ["--branch", comp.branch]
-        run(["git", *args, comp.source, str(tmp)], env=git_env(), log=log, reason=Reason.SOURCE,
-            what=f"git clone {comp.source}", capture=True, timeout=3600)
-        tmp.rename(dest)  # a killed clone leaves only the .cloning directory
+        # Clone and check out beside the destination: a failure (or a kill) leaves nothing that blocks a retry.
+        try:
+            with _explained(comp, sources, f"cannot clone {comp.source}"):
+                run(["git", *args, comp.source, str(tmp)], env=git_env(), log=log, reason=Reason.SOURCE,
+                    what=f"git clone {comp.source}", capture=True, timeout=3600)
+            if target:
+                with _explained(comp, sources, f"cannot check out {target}"):
+                    _checkout(comp, tmp, target, update=False, log=log)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+        tmp.rename(dest)
         action = CheckoutAction.CLONED
-    target = comp.ref or comp.branch
-    if target:
-        action = _checkout(comp, dest, target, update=update or action is CheckoutAction.CLONED, log=log) or action
-    elif update:
-        action = _fast_forward(comp, dest, log) or action
+    else:
+        origin = git(["config", "--get", "remote.origin.url"], dest, check=False, hermetic=True).strip()
+        if origin != comp.source:
+            fix = f"git -C {dest} remote set-url origin {comp.source}"
+            if not update:
+                note = (f"origin is {origin or '(none)'} but pib.toml says {comp.source}; "
+                        f"run pib configure --update to repoint it (or: {fix})")
+            else:
+                _check_source(comp, sources)
+                if origin:
+                    git(["remote", "set-url", "origin", comp.source], dest, log=log)  # keeps branch tracking
+                else:
+                    git(["remote", "add", "origin", comp.source], dest, log=log)
+                note = f"origin repointed from {origin or '(none)'} to {comp.source}"
+                action = CheckoutAction.UPDATED
+        with _explained(comp, sources, "cannot update the checkout"):
+            if target:
+                action = _checkout(comp, dest, target, update=update, log=log) or action
+            elif update:
+                action = _fast_forward(comp, dest, log) or action
     st = source_state(dest, None)
-    return CheckoutReport(comp.name, action, st.branch, st.head, st.dirty)
+    return CheckoutReport(comp.name, action, st.branch, st.head, st.dirty, note)
+
+
+def _where(comp: ComponentConfig, sources: Mapping[str, Location] | None, key: str) -> Location:
+    return (sources or {}).get(f"components.{comp.name}.{key}") or comp.where
+
+
+def _check_source(comp: ComponentConfig, sources: Mapping[str, Location] | None) -> None:
+    """A source that is a path on this machine must exist before git is asked to clone it."""
+    assert comp.source is not None
+    src = comp.source.removeprefix("file://")
+    if src.startswith("/") and not Path(src).exists():
+        raise PibError(
+            f"component {comp.name!r}: source {comp.source} does not exist",
+            reason=Reason.SOURCE,
+            where=_where(comp, sources, "source"),
+            hint="fix source in pib.toml (a git URL, or the path of a repository; relative paths are "
+                 "relative to the workspace)",
+        )
+
+
+@contextlib.contextmanager
+def _explained(comp: ComponentConfig, sources: Mapping[str, Location] | None, doing: str) -> Iterator[None]:
+    """A raw git failure becomes an error naming the component, the pib.toml line and what to check."""
+    try:
+        yield
+    except PibError as exc:
+        if exc.where is not None:
+            raise
+        said = [ln.strip() for ln in (exc.detail or "").splitlines()
+                if ln.strip() and not re.match(r"^\[\d\d:\d\d:\d\d\] ", ln)]  # pib's own log lines
+        why = said[-1].removeprefix("fatal: ") if said else exc.message
+        key = "branch" if comp.branch and "branch" in why.lower() else "ref" if comp.ref else "source"
+        raise PibError(
+            f"component {comp.name!r}: {doing}: {why}",
+            reason=Reason.SOURCE,
+            where=_where(comp, sources, key),
+            hint=f"check {key} of [components.{comp.name}] in pib.toml; then run pib configure again",
+            detail=exc.detail,
+        ) from exc
 
 
 def _checkout(comp: ComponentConfig, dest: Path, target: str, *, update: bool, log: Log | None) -> CheckoutAction | None:
@@ -170,7 +261,7 @@ def _fast_forward(comp: ComponentConfig, dest: Path, log: Log | None) -> Checkou
 
 
 def _require_clean(comp: ComponentConfig, dest: Path, doing: str) -> None:
-    if git(["status", "--porcelain", "--untracked-files=no"], dest).strip():
+    if git(["status", "--porcelain", "--untracked-files=no"], dest, hermetic=True).strip():
         raise PibError(
             f"component {comp.name!r}: cannot {doing}: {dest} has uncommitted changes",
             reason=Reason.SOURCE,
@@ -193,7 +284,7 @@ def source_state(checkout: Path, index: Path | None) -> SourceState:
     if index is None:
         index = checkout / ".git" / "pib-index"
         if not (checkout / ".git").is_dir():
-            index = Path(git(["rev-parse", "--absolute-git-dir"], checkout).strip()) / "pib-index"
+            index = Path(git(["rev-parse", "--absolute-git-dir"], checkout, hermetic=True).strip()) / "pib-index"
     index.parent.mkdir(parents=True, exist_ok=True)
     real = checkout / ".git" / "index"
     if not index.exists() and real.is_file():
@@ -201,15 +292,54 @@ def source_state(checkout: Path, index: Path | None) -> SourceState:
 
         copyfile(real, index)  # seeds stat data: the first hash is cheap too
     env = {"GIT_INDEX_FILE": str(index)}
-    git(["add", "--all", "--", "."], checkout, env=env)
+    _sync_index(checkout, env)
     tree = _tree_of_index(checkout, index, env)
     branch, head = _read_head(checkout / ".git")
     if head is None:
-        out = git(["rev-parse", "--verify", "--quiet", "HEAD"], checkout, check=False).split()
+        out = git(["rev-parse", "--verify", "--quiet", "HEAD"], checkout, check=False, hermetic=True).split()
         head = out[0] if out else None
     if head is None:
         return SourceState(tree, None, None, branch)
     return SourceState(tree, head, _head_tree(checkout, head, index), branch)
+
+
+def content_paths(checkout: Path) -> list[str]:
+    """The paths that make up the content: those in the user's index (tracked) and the untracked files
+    that no .gitignore of the tree ignores. Nested repositories that are not submodules are left out."""
+    out = git(["ls-files", "-z", "--cached", "--others", "--exclude-per-directory=.gitignore"], checkout,
+              hermetic=True)
+    return sorted({p for p in out.split("\0") if p and not p.endswith("/")})
+
+
+def _sync_index(checkout: Path, env: Mapping[str, str]) -> None:
+    """Make the private index hold exactly content_paths(), with the working tree's bytes.
+
+    Entries whose stat data matches are not re-hashed (update-index skips them).
+    """
+    want = content_paths(checkout)
+    have = [p for p in git(["ls-files", "-z"], checkout, env=env, hermetic=True).split("\0") if p]
+    extra = sorted(set(have) - set(want))
+    if extra:
+        git(["update-index", "--force-remove", "-z", "--stdin"], checkout, env=env, hermetic=True,
+            input="\0".join(extra).encode() + b"\0")
+    if want:
+        git(["update-index", "--add", "--remove", "-z", "--stdin"], checkout, env=env, hermetic=True,
+            input="\0".join(want).encode() + b"\0")
+
+
+def untracked_files(checkout: Path) -> list[str]:
+    """Untracked files no .gitignore of the tree ignores: work a user has not committed yet."""
+    out = git(["ls-files", "-z", "--others", "--exclude-per-directory=.gitignore"], checkout, hermetic=True)
+    return sorted(p for p in out.split("\0") if p)
+
+
+def changed_files(checkout: Path, old_tree: str, new_tree: str) -> list[str]:
+    """Paths that differ between two content trees (empty when either is no longer known)."""
+    res = run(["git", *HERMETIC, "diff-tree", "-r", "-z", "--name-only", "--no-renames", old_tree, new_tree],
+              cwd=checkout, env=git_env(HERMETIC_ENV), capture=True, check=False, reason=Reason.SOURCE)
+    if res.returncode != 0:
+        return []
+    return [p for p in res.stdout.split("\0") if p]
 
 
 def _tree_of_index(checkout: Path, index: Path, env: Mapping[str, str]) -> str:
@@ -226,7 +356,7 @@ def _tree_of_index(checkout: Path, index: Path, env: Mapping[str, str]) -> str:
             return last_tree.strip()
     except OSError:
         pass
-    tree = git(["write-tree"], checkout, env=env).strip()
+    tree = git(["write-tree"], checkout, env=env, hermetic=True).strip()
     # write-tree may store its cache in the index: remember the checksum it leaves behind.
     checksum = _index_checksum(index)
     if checksum:
@@ -277,7 +407,7 @@ def _head_tree(checkout: Path, commit: str, index: Path) -> str:
                 return t
     except OSError:
         pass
-    tree = git(["rev-parse", f"{commit}^{{tree}}"], checkout).strip()
+    tree = git(["rev-parse", f"{commit}^{{tree}}"], checkout, hermetic=True).strip()
     with open(memo, "a", encoding="utf-8") as fh:
         fh.write(f"{commit} {tree}\n")
     return tree

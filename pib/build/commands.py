@@ -54,7 +54,8 @@ class ConfigureReport(NamedTuple):
             "platform_overridden": self.floor.overridden,
             "cbe": self.cbe,
             "components": [
-                {"component": c.name, "action": c.action, "branch": c.branch, "head": c.head, "dirty": c.dirty}
+                {"component": c.name, "action": c.action, "branch": c.branch, "head": c.head, "dirty": c.dirty,
+                 "note": c.note}
                 for c in self.checkouts
             ],
             "seconds": round(self.seconds, 3),
@@ -62,17 +63,35 @@ class ConfigureReport(NamedTuple):
 
 
 def configure(cfg: Config, *, update: bool = False, allow_old: bool = False, install_cbe: bool = True,
-              offline: bool = False) -> ConfigureReport:
+              offline: bool = False, wait_for_lock: bool = False) -> ConfigureReport:
     t0 = time.monotonic()
     floor = check_floor(cfg.platform, allow_old=allow_old)
     log_dir = cfg.workspace.log_dir
+    from pib.artifacts.policy import trusted_keys
     from pib.run import Log
 
-    with Log(log_dir / "configure.log") as log:
+    trusted_keys(cfg, machine=False)  # a missing or unreadable key file is a configure-time error
+    # A checkout must not move under a running build (its key was computed from the old content).
+    with workspace_lock(cfg) as lock, Log(log_dir / "configure.log") as log:
+        lock.acquire(wait=wait_for_lock)
         benv = build_env(cfg, install=install_cbe, log=log, offline=offline)
         comps = topo_order(cfg)
-        reports = tuple(parallel_map(lambda c: ensure_checkout(c, update=update, log=log), comps, workers=4))
+        reports = tuple(parallel_map(lambda c: ensure_checkout(c, update=update, log=log, sources=cfg.sources),
+                                     comps, workers=4))
+        _check_manifests(cfg)
     return ConfigureReport(floor, reports, benv.description, time.monotonic() - t0)
+
+
+def _check_manifests(cfg: Config) -> None:
+    """Every component manifest is a file of its checkout (an overlay's is checked by the image step)."""
+    for c in cfg.components:
+        if c.manifest is not None and not (c.checkout / c.manifest).is_file():
+            raise PibError(
+                f"component {c.name!r}: manifest {c.manifest} is not in its checkout {c.checkout}",
+                reason=Reason.MANIFEST,
+                where=cfg.sources.get(f"components.{c.name}.manifest", c.where),
+                hint="commit the manifest to the component's repository, or fix manifest in pib.toml",
+            )
 
 
 # --------------------------------------------------------------------------
@@ -89,6 +108,7 @@ class ComponentStatus(NamedTuple):
     head: str | None
     last_action: str | None
     prebuilt: bool
+    next: str = ""  # what a build would do: "" (nothing), "build", "restore from local", "build or restore"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,19 +121,45 @@ class ComponentStatus(NamedTuple):
             "head": self.head,
             "last_action": self.last_action,
             "prebuilt": self.prebuilt,
+            "next": self.next,
         }
 
 
 def status(cfg: Config, names: Sequence[str] | None = None) -> list[ComponentStatus]:
     _require_checkouts(cfg, names)
     benv = build_env(cfg, install=False)
+    plans = plan(cfg, names, benv)
+    local = _local_hits(cfg, plans)
     out: list[ComponentStatus] = []
-    for p in plan(cfg, names, benv):
+    for p in plans:
         out.append(ComponentStatus(
             p.comp.name, p.up_to_date, p.reasons, p.key, p.source.dirty, p.source.branch, p.source.head,
-            p.record.action if p.record else None, p.comp.prebuilt,
+            p.record.action if p.record else None, p.comp.prebuilt, _next(cfg, p, local),
         ))
     return out
+
+
+def _local_hits(cfg: Config, plans: Sequence[Plan]) -> set[tuple[str, str]]:
+    """Which stale prebuilt components the machine's local store holds (no network: a status stays cheap)."""
+    wanted = [(p.comp.name, p.key) for p in plans if p.comp.prebuilt and not p.up_to_date]
+    if not wanted:
+        return set()
+    from pib.artifacts.policy import local_store
+
+    try:
+        return local_store(cfg).has_many(wanted)
+    except PibError:
+        return set()
+
+
+def _next(cfg: Config, p: Plan, local: set[tuple[str, str]]) -> str:
+    if p.up_to_date:
+        return ""
+    if (p.comp.name, p.key) in local:
+        return f"restore from {cfg.local_store.name}"
+    if p.comp.prebuilt and cfg.stores and not p.source.dirty:
+        return "build, unless a remote store has it"
+    return "build"
 
 
 def _require_checkouts(cfg: Config, names: Sequence[str] | None) -> None:
@@ -144,6 +190,8 @@ def build(
     on_lock_wait: Callable[[str], None] | None = None,
 ) -> BuildReport:
     floor = check_floor(cfg.platform, allow_old=allow_old)
+    if opts.force and names and not opts.forced:
+        opts = opts._replace(forced=tuple(names))  # --force NAME rebuilds NAME, not what it depends on
     if opts.publish:
         from pib.artifacts.policy import check_publish_policy, publishing_signer
 
@@ -155,10 +203,14 @@ def build(
         ctx = BuildContext(cfg, build_env(cfg, install=False), floor)
         plans = plan(cfg, names, ctx.benv)
         # The stores are opened only when something may be restored or published.
-        needed = opts.publish or any(p.comp.prebuilt and (opts.force or not p.up_to_date) for p in plans)
-        artifacts = _artifacts(ctx, offline=offline) if needed else None
+        needed = opts.publish or any(p.comp.prebuilt and (opts.forces(p.comp.name) or not p.up_to_date) for p in plans)
+        artifacts = _artifacts(ctx, offline=offline, require_prebuilt=opts.require_prebuilt) if needed else None
         report = Builder(ctx, opts, artifacts=artifacts, sources=_sources(ctx, plans, opts, offline=offline),
                          on_event=on_event).run(plans)
+        if floor.overridden:
+            report.warnings.insert(0, f"host platform {floor.host.version} is older than the oldest supported "
+                                      f"{floor.minimum} (--allow-old-platform): builds may not run on supported "
+                                      "platforms and are never published")
         if opts.publish and report.ok:
             _publish_sources(ctx, plans, report, offline=offline)
             if not offline:
@@ -218,7 +270,7 @@ def _fetched(owner: str, f: Fetched) -> FetchedFile:
 
 def _sources(ctx: BuildContext, plans: list[Plan], opts: BuildOptions, *, offline: bool) -> Sources | None:
     """The fetcher of declared sources, when a component that declares some may be built."""
-    if not any(p.comp.sources and (opts.force or not p.up_to_date) for p in plans):
+    if not any(p.comp.sources and (opts.forces(p.comp.name) or not p.up_to_date) for p in plans):
         return None
     from pib.build.sources import Sources
 
@@ -282,12 +334,12 @@ def _cbe_pins(cfg: Config) -> list[Pinned]:
     return pins(lock.packages) if lock.provider == "debian" else []
 
 
-def _artifacts(ctx: BuildContext, *, offline: bool) -> Artifacts | None:
+def _artifacts(ctx: BuildContext, *, offline: bool, require_prebuilt: bool = False) -> Artifacts | None:
     if not any(c.prebuilt for c in ctx.cfg.components):
         return None
     from pib.build.prebuilt import StoreArtifacts
 
-    return StoreArtifacts(ctx, offline=offline)
+    return StoreArtifacts(ctx, offline=offline, require_prebuilt=require_prebuilt)
 
 
 def _image(ctx: BuildContext, plans: list[Plan], report: BuildReport, *, force: bool) -> dict[str, Any]:
@@ -343,12 +395,27 @@ class ClobberReport(NamedTuple):
     component: str
     removed_proto: bool
     cleaned_checkout: bool
+    removed_untracked: tuple[str, ...] = ()
 
 
-def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False) -> list[ClobberReport]:
+def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False, force: bool = False) -> list[ClobberReport]:
+    """Remove proto areas, build records and build products; untracked work is kept unless `force`."""
+    from pib.build.checkout import untracked_files
+
     out: list[ClobberReport] = []
     with workspace_lock(cfg) as lock:
         lock.acquire(wait=wait_for_lock)
+        untracked = {n: untracked_files(cfg.component(n).checkout) for n in names
+                     if (cfg.component(n).checkout / ".git").exists()}
+        at_risk = [f"{n}: {f}" for n, files in untracked.items() for f in files]
+        if at_risk and not force:
+            shown = at_risk[:20] + ([f"... and {len(at_risk) - 20} more"] if len(at_risk) > 20 else [])
+            raise PibError(
+                "clobber would delete untracked files that no .gitignore ignores (uncommitted work?)",
+                reason=Reason.SOURCE,
+                detail="\n".join(shown),
+                hint="commit or move them, add build products to .gitignore, or pass --force to delete them",
+            )
         for name in names:
             c = cfg.component(name)
             had_proto = c.proto.exists()
@@ -360,7 +427,7 @@ def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False) -
             cleaned = (c.checkout / ".git").exists()
             if cleaned:
                 clean_checkout(c)
-            out.append(ClobberReport(c.name, had_proto, cleaned))
+            out.append(ClobberReport(c.name, had_proto, cleaned, tuple(untracked.get(c.name, ()))))
     return out
 
 
@@ -388,6 +455,11 @@ def explain(cfg: Config, name: str) -> dict[str, Any]:
             "action": p.record.action,
             "differs": [{"field": f, "was": a, "now": b} for f, a, b in keys.diff(p.record.doc, p.doc)],
         }
+        was = (p.record.doc.get("source") or {}).get("tree")
+        if isinstance(was, str) and was != p.source.tree:
+            from pib.build.checkout import changed_files
+
+            out["last_build"]["changed_files"] = changed_files(p.comp.checkout, was, p.source.tree)
     nearest = _nearest_artifact(cfg, name)
     if nearest is not None:
         store_name, doc = nearest
@@ -413,6 +485,7 @@ class Published(NamedTuple):
     component: str
     key: str
     stores: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = False, ci: bool = False) -> list[Published]:
@@ -446,6 +519,7 @@ def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = F
         with Log(cfg.workspace.log_dir / "publish.log") as log:
             for n in chosen:
                 p = plans[n]
-                stores = publish_one(ctx, p, p.comp.proto, log, remotes)
-                out.append(Published(n, p.key, stores))
+                warnings: list[str] = []
+                stores = publish_one(ctx, p, p.comp.proto, log, remotes, warn=warnings.append)
+                out.append(Published(n, p.key, stores, tuple(warnings)))
         return out

@@ -31,12 +31,14 @@ class BuildEnv(NamedTuple):
     description: str
 
     @classmethod
-    def of(cls, installed: InstalledCbe) -> BuildEnv:
+    def of(cls, installed: InstalledCbe, system_path: tuple[str, ...] = ()) -> BuildEnv:
+        # The host directories on PATH are inputs too: which tools a build finds there changes its output.
         return cls(
             path=installed.path,
             env={"PIB_CBE": f"{installed.name}-{installed.version}", "PIB_CBE_PREFIX": str(installed.prefix),
                  **installed.env},
-            key={"name": installed.name, "version": installed.version, "lock": installed.lock_digest},
+            key={"name": installed.name, "version": installed.version, "lock": installed.lock_digest,
+                 "system_path": ":".join(system_path)},
             description=f"{installed.name} {installed.version} at {installed.prefix}",
         )
 
@@ -95,7 +97,9 @@ def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path, *,
     for d in c.depends:
         extra[f"PIB_DEP_{_env_name(d)}"] = str(cfg.component(d).proto)
     extra.update(c.env)
-    return build_environment(benv, extra, home=home, source_date_epoch=os.environ.get("SOURCE_DATE_EPOCH"))
+    # The epoch is in the key (a fixed workspace value, so equal content keeps its key across commits);
+    # the caller's SOURCE_DATE_EPOCH, which is not in the key, never reaches a build.
+    return build_environment(benv, extra, home=home, source_date_epoch=str(plan.doc["epoch"]))
 
 
 def _scratch_home() -> Path:
@@ -147,4 +151,4 @@ def build_env(cfg: Config, *, install: bool, log: Log | None = None, offline: bo
     """The environment every build of this workspace runs in (CBE, or the minimal host one)."""
     if cfg.cbe is None:
         return HOST
-    return BuildEnv.of(ensure_cbe(cfg, install=install, log=log, offline=offline))
+    return BuildEnv.of(ensure_cbe(cfg, install=install, log=log, offline=offline), cfg.cbe.system_path)

@@ -45,6 +45,7 @@ def plan(cfg: Config, names: Sequence[str] | None, benv: BuildEnv) -> list[Plan]
             c,
             workspace=cfg.workspace.root,
             tree=sources[c.name].tree,
+            epoch=cfg.workspace.source_date_epoch,
             cbe=benv.key,
             baseline=cfg.platform.min_version,
             dep_keys={d: plans[d].key for d in c.depends},
@@ -64,6 +65,10 @@ def _reasons(c: ComponentConfig, key: str, doc: dict[str, Any], rec: state.Recor
             out.append(f"{path} changed")
         if not out:
             out.append("key changed")
-    if not rec.proto_intact(c.proto):
-        out.append("proto area missing, emptied or replaced")
+    changed = rec.proto_changes(c.proto)
+    if changed is None:
+        out.append("proto area missing")
+    elif changed:
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        out.append(f"proto area changed: {', '.join(changed[:5])}{more}")
     return tuple(out)

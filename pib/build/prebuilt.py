@@ -9,7 +9,7 @@ published to a remote is signed with the configured signing key.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 class StoreArtifacts:
     """The build's view of the stores (implements pib.build.runner.Artifacts)."""
 
-    def __init__(self, ctx: BuildContext, *, offline: bool) -> None:
+    def __init__(self, ctx: BuildContext, *, offline: bool, require_prebuilt: bool = False) -> None:
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.local = policy.local_store(ctx.cfg)
@@ -39,6 +39,7 @@ class StoreArtifacts:
         self._known: dict[str, set[tuple[str, str]]] = {}  # remote name -> entries it has
         self._down: set[str] = set()
         self._lock = threading.Lock()
+        self._require = require_prebuilt
 
     def _warn(self, text: str) -> None:
         with self._lock:
@@ -60,7 +61,9 @@ class StoreArtifacts:
         for name, found, error in parallel_map(ask, self.remotes):
             if found is None:
                 self._down.add(name)
-                self._warn(f"store {name} is unavailable ({error}); building locally what it would have provided")
+                then = ("what it would have provided is missing (--require-prebuilt)" if self._require
+                        else "building locally what it would have provided")
+                self._warn(f"store {name} is unavailable ({error}); {then}")
             else:
                 self._known[name] = found
 
@@ -104,7 +107,7 @@ class StoreArtifacts:
             self._warn(f"could not keep {plan.comp.name} in the local store: {prob.message}")
 
     def publish(self, plan: Plan, proto: Path, log: Log) -> tuple[str, ...]:
-        return publish_one(self.ctx, plan, proto, log, self.remotes)
+        return publish_one(self.ctx, plan, proto, log, self.remotes, warn=self._warn)
 
     def publish_missing(self, plans: Sequence[Plan], log: Log) -> dict[str, tuple[str, ...]]:
         targets = [s for s in self.remotes if policy.may_publish(self.cfg, s.name)]
@@ -117,7 +120,7 @@ class StoreArtifacts:
             lacking = [s for s in targets if (p.comp.name, p.key) not in have[s.name]]
             if lacking and not p.source.dirty:
                 log.line(f"pib: {p.comp.name}: not in {', '.join(s.name for s in lacking)}; publishing")
-                out[p.comp.name] = publish_one(self.ctx, p, p.comp.proto, log, lacking)
+                out[p.comp.name] = publish_one(self.ctx, p, p.comp.proto, log, lacking, warn=self._warn)
         return out
 
 
@@ -128,8 +131,12 @@ def artifact_info(ctx: BuildContext, plan: Plan) -> ArtifactInfo:
                         CbeInfo(k["name"], k["version"], k["lock"]) if k else None)
 
 
-def publish_one(ctx: BuildContext, plan: Plan, proto: Path, log: Log | None, remotes: Sequence[Store]) -> tuple[str, ...]:
-    """Upload the artifact of `plan` to the remotes that take published artifacts; names of those written."""
+def publish_one(ctx: BuildContext, plan: Plan, proto: Path, log: Log | None, remotes: Sequence[Store], *,
+                warn: Callable[[str], None] | None = None) -> tuple[str, ...]:
+    """Upload the artifact of `plan` to the remotes that take published artifacts; names of those that have it.
+
+    A remote that already holds the key keeps its artifact; other bytes there are reported through `warn`.
+    """
     targets = [s for s in remotes if policy.may_publish(ctx.cfg, s.name)]
     if not targets:
         raise PibError("no remote store to publish to", reason=Reason.PUBLISH,
@@ -142,4 +149,7 @@ def publish_one(ctx: BuildContext, plan: Plan, proto: Path, log: Log | None, rem
             reason=Reason.STORE,
             hint="check the store and its credentials, then run pib publish again",
         )
+    for d in out.differing:
+        if warn is not None:
+            warn(f"store {d.store}: {d.message}")
     return out.published

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from pib.build import state
-from pib.build.checkout import source_state
+from pib.build.checkout import changed_files, source_state
 from pib.build.env import component_env
 from pib.build.plan import Plan
 from pib.config.types import ComponentConfig
@@ -155,6 +155,10 @@ class BuildOptions(NamedTuple):
     force: bool = False
     publish: bool = False
     require_prebuilt: bool = False
+    forced: tuple[str, ...] = ()  # with force: only these are rebuilt (empty: all); their dependencies are not
+
+    def forces(self, name: str) -> bool:
+        return self.force and (not self.forced or name in self.forced)
 
 
 # --------------------------------------------------------------------------
@@ -240,10 +244,10 @@ class Builder:
         outcomes: dict[str, Outcome] = {}
         for p in plans:
             self._emit(p.comp.name, State.WAITING)
-        if self.artifacts is not None and not self.opts.force:
-            self.artifacts.prepare([p for p in plans if not p.up_to_date])
+        if self.artifacts is not None:
+            self.artifacts.prepare([p for p in plans if not p.up_to_date and not self.opts.forces(p.comp.name)])
         for p in plans:
-            if p.up_to_date and not self.opts.force and all(
+            if p.up_to_date and not self.opts.forces(p.comp.name) and all(
                     outcomes.get(d) is not None for d in p.comp.depends):
                 outcomes[p.comp.name] = Outcome(p.comp.name, State.UP_TO_DATE, 0.0, p.key, p.source.dirty)
                 self._emit(p.comp.name, State.UP_TO_DATE)
@@ -304,7 +308,7 @@ class Builder:
                             continue
                         if not all(o is not None for o in deps):
                             continue
-                        if p.up_to_date and not self.opts.force:
+                        if p.up_to_date and not self.opts.forces(p.comp.name):
                             pending.remove(p)
                             outcomes[p.comp.name] = Outcome(p.comp.name, State.UP_TO_DATE, 0.0, p.key, p.source.dirty)
                             self._emit(p.comp.name, State.UP_TO_DATE)
@@ -361,7 +365,7 @@ class Builder:
     def _restore_or_build(self, p: Plan, log: Log, start: float) -> Outcome:
         c = p.comp
         note = ""
-        if c.prebuilt and self.artifacts is not None and not self.opts.force:
+        if c.prebuilt and self.artifacts is not None and not self.opts.forces(c.name):
             self._emit(c.name, State.RESTORING, start)
             store, note = self.artifacts.restore(p, c.proto, log)
             if store is not None:
@@ -390,10 +394,18 @@ class Builder:
         env = component_env(self.cfg, p, self.ctx.benv, new, sources_dir=staged)
         res = run(list(c.build), cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
                   what=f"build of {c.name}")
+        # The key names the content the build was planned for; if that is not what it read, nothing is kept.
         after = source_state(c.checkout, self.cfg.workspace.state_dir / "index" / c.name)
-        if after.tree != p.source.tree:
-            log.line("pib: warning: the build changed its own source tree (files not in .gitignore?); "
-                     "the next build will see a different key")
+        if after.tree != p.source.tree or after.head != p.source.head:
+            changed = changed_files(c.checkout, p.source.tree, after.tree)
+            listed = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise PibError(
+                f"the sources of {c.name} changed during its build ({listed or 'HEAD moved'}); "
+                "the build was not recorded, kept or published",
+                reason=Reason.SOURCE,
+                hint="put build products in .gitignore, and do not change a checkout while it builds; "
+                     "then build again",
+            )
         replace_dir(new, c.proto)
         published: tuple[str, ...] = ()
         if c.prebuilt and self.artifacts is not None:
@@ -410,7 +422,7 @@ class Builder:
         state.save(self.cfg.workspace.state_dir, state.Record(
             component=p.comp.name, key=p.key, doc=p.doc, action=action, finished=state.now(),
             seconds=time.monotonic() - start, proto=state.ProtoFingerprint.of(p.comp.proto),
-            dirty=p.source.dirty, store=store,
+            dirty=p.source.dirty, store=store, files=state.scan(p.comp.proto),
         ))
 
 

@@ -1,8 +1,9 @@
 """What the workspace last built: one record per component under .pib/state/.
 
 A record holds the input key and document of the last successful build or
-restore, and a cheap fingerprint of the proto area so a deleted or emptied
-proto area is noticed without walking it.
+restore, and what the proto area held then: every path with its size, mtime
+and mode (a stat per file, no hashing, like the CBE install record), so a
+deleted, added or edited file makes the component stale.
 """
 
 from __future__ import annotations
@@ -33,6 +34,27 @@ class ProtoFingerprint(NamedTuple):
         return cls(st.st_ino, st.st_mtime_ns, entries)
 
 
+Files = dict[str, list[int]]  # relative path -> [size, mtime_ns, mode]
+
+
+def scan(proto: Path) -> Files | None:
+    """What a proto area holds, by lstat (None when it is missing)."""
+    if not proto.is_dir():
+        return None
+    out: Files = {}
+    for dirpath, dirnames, filenames in os.walk(proto):
+        for name in (*dirnames, *filenames):
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            # A directory's mtime follows its entries, which are compared one by one.
+            mtime = 0 if name in dirnames and not os.path.islink(full) else st.st_mtime_ns
+            out[os.path.relpath(full, proto)] = [st.st_size if mtime else 0, mtime, st.st_mode]
+    return out
+
+
 class Record(NamedTuple):
     component: str
     key: str
@@ -43,10 +65,19 @@ class Record(NamedTuple):
     proto: ProtoFingerprint | None
     dirty: bool = False
     store: str | None = None
+    files: Files | None = None  # None in records written before pib recorded the files
 
-    def proto_intact(self, proto: Path) -> bool:
-        now = ProtoFingerprint.of(proto)
-        return now is not None and now.entries > 0 and now == self.proto
+    def proto_changes(self, proto: Path) -> list[str] | None:
+        """Paths that differ from what the proto area held when recorded ([]: intact, None: missing)."""
+        if self.files is None:  # an older record: the cheap fingerprint is all there is
+            now = ProtoFingerprint.of(proto)
+            if now is None:
+                return None
+            return [] if now.entries > 0 and now == self.proto else ["."]
+        held = scan(proto)
+        if held is None:
+            return None
+        return sorted(p for p in set(held) | set(self.files) if held.get(p) != self.files.get(p))
 
 
 def _path(state_dir: Path, name: str) -> Path:

@@ -99,7 +99,7 @@ def _cmd_configure(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     rep = commands.configure(cfg, update=args.update, allow_old=args.allow_old_platform, install_cbe=not args.no_install,
-                             offline=args.offline)
+                             offline=args.offline, wait_for_lock=args.wait)
     if want_json(args):
         emit_json(rep.to_json())
         return 0
@@ -114,6 +114,9 @@ def _cmd_configure(args: argparse.Namespace) -> int:
     rows = [[c.name, c.action, c.branch or "(detached)", (c.head or "")[:12], "dirty" if c.dirty else "clean"]
             for c in rep.checkouts]
     print(table(rows, ["component", "checkout", "branch", "head", "tree"]))
+    for c in rep.checkouts:
+        if c.note:
+            print(f"{c.name}: {c.note}", file=sys.stderr)
     print(f"configured in {seconds(rep.seconds)}")
     return 0
 
@@ -141,6 +144,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(f"waiting for another build of this workspace ({holder})", file=sys.stderr)
 
     ci = args.command == "ci"
+    report_path = Path(args.report) if ci and args.report else cfg.workspace.output_dir / "ci-report.json"
+    if ci:
+        report_path.unlink(missing_ok=True)  # a refused run must not leave the last run's report looking current
     with Progress(order, live=False if json_out or args.quiet else None) as prog:
         report = commands.build(
             cfg, names, opts,
@@ -158,7 +164,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         except PibError as exc:
             report.error = exc
     if ci:
-        path = Path(args.report) if args.report else cfg.workspace.output_dir / "ci-report.json"
+        path = report_path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
         print(f"report: {path}", file=sys.stderr)
@@ -191,10 +197,13 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     done = commands.publish(cfg, tuple(args.components) or None, wait_for_lock=args.wait)
     if want_json(args):
-        emit_json([{"component": p.component, "key": p.key, "stores": list(p.stores)} for p in done])
+        emit_json([{"component": p.component, "key": p.key, "stores": list(p.stores), "warnings": list(p.warnings)}
+                   for p in done])
         return 0
     for p in done:
         print(f"{p.component} {p.key[:12]}: published to {', '.join(p.stores)}")
+        for w in p.warnings:
+            print(f"warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -211,8 +220,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         why = "; ".join(r.reasons)
         out.append([r.name, "up to date" if r.up_to_date else "stale", r.key[:12],
-                    ("dirty" if r.dirty else "clean"), why])
-    print(table(out, ["component", "state", "key", "tree", "why"]))
+                    ("dirty" if r.dirty else "clean"), r.next and f"will {r.next}", why])
+    print(table(out, ["component", "state", "key", "tree", "next", "why"]))
     return 0
 
 
@@ -240,6 +249,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         print(f"{label}{where} ({section['key'][:12]}) differs in:")
         for d in section["differs"]:
             print(f"  {d['field']}: {json.dumps(d['was'])} -> {json.dumps(d['now'])}")
+        if section.get("changed_files"):
+            print("  files changed since then: " + ", ".join(section["changed_files"][:20])
+                  + (f" and {len(section['changed_files']) - 20} more" if len(section["changed_files"]) > 20 else ""))
     return 0
 
 
@@ -254,7 +266,7 @@ def _cmd_clobber(args: argparse.Namespace) -> int:
     else:
         print("pib clobber: name components, or --all", file=sys.stderr)
         return 2
-    reps = commands.clobber(cfg, names, wait_for_lock=args.wait)
+    reps = commands.clobber(cfg, names, wait_for_lock=args.wait, force=args.force)
     if want_json(args):
         emit_json([r._asdict() for r in reps])
         return 0
@@ -290,6 +302,7 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("--no-install", action="store_true", help="do not install a missing build environment")
     c.add_argument("--offline", action="store_true",
                    help="install the build environment from the download cache and local store only")
+    c.add_argument("--wait", action="store_true", help="wait for a build of this workspace to end")
     c.set_defaults(func=_cmd_configure)
 
     for name, helptext in (("build", "build stale components (and the image)"), ("live", "same as build"),
@@ -335,6 +348,7 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     cl.add_argument("components", nargs="*", metavar="COMPONENT")
     cl.add_argument("--all", action="store_true")
     cl.add_argument("--wait", action="store_true")
+    cl.add_argument("--force", action="store_true", help="also delete untracked files no .gitignore ignores")
     cl.set_defaults(func=_cmd_clobber)
 
     for mod_name, commands in _EXTENSIONS.items():
@@ -350,11 +364,21 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM (how CI cancels) and SIGHUP (a closed terminal) stop pib the way Ctrl-C does: running builds
+    are killed, nothing half-made is kept, exit 130."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     from pib.errors import PibError
 
     if argv is None:
         argv = sys.argv[1:]
+    _stop_on_signals()
     p = parser(_command_of(argv))
     args = p.parse_args(argv)
     if not getattr(args, "func", None):
@@ -362,6 +386,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # The reader went away (`pib config show | head -1`): nothing more to say, and nowhere to say it.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except PibError as exc:
         if getattr(args, "debug", False):
             import traceback

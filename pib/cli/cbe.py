@@ -126,6 +126,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     assert cfg is not None
     spec = _spec(cfg)
     inst = cbe.verify_full(spec) if args.full else cbe.ensure(spec, install=False)
+    from pib.cli.common import emit_json, want_json
+
+    if want_json(args):
+        emit_json({"ok": True, "name": inst.name, "version": inst.version, "prefix": str(inst.prefix),
+                   "lock": inst.lock_digest, "check": "full" if args.full else "cheap"})
+        return 0
     print(f"ok: {inst.name} {inst.version} at {inst.prefix} (lock {inst.lock_digest[:12]}, "
           f"{'full' if args.full else 'cheap'} check)")
     return 0
@@ -140,6 +146,12 @@ def _cmd_install(args: argparse.Namespace) -> int:
     _spec(cfg)
     with Log(cfg.workspace.log_dir / "cbe-install.log") as log:
         inst = ensure_cbe(cfg, install=True, update=args.update, log=log)
+    from pib.cli.common import emit_json, want_json
+
+    if want_json(args):
+        emit_json({"installed": True, "name": inst.name, "version": inst.version, "prefix": str(inst.prefix),
+                   "lock": inst.lock_digest})
+        return 0
     print(f"installed: {inst.name} {inst.version} at {inst.prefix} (lock {inst.lock_digest[:12]})")
     return 0
 

@@ -15,6 +15,7 @@ def register(sub: Any) -> None:
     im.add_argument("--sizes", action="store_true", help="report what the boot archive would hold, by component")
     im.add_argument("--top", type=int, default=5, help="largest files shown per component with --sizes")
     im.add_argument("--stamp", help="build stamp YYYYMMDDTHHMMSSZ (default: from SOURCE_DATE_EPOCH, else now)")
+    im.add_argument("--wait", action="store_true", help="wait for a build of this workspace to end")
     im.set_defaults(func=_cmd_image)
 
     m = sub.add_parser("manifest", help="check manifests, or compare two images' manifests", parents=[common])
@@ -39,7 +40,8 @@ def _cmd_image(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     if args.sizes:
-        report = size_report(image_spec(cfg), proto_areas(cfg), top=args.top)
+        report = size_report(image_spec(cfg), proto_areas(cfg), top=args.top,
+                             component_keys=recorded_keys(cfg.workspace.state_dir, cfg.names))
         if want_json(args):
             emit_json(report.to_json())
         else:
@@ -47,8 +49,13 @@ def _cmd_image(args: argparse.Namespace) -> int:
         return 0
     if args.stamp:
         stamp_epoch(args.stamp)  # validates the form before any work
-    keys = recorded_keys(cfg.workspace.state_dir, cfg.names)  # what the last build made
-    res = build_image(cfg, keys, {"workspace": cfg.workspace.name}, args.stamp)
+    from pib.build.commands import workspace_lock
+
+    # No build may replace a proto area while the image reads it.
+    with workspace_lock(cfg) as lock:
+        lock.acquire(wait=args.wait)
+        keys = recorded_keys(cfg.workspace.state_dir, cfg.names)  # what the last build made
+        res = build_image(cfg, keys, {"workspace": cfg.workspace.name}, args.stamp)
     if want_json(args):
         emit_json(image_json(res))
         return 0

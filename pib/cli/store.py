@@ -19,7 +19,8 @@ def register(sub: Any) -> None:
 
     ls = cs.add_parser("ls", help="artifacts in the local store, least recently used first", parents=[common])
     ls.add_argument("component", nargs="?", help="only this component")
-    ls.add_argument("--store", type=Path, help="store directory (default: local_store.path from pib.toml)")
+    ls.add_argument("--store", help="store directory, or the URL of a shared store (http(s)://..., "
+                    "s3://bucket/prefix) (default: local_store.path from pib.toml)")
     ls.set_defaults(func=_cmd_ls)
 
     gc = cs.add_parser("gc", help="drop stale temporaries, then evict least recently used entries to the quota",
@@ -71,6 +72,9 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     from pib.cli.common import emit_json, want_json
     from pib.fsutil import human_size
 
+    if args.store is not None and "://" in args.store:
+        return _ls_remote(args)
+    args.store = Path(args.store) if args.store is not None else None
     store, quota = _store(args)
     entries = sorted(store.list(args.component), key=lambda e: e.modified)
     if want_json(args):
@@ -83,6 +87,38 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     total = sum(e.size for e in entries)
     limit = f" of {human_size(quota)}" if quota else ""
     print(f"{len(entries)} artifacts, {human_size(total)}{limit} in {store.root}")
+    return 0
+
+
+def _ls_remote(args: argparse.Namespace) -> int:
+    """`cache ls --store URL`: what a shared store holds (read-only; gc and rm act on the local store)."""
+    from pib.cli.common import emit_json, want_json
+    from pib.config.types import HttpStoreSpec, S3StoreSpec, StoreSpec
+    from pib.errors import PibError, Reason
+    from pib.fsutil import human_size
+    from pib.store.backends import open_store
+
+    url: str = args.store
+    spec: StoreSpec
+    if url.startswith(("http://", "https://")):
+        spec = HttpStoreSpec("store", url.rstrip("/"))
+    elif url.startswith("s3://"):
+        bucket, _, prefix = url[5:].partition("/")
+        import os
+
+        spec = S3StoreSpec("store", bucket, prefix.strip("/"), os.environ.get("AWS_ENDPOINT_URL"))
+    else:
+        raise PibError(f"not a store URL: {url}", reason=Reason.USAGE,
+                       hint="use http(s)://host/path, s3://bucket/prefix, or a directory")
+    entries = sorted(open_store(spec).list(args.component), key=lambda e: e.modified)
+    if want_json(args):
+        emit_json({"store": url, "quota": None,
+                   "entries": [{"component": e.component, "key": e.key, "size": e.size, "last_used": e.modified}
+                               for e in entries]})
+        return 0
+    for e in entries:
+        print(f"{e.component:<24} {e.key[:16]}  {human_size(e.size):>10}  modified {_when(e.modified)}")
+    print(f"{len(entries)} artifacts, {human_size(sum(e.size for e in entries))} in {url}")
     return 0
 
 
@@ -114,6 +150,12 @@ def _cmd_rm(args: argparse.Namespace) -> int:
                        hint="see `pib cache ls`")
     for key in keys:
         store.delete(args.component, key)
+    from pib.cli.common import emit_json, want_json
+
+    if want_json(args):
+        emit_json({"store": str(store.root), "removed": [{"component": args.component, "key": k} for k in keys]})
+        return 0
+    for key in keys:
         print(f"removed {args.component} {key[:16]}")
     return 0
 
@@ -123,6 +165,12 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
     public_path = args.path.with_name(args.path.name + ".pub")
     pub = generate_keypair(args.path, public_path)
+    from pib.cli.common import emit_json, want_json
+
+    if want_json(args):
+        emit_json({"private_key": str(args.path), "public_key": str(public_path), "id": pub.id,
+                   "public_key_text": pub.text()})
+        return 0
     print(f"private key: {args.path} (mode 0600; keep it secret, e.g. a CI secret)")
     print(f"public key:  {public_path} (id {pub.id}); add it to trust.public_keys")
     print(pub.text())

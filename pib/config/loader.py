@@ -326,6 +326,7 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
         output_dir=_rel(root, ws.text("output_dir", "output") or "output"),
         state_dir=_rel(root, ws.text("state_dir", ".pib") or ".pib"),
         jobs=ws.integer("jobs", max(1, os.cpu_count() or 1), minimum=1),
+        source_date_epoch=ws.integer("source_date_epoch", 315532800, minimum=0),
     )
     ws.done()
 
@@ -492,7 +493,7 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
             manifest=manifest,
             depends=sec.strs("depends"),
             key_files=tuple(_rel(root, p) for p in sec.strs("key_files")),
-            env=sec.env_table("env"),
+            env=_component_env(sec),
             prebuilt=sec.flag("prebuilt", False),
             where=sec.where(),
             sources=_pinned_sources(sec),
@@ -511,6 +512,22 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
             )
         protos[c.proto] = c.name
     return tuple(out)
+
+
+# Set by pib for every build; a component that changed them would run outside its build environment.
+_RESERVED_ENV = frozenset({"PATH", "HOME", "DESTDIR", "SOURCE_DATE_EPOCH"})
+
+
+def _component_env(sec: _Section) -> tuple[tuple[str, str], ...]:
+    env = sec.env_table("env")
+    for name, _ in env:
+        if name in _RESERVED_ENV or name.startswith("PIB_"):
+            raise ConfigError(
+                f"components.{sec.path[-1]}.env may not set {name}: pib sets it for every build",
+                where=sec.where("env"),
+                hint="PATH comes from the build environment ([cbe] system_path); drop it from env",
+            )
+    return env
 
 
 def _check_graph(comps: list[ComponentConfig], table: _Section) -> None:
@@ -661,6 +678,9 @@ def _stores(root: Path, top: _Section, doc: _Doc) -> tuple[StoreSpec, ...]:
         path_s = sec.text("path")
         if kind == "http" and not url:
             raise ConfigError(f"store {name!r} (http) needs url", where=sec.where(), hint='add url = "https://host/pib"')
+        if kind == "http" and url and not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(f"store {name!r}: url {url!r} is not an http:// or https:// URL", where=sec.where("url"),
+                              hint='write it as url = "https://host/path"')
         if kind == "s3" and not bucket:
             raise ConfigError(f"store {name!r} (s3) needs bucket", where=sec.where(), hint='add bucket = "my-artifacts"')
         if kind == "local" and not path_s:

@@ -24,6 +24,7 @@ class WorkspaceConfig(NamedTuple):
     output_dir: Path
     state_dir: Path
     jobs: int
+    source_date_epoch: int = 315532800  # SOURCE_DATE_EPOCH of every build, in every key (1980-01-01)
 
 
 class PlatformConfig(NamedTuple):

@@ -152,17 +152,24 @@ class _Merger:
         )
 
 
-def parse_text(text: str, source: str, component: str = "") -> Manifest:
+def parse_text(text: str, source: str, component: str = "", *,
+               errors: list[ManifestError] | None = None) -> Manifest:
+    """Parse a manifest; with `errors`, every bad line is appended there and parsing goes on."""
     merger = _Merger()
     entries: list[Entry] = []
     for number, line in enumerate(text.splitlines(), 1):
-        entry = parse_line(line, Location(source, number), component)
-        if entry is not None and merger.add(entry):
-            entries.append(entry)
+        try:
+            entry = parse_line(line, Location(source, number), component)
+            if entry is not None and merger.add(entry):
+                entries.append(entry)
+        except ManifestError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
     return Manifest(source, component, tuple(entries))
 
 
-def parse_file(path: Path, component: str = "") -> Manifest:
+def parse_file(path: Path, component: str = "", *, errors: list[ManifestError] | None = None) -> Manifest:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -173,7 +180,7 @@ def parse_file(path: Path, component: str = "") -> Manifest:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ManifestError("manifest is not UTF-8", where=Location(str(path), line), hint="re-encode it as UTF-8") from exc
-    return parse_text(text, str(path), component)
+    return parse_text(text, str(path), component, errors=errors)
 
 
 def union(manifests: Iterable[Manifest]) -> tuple[Entry, ...]:
@@ -319,7 +326,19 @@ def format_diff(changes: Sequence[Change]) -> str:
 
 
 def check(paths: Sequence[Path]) -> tuple[Manifest, ...]:
-    """`pib manifest check`: parse each manifest, then their union (conflicts across files)."""
-    manifests = tuple(parse_file(p) for p in paths)
+    """`pib manifest check`: parse each manifest, then their union (conflicts across files).
+
+    Every bad line of every file is reported at once: the first names the error, the detail lists them all.
+    """
+    errors: list[ManifestError] = []
+    manifests = tuple(parse_file(p, errors=errors) for p in paths)
+    if errors:
+        first = errors[0]
+        raise ManifestError(
+            f"{len(errors)} bad manifest line(s); the first: {first.message}",
+            where=first.where,
+            hint=first.hint,
+            detail="\n".join(f"{e.where}: {e.message}" for e in errors),
+        )
     union(manifests)
     return manifests

@@ -324,13 +324,15 @@ def sizes_of(resolution: Resolution, top: int = 5, archive_size: int | None = No
     return SizeReport(sum(c.bytes for c in comps), tuple(comps), archive_size, max_size)
 
 
-def size_report(spec: ImageSpec, areas: Sequence[ProtoArea], top: int = 5) -> SizeReport:
+def size_report(spec: ImageSpec, areas: Sequence[ProtoArea], top: int = 5,
+                component_keys: Mapping[str, str] | None = None) -> SizeReport:
     """`pib image --sizes`: what the image would contain, by component, without writing anything.
 
     Works at any time: files not built yet are listed as missing; malformed
-    manifests still raise.
+    manifests still raise. The release file is counted as written: a buildstamp
+    of the real length and the keys of the components (`component_keys`).
     """
-    res = resolve(spec, areas, strict=False)
+    res = resolve(spec, areas, strict=False, buildstamp="00000000T000000Z", component_keys=component_keys)
     report = sizes_of(res, top, None, spec.max_size)
     missing = tuple(p.path for p in res.problems if p.kind == "missing")
     return dataclasses.replace(report, missing=missing)

@@ -58,9 +58,13 @@ def buildstamp(env: Mapping[str, str] | None = None, now: float | None = None) -
 
 
 def stamp_epoch(stamp: str) -> int:
+    hint = "use the form 20260101T000000Z (a real date and time, UTC)"
     if not _STAMP.match(stamp):
-        raise PibError(f"bad buildstamp {stamp!r}", reason=Reason.IMAGE, hint="use the form 20260101T000000Z")
-    return calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+        raise PibError(f"bad buildstamp {stamp!r}", reason=Reason.IMAGE, hint=hint)
+    try:
+        return calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        raise PibError(f"bad buildstamp {stamp!r}: not a date", reason=Reason.IMAGE, hint=hint) from None
 
 
 # --- writing --------------------------------------------------------------------------
