@@ -280,3 +280,58 @@ def test_publish_and_restore_through_nginx_and_s3(nginx: Nginx, seaweed: Seaweed
         assert local.has("extra", KEY)
     nearest = transfer.explain_nearest("extra", [http, s3])
     assert nearest is not None and nearest.key == KEY and nearest.key_doc == {"a": 1}
+
+
+def _signed_raw(signer: Signer, archive_path: Path, **changes: object) -> bytes:
+    """Metadata signed by a trusted key (as a compromised key would sign it), with fields changed."""
+    sha, size = sha256_file(archive_path)
+    doc = json.loads(make_metadata(ArtifactInfo("extra", KEY, {"k": 1}, False, "test", CBE), sha, size, signer))
+    del doc["signature"]
+    doc.update(changes)
+    from pib.fsutil import canonical_json
+
+    return canonical_json({**doc, "signature": signer.sign(canonical_json(doc))})
+
+
+MALFORMED_META = ["deep nesting", "5000-digit integer", "archive_size 1e999 (signed)", "NaN", "duplicate field",
+                  "larger than MAX_META", "archive_size a string (signed)", "archive_size a bool (signed)",
+                  "key_doc a list (signed)", "dirty a string (signed)", "cbe a number (signed)",
+                  "archive_sha256 not hex (signed)", "not UTF-8", "a JSON list"]
+
+
+def _malformed(case: str, signer: Signer, arc: Path) -> bytes:
+    from pib.store import MAX_META
+
+    good = _signed_raw(signer, arc)
+    return {
+        "deep nesting": b"[" * 200_000,
+        "5000-digit integer": b'{"archive_size": ' + b"9" * 5000 + b"}",
+        "archive_size 1e999 (signed)": _signed_raw(signer, arc, archive_size=float("inf")).replace(b"Infinity", b"1e999"),
+        "NaN": good.replace(b'"dirty":false', b'"dirty":NaN'),
+        "duplicate field": good.replace(b'"dirty":false', b'"dirty":false,"dirty":true'),
+        "larger than MAX_META": good + b" " * MAX_META,
+        "archive_size a string (signed)": _signed_raw(signer, arc, archive_size="12"),
+        "archive_size a bool (signed)": _signed_raw(signer, arc, archive_size=True),
+        "key_doc a list (signed)": _signed_raw(signer, arc, key_doc=[1]),
+        "dirty a string (signed)": _signed_raw(signer, arc, dirty="no"),
+        "cbe a number (signed)": _signed_raw(signer, arc, cbe=5),
+        "archive_sha256 not hex (signed)": _signed_raw(signer, arc, archive_sha256="../" * 20),
+        "not UTF-8": b'{"a": "\xff"}',
+        "a JSON list": b"[1, 2]",
+    }[case]
+
+
+@pytest.mark.parametrize("case", MALFORMED_META)
+def test_malformed_metadata_is_a_verify_problem_never_a_crash(tmp_path: Path, keys: tuple[Signer, PublicKey],
+                                                             case: str) -> None:
+    signer, pub = keys
+    arc = archive.pack(make_proto(tmp_path / "src"), tmp_path / "a.tar.zst", epoch=1).path
+    store = MemoryStore("ci")
+    store.put("extra", KEY, arc, _malformed(case, signer, arc))
+    out = transfer.restore("extra", KEY, [store], [pub], tmp_path / "proto.extra", None, local_store=None)
+    assert out.status == "error"
+    assert [p.reason for p in out.problems] == [Reason.VERIFY]
+    assert not (tmp_path / "proto.extra").exists()
+    # `pib explain` looks at the same bytes, unverified: it skips what does not parse, never crashes.
+    nearest = transfer.explain_nearest("extra", [store])
+    assert nearest is None or (case.endswith("(signed)") and isinstance(nearest.key_doc, dict))

@@ -12,7 +12,6 @@ outcome, and the next store is tried.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pib.artifacts.archive import Limits, pack, unpack
-from pib.artifacts.metadata import ArtifactInfo, Metadata, make_metadata, read_metadata
+from pib.artifacts.metadata import ArtifactInfo, Metadata, make_metadata, parse_document, read_metadata
 from pib.artifacts.signing import PublicKey, Signer
 from pib.errors import PibError, Reason, StoreError, VerifyError
 from pib.fsutil import remove_tree, sha256_file
@@ -239,8 +238,8 @@ def explain_nearest(component: str, stores: Sequence[Store], *, candidates: int 
             continue
         for entry in entries:
             try:
-                doc = json.loads(store.get_meta(component, entry.key))
-            except (StoreError, ValueError):
+                doc = parse_document(store.get_meta(component, entry.key), f"{component}/{entry.key}")
+            except (StoreError, VerifyError):
                 continue
             if not isinstance(doc, dict) or not isinstance(doc.get("key_doc"), dict):
                 continue
