@@ -46,7 +46,7 @@ def put_signed(store: MemoryStore, archive_path: Path, signer: Signer, *, compon
                sha: str | None = None) -> None:
     real_sha, size = sha256_file(archive_path)
     meta = make_metadata(ArtifactInfo(meta_component or component, meta_key or key, {"k": 1}, False, "test", CBE), sha or real_sha, size, signer)
-    store.put(component, key, archive_path, meta)
+    store.put(component, key, archive_path, meta, sha or real_sha)  # a wrong sha: a damaged archive under its name
 
 
 def test_publish_then_restore_roundtrip(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> None:
@@ -169,7 +169,8 @@ def test_truncated_and_flipped_archives_fail_the_checksum(tmp_path: Path, keys: 
         store = MemoryStore("ci")
         # metadata describes the good archive; the store serves the damaged one
         sha, size = sha256_file(good)
-        store.put("extra", KEY, path, make_metadata(ArtifactInfo("extra", KEY, {}, False, "x", None), sha, size, signer))
+        store.put("extra", KEY, path, make_metadata(ArtifactInfo("extra", KEY, {}, False, "x", None), sha, size, signer),
+                  sha)
         ws = tmp_path / f"ws-{name}"
         ws.mkdir()
         out = transfer.restore("extra", KEY, [store], [pub], ws / "p", None, local_store=None)
@@ -204,7 +205,7 @@ def test_untrusted_unsigned_and_replayed_metadata(tmp_path: Path, keys: tuple[Si
         out = transfer.restore("extra", KEY, [store], [pub], ws / "p", None, local_store=None)
         assert out.status == "error", name
         assert [p.reason for p in out.problems] == [Reason.VERIFY], name
-        assert store.calls.count("get") == 0, name  # refused before the archive was fetched
+        assert store.calls.count("get_archive") == 0, name  # refused before the archive was fetched
         assert list(ws.iterdir()) == [], name
 
 

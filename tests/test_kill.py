@@ -399,7 +399,8 @@ def check_store(k: Kit, store_dir: Path | str) -> int:
         got.mkdir(parents=True, exist_ok=True)
         # A remote answers only for entries whose metadata exists (it is written last).
         assert store.has(e.component, e.key)
-        archive, _ = store.get(e.component, e.key, got)
+        archive = got / "archive"
+        store.get_archive(e.component, e.key, meta.archive_sha256, archive, meta.archive_size)
         assert sha256_file(archive) == (meta.archive_sha256, meta.archive_size)
         archive.unlink()
         n += 1

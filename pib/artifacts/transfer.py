@@ -93,7 +93,7 @@ def restore(
         seconds = time.monotonic() - start
         try:
             if local_store is not None and store is not local_store:
-                local_store.put(component, key, archive, meta_bytes)
+                local_store.put(component, key, archive, meta_bytes, metadata.archive_sha256)
         except PibError as exc:
             problems.append(StoreProblem(local_store.name if local_store else "local", exc.reason, f"not cached locally: {exc.message}"))
         finally:
@@ -112,13 +112,16 @@ def fetch_verified(store: Store, component: str, key: str, work: Path, *, read: 
 
     `read` parses and verifies metadata bytes (raising VerifyError); `pins`
     gives the archive's SHA-256 and size that the verified metadata states.
+    The metadata is fetched once and verified before the archive is asked
+    for: the archive is the one it names, and no byte beyond the size it
+    states is downloaded.
     """
-    # Metadata first: a bad signature costs a few hundred bytes, not an archive download.
-    read(store.get_meta(component, key))
-    archive, meta_path = store.get(component, key, work)
-    meta_bytes = meta_path.read_bytes()
-    meta = read(meta_bytes)  # the copy that came with the archive is the one believed
+    meta_bytes = store.get_meta(component, key)
+    meta = read(meta_bytes)
     want_sha, want_size = pins(meta)
+    work.mkdir(parents=True, exist_ok=True)
+    archive = work / f"{key}.tar.zst"
+    store.get_archive(component, key, want_sha, archive, want_size)
     size = archive.stat().st_size
     if size != want_size:
         raise VerifyError(f"{store.name}: archive of {component}/{key} has {size} bytes, metadata says "
@@ -202,7 +205,7 @@ def publish(
         problems: list[StoreProblem] = []
         for store in targets:
             try:
-                store.put(component, key, packed.path, meta)
+                store.put(component, key, packed.path, meta, packed.sha256)
                 published.append(store.name)
                 _note(log, f"{store.name}: published {component}/{key}")
             except PibError as exc:

@@ -141,7 +141,7 @@ def publish(
             "created": timestamp(),
             "signer": signer.key_id,
         }, signer)
-        target.put(comp, res.sha256, res.path, meta)
+        target.put(comp, res.sha256, res.path, meta, res.sha256)
     return Published(name, version, res.sha256, res.size, comp, tuple(bin_dirs))
 
 
