@@ -216,6 +216,29 @@ def publish(
         remove_tree(work)
 
 
+def copy_verified(component: str, key: str, source: Store, targets: Sequence[Store],
+                  trusted_keys: Sequence[PublicKey], work: Path) -> PublishOutcome:
+    """Copy the entry (component, key) from `source` to `targets` exactly as it is signed, if it
+    verifies against `trusted_keys` (those trusted for publishing); never re-signed.
+
+    Raises NotFound, StoreError or VerifyError when `source` has no such entry."""
+    check_names(component, key)
+    archive, meta_bytes, meta = fetch_verified(
+        source, component, key, work,
+        read=lambda raw: read_metadata(raw, trusted_keys, component=component, key=key),
+        pins=lambda m: (m.archive_sha256, m.archive_size),
+    )
+    published: list[str] = []
+    problems: list[StoreProblem] = []
+    for store in targets:
+        try:
+            store.put(component, key, archive, meta_bytes, meta.archive_sha256)
+            published.append(store.name)
+        except PibError as exc:
+            problems.append(StoreProblem(store.name, exc.reason, exc.message))
+    return PublishOutcome(meta_bytes, meta.archive_sha256, meta.archive_size, tuple(published), tuple(problems))
+
+
 # ------------------------------------------------------------------ explain
 
 
