@@ -336,3 +336,78 @@ def test_malformed_metadata_is_a_verify_problem_never_a_crash(tmp_path: Path, ke
     # `pib explain` looks at the same bytes, unverified: it skips what does not parse, never crashes.
     nearest = transfer.explain_nearest("extra", [store])
     assert nearest is None or (case.endswith("(signed)") and isinstance(nearest.key_doc, dict))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", ["nginx", "seaweedfs"])
+def test_two_publishes_of_one_key_that_interleave_leave_a_consistent_entry(
+        nginx: Nginx, seaweed: Seaweed, tmp_path: Path, keys: tuple[Signer, PublicKey],
+        monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    # Two publishers of one key with different trees (e.g. two CI runners), interleaved at their
+    # worst: archive A, archive B, metadata B, metadata A. The entry must still verify, as A.
+    import threading
+
+    from pib.store.http import HttpStore
+    from pib.store.s3 import S3Store
+
+    signer, pub = keys
+    if backend == "nginx":
+        store = open_store(HttpStoreSpec("team", f"{nginx.url}/{uuid.uuid4().hex}", timeout=5.0))
+        cls: type = HttpStore
+        method = "_attempts"
+    else:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
+        bucket = f"pib-{uuid.uuid4().hex[:12]}"
+        seaweed.client().create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+        store = open_store(S3StoreSpec("team", bucket, "pib", seaweed.endpoint_url, "us-east-1", None, 5.0, 1))
+        cls = S3Store
+        method = "_call"
+    real = getattr(cls, method)
+    steps = {name: threading.Event() for name in ("archive A", "archive B", "meta B")}
+
+    def gated(self: object, what: str, fn: object, **kw: object) -> object:
+        me = threading.current_thread().name
+        if what.startswith("PUT") and what.endswith(".tar.zst"):
+            if me == "B":
+                assert steps["archive A"].wait(60)
+            out = real(self, what, fn, **kw)
+            steps[f"archive {me}"].set()
+            return out
+        if what.startswith("PUT") and what.endswith(".json"):
+            assert steps["archive B"].wait(60)
+            if me == "A":
+                assert steps["meta B"].wait(60)
+            out = real(self, what, fn, **kw)
+            if me == "B":
+                steps["meta B"].set()
+            return out
+        return real(self, what, fn, **kw)
+
+    monkeypatch.setattr(cls, method, gated)
+    trees = {}
+    for name in ("A", "B"):
+        trees[name] = make_proto(tmp_path / f"proto-{name}")
+        (trees[name] / "usr/bin/ls").write_bytes(f"built by {name}".encode() * 1000)
+    errors: list[BaseException] = []
+
+    def publisher(name: str) -> None:
+        try:
+            out = transfer.publish(ArtifactInfo("extra", KEY, {"a": 1}, False, name, CBE), trees[name], [store],
+                                   signer, remote=True)
+            assert out.problems == ()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publisher, args=(n,), name=n) for n in ("A", "B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    monkeypatch.setattr(cls, method, real)
+    dest = tmp_path / "ws" / "proto.extra"
+    got = transfer.restore("extra", KEY, [store], [pub], dest, None, local_store=None)
+    assert got.hit, got.problems
+    assert got.metadata is not None and got.metadata.builder_platform == "A"
+    assert (dest / "usr/bin/ls").read_bytes() == b"built by A" * 1000
