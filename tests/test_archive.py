@@ -11,6 +11,7 @@ from pib.artifacts import archive
 from pib.artifacts.archive import Limits
 from pib.errors import Reason, VerifyError
 from pib.fsutil import sha256_file
+from tests.reliability import tally
 from tests.tarcraft import END, Entry, block, header, tar_bytes, write_archive, write_raw
 
 
@@ -323,15 +324,16 @@ DISAGREEING["signed checksum only"] = _signed_checksum_only()
 
 @pytest.mark.parametrize("case", sorted(DISAGREEING))
 def test_headers_gnu_tar_reads_differently_are_refused(tmp_path: Path, case: str) -> None:
-    arc = write_raw(tmp_path / "d.tar.zst", DISAGREEING[case])
-    stage = tmp_path / "stage"
-    stage.mkdir()
-    with pytest.raises(VerifyError) as exc:
-        archive.unpack(arc, stage / "proto")
-    assert exc.value.reason is Reason.VERIFY
-    assert list(stage.iterdir()) == []
-    with pytest.raises(VerifyError):
-        archive.validate(arc)
+    with tally("tar parser", case):
+        arc = write_raw(tmp_path / "d.tar.zst", DISAGREEING[case])
+        stage = tmp_path / "stage"
+        stage.mkdir()
+        with pytest.raises(VerifyError) as exc:
+            archive.unpack(arc, stage / "proto")
+        assert exc.value.reason is Reason.VERIFY
+        assert list(stage.iterdir()) == []
+        with pytest.raises(VerifyError):
+            archive.validate(arc)
 
 
 def test_the_headers_pib_writes_are_accepted_exactly(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pib.fsutil import sha256_file
 from pib.store.backends import open_store
 from pib.store.local import LocalStore
 from pib.store.memory import MemoryStore
+from tests.reliability import tally
 from tests.services.badhttp import BadHttp
 from tests.services.nginx import Nginx
 from tests.services.seaweed import Seaweed
@@ -325,17 +326,18 @@ def _malformed(case: str, signer: Signer, arc: Path) -> bytes:
 @pytest.mark.parametrize("case", MALFORMED_META)
 def test_malformed_metadata_is_a_verify_problem_never_a_crash(tmp_path: Path, keys: tuple[Signer, PublicKey],
                                                              case: str) -> None:
-    signer, pub = keys
-    arc = archive.pack(make_proto(tmp_path / "src"), tmp_path / "a.tar.zst", epoch=1).path
-    store = MemoryStore("ci")
-    store.put("extra", KEY, arc, _malformed(case, signer, arc))
-    out = transfer.restore("extra", KEY, [store], [pub], tmp_path / "proto.extra", None, local_store=None)
-    assert out.status == "error"
-    assert [p.reason for p in out.problems] == [Reason.VERIFY]
-    assert not (tmp_path / "proto.extra").exists()
-    # `pib explain` looks at the same bytes, unverified: it skips what does not parse, never crashes.
-    nearest = transfer.explain_nearest("extra", [store])
-    assert nearest is None or (case.endswith("(signed)") and isinstance(nearest.key_doc, dict))
+    with tally("metadata", f"malformed metadata: {case}"):
+        signer, pub = keys
+        arc = archive.pack(make_proto(tmp_path / "src"), tmp_path / "a.tar.zst", epoch=1).path
+        store = MemoryStore("ci")
+        store.put("extra", KEY, arc, _malformed(case, signer, arc))
+        out = transfer.restore("extra", KEY, [store], [pub], tmp_path / "proto.extra", None, local_store=None)
+        assert out.status == "error"
+        assert [p.reason for p in out.problems] == [Reason.VERIFY]
+        assert not (tmp_path / "proto.extra").exists()
+        # `pib explain` looks at the same bytes, unverified: it skips what does not parse, never crashes.
+        nearest = transfer.explain_nearest("extra", [store])
+        assert nearest is None or (case.endswith("(signed)") and isinstance(nearest.key_doc, dict))
 
 
 @pytest.mark.integration
@@ -343,6 +345,12 @@ def test_malformed_metadata_is_a_verify_problem_never_a_crash(tmp_path: Path, ke
 def test_two_publishes_of_one_key_that_interleave_leave_a_consistent_entry(
         nginx: Nginx, seaweed: Seaweed, tmp_path: Path, keys: tuple[Signer, PublicKey],
         monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    with tally("metadata", f"two publishes of one key interleaved ({backend})"):
+        _interleaved_publishes(nginx, seaweed, tmp_path, keys, monkeypatch, backend)
+
+
+def _interleaved_publishes(nginx: Nginx, seaweed: Seaweed, tmp_path: Path, keys: tuple[Signer, PublicKey],
+                           monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     # Two publishers of one key with different trees (e.g. two CI runners), interleaved at their
     # worst: archive A, archive B, metadata B, metadata A. The entry must still verify, as A.
     import threading

@@ -10,6 +10,7 @@ import pytest
 
 from pib.errors import EXIT_CODES, Reason
 from tests.gitutil import make_repo, pib, write
+from tests.reliability import tally
 from tests.services.nginx import Nginx
 
 pytestmark = pytest.mark.integration
@@ -193,6 +194,11 @@ def test_publishing_can_require_the_oldest_supported_platform(
 
 def test_ci_never_republishes_an_entry_signed_only_by_the_machine_key(
         setup: tuple[Path, Path, Path, dict[str, str]], nginx: Nginx) -> None:
+    with tally("trust", "an entry signed only by the machine key is not republished by pib ci"):
+        _machine_signed_not_republished(setup, nginx)
+
+
+def _machine_signed_not_republished(setup: tuple[Path, Path, Path, dict[str, str]], nginx: Nginx) -> None:
     a, _b, keys, env = setup
     signing = {**env, "CI_SIGNING_KEY": str(keys / "ci.key"), "CI": "true"}
     prefix = (a / "pib.toml").read_text().split('url = "', 1)[1].split('"', 1)[0].rsplit("/", 1)[1]

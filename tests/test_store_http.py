@@ -12,6 +12,7 @@ from pib.fsutil import sha256_file
 from pib.store import NotFound
 from pib.store.backends import open_store
 from pib.store.http import HttpStore
+from tests.reliability import tally
 from tests.services.badhttp import MODES, BadHttp
 from tests.services.nginx import BASIC_PASSWORD, BASIC_USER, Nginx
 from tests.storecheck import K1, exercise, fetch
@@ -97,21 +98,23 @@ def test_archive_downloads_end_at_the_signed_size_and_a_deadline(badhttp: BadHtt
                                                                  mode: str) -> None:
     # A small archive whose signed metadata says 554 bytes: the server drips its right length a byte
     # at a time (110 s), drips its headers, or sends an endless body without a length.
-    store = open_store(HttpStoreSpec("bad", f"{badhttp.url}/{mode}", timeout=1.0, retries=1))
-    dest = tmp_path / "dl" / "a.tar.zst"
-    start = time.monotonic()
-    with pytest.raises(StoreError) as exc:
-        store.get_archive("illumos", K1, "0" * 64, dest, 554)
-    assert not isinstance(exc.value, NotFound) and exc.value.reason is Reason.STORE
-    assert time.monotonic() - start < 8  # 2 attempts x (1 s + 554 bytes at the minimum rate), plus backoff
-    assert not dest.exists() and list(dest.parent.iterdir()) == []
+    with tally("transfer", f"HTTP archive download: {mode}"):
+        store = open_store(HttpStoreSpec("bad", f"{badhttp.url}/{mode}", timeout=1.0, retries=1))
+        dest = tmp_path / "dl" / "a.tar.zst"
+        start = time.monotonic()
+        with pytest.raises(StoreError) as exc:
+            store.get_archive("illumos", K1, "0" * 64, dest, 554)
+        assert not isinstance(exc.value, NotFound) and exc.value.reason is Reason.STORE
+        assert time.monotonic() - start < 8  # 2 attempts x (1 s + 554 bytes at the minimum rate), plus backoff
+        assert not dest.exists() and list(dest.parent.iterdir()) == []
 
 
 @pytest.mark.parametrize("call", ["has", "get_meta"])
 def test_dripped_headers_time_out(badhttp: BadHttp, call: str) -> None:
-    store = open_store(HttpStoreSpec("bad", f"{badhttp.url}/dripheaders", timeout=1.0, retries=0))
-    start = time.monotonic()
-    with pytest.raises(StoreError) as exc:
-        getattr(store, call)("illumos", K1)
-    assert not isinstance(exc.value, NotFound)
-    assert time.monotonic() - start < 4
+    with tally("transfer", f"HTTP headers dripped: {call}"):
+        store = open_store(HttpStoreSpec("bad", f"{badhttp.url}/dripheaders", timeout=1.0, retries=0))
+        start = time.monotonic()
+        with pytest.raises(StoreError) as exc:
+            getattr(store, call)("illumos", K1)
+        assert not isinstance(exc.value, NotFound)
+        assert time.monotonic() - start < 4

@@ -13,6 +13,7 @@ from pib.fsutil import sha256_file
 from pib.store import NotFound
 from pib.store.backends import open_store
 from pib.store.s3 import S3Store
+from tests.reliability import tally
 from tests.services.badhttp import BadHttp
 from tests.services.ports import free_ports
 from tests.services.seaweed import Seaweed
@@ -95,11 +96,12 @@ def test_archive_downloads_end_at_the_signed_size_and_a_deadline(badhttp: BadHtt
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    store = open_store(S3StoreSpec("bad", mode, "", badhttp.url, "us-east-1", None, 1.0, 0))
-    dest = tmp_path / "dl" / "a.tar.zst"
-    start = time.monotonic()
-    with pytest.raises(StoreError) as exc:
-        store.get_archive("illumos", K1, "0" * 64, dest, 554)
-    assert not isinstance(exc.value, NotFound) and exc.value.reason is Reason.STORE
-    assert time.monotonic() - start < 8
-    assert not dest.exists() and list(dest.parent.iterdir()) == []
+    with tally("transfer", f"S3 archive download: {mode}"):
+        store = open_store(S3StoreSpec("bad", mode, "", badhttp.url, "us-east-1", None, 1.0, 0))
+        dest = tmp_path / "dl" / "a.tar.zst"
+        start = time.monotonic()
+        with pytest.raises(StoreError) as exc:
+            store.get_archive("illumos", K1, "0" * 64, dest, 554)
+        assert not isinstance(exc.value, NotFound) and exc.value.reason is Reason.STORE
+        assert time.monotonic() - start < 8
+        assert not dest.exists() and list(dest.parent.iterdir()) == []
