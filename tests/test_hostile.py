@@ -226,6 +226,12 @@ def long_link_to_machine_key(ctx: Ctx) -> tuple[Path, bytes]:
                 + header(b"./etc/key", b"2", link=b"abcd"))
 
 
+def claimed_sha(meta: bytes) -> str | None:
+    """The archive SHA-256 the metadata states: a damaged archive sits under the name of the good one."""
+    sha = json.loads(meta).get("archive_sha256")
+    return sha if isinstance(sha, str) and len(sha) == 64 else None
+
+
 CASES: dict[str, Callable[[Ctx], tuple[Path, bytes]]] = {
     "setuid behind a mode field with a leading NUL": nul_mode_setuid,
     "fifo behind a size field with a leading NUL": nul_size_fifo,
@@ -269,7 +275,7 @@ def test_hostile_artifact_is_refused_and_built_locally(kit: Kit, case: str, tmp_
         work.mkdir()
         ctx = Ctx(kit, ws, outside, key, signer, work)
         archive, meta = CASES[case](ctx)
-        LocalStore(ws / "store").put("base", key, archive, meta)
+        LocalStore(ws / "store").put("base", key, archive, meta, claimed_sha(meta))
         archive.unlink()
 
         r = pib(kit, ws, "build", "--json")
@@ -314,7 +320,7 @@ def test_hostile_artifact_from_the_remote_is_refused_and_not_cached(kit: Kit, ca
         work.mkdir()
         publisher = load_signer(kit.root / "key.priv")  # the key the remote's artifacts are trusted by
         archive, meta = CASES[case](Ctx(kit, ws, outside, key, publisher, work))
-        open_store(HttpStoreSpec("remote", url)).put("base", key, archive, meta)
+        open_store(HttpStoreSpec("remote", url)).put("base", key, archive, meta, claimed_sha(meta))
 
         r = pib(kit, ws, "build", "--json")
         assert r.returncode == 0, r.stderr
