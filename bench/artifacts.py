@@ -152,7 +152,7 @@ def main() -> None:
             dl.mkdir()
             base_dl, pib_dl = interleaved(
                 lambda: subprocess.run(["curl", "-sSf", "-o", str(dl / "curl.tar.zst"), url], check=True),
-                lambda: store.get("bench", KEY, dl), RUNS,
+                lambda: store.get_archive("bench", KEY, sha, dl / "pib.tar.zst", arc_size), RUNS,
             )
             rows.append(("download from nginx on loopback", pib_dl, base_dl))
             print(f"download: pib {pib_dl:.3f}s  curl {base_dl:.3f}s")

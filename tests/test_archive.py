@@ -11,7 +11,8 @@ from pib.artifacts import archive
 from pib.artifacts.archive import Limits
 from pib.errors import Reason, VerifyError
 from pib.fsutil import sha256_file
-from tests.tarcraft import Entry, tar_bytes, write_archive, write_raw
+from tests.reliability import tally
+from tests.tarcraft import END, Entry, block, header, tar_bytes, write_archive, write_raw
 
 
 def make_tree(root: Path) -> None:
@@ -265,3 +266,119 @@ def test_long_names_split_across_reads(tmp_path: Path) -> None:
     got = sorted(p.name for p in (tmp_path / "out" / ("d" * 150)).iterdir())
     assert got == sorted(e.name.split("/")[1] for e in entries)
     assert (tmp_path / "out" / entries[7].name).read_bytes() == entries[7].data
+
+
+# Headers that GNU tar reads differently from a checker that stops at the first NUL: each put a
+# setuid file, a device node, a fifo or a symlink out of the tree into a proto area when GNU tar
+# extracted what pib's checker had passed. pib's own reader refuses every one of them.
+def _smuggled(typeflag: bytes) -> bytes:
+    # "a": size with a leading NUL (0 to a NUL-stopping reader, 512 to GNU tar), so the next block is
+    # a header to one reader and data to the other; the member after it is the one GNU tar would see.
+    return (header(b"./", b"5", mode=0o755) + header(b"./a", fields={124: b"\x000000001000\0"})
+            + header(b"./b", size=512) + header(b"./node", typeflag) + END)
+
+
+DISAGREEING: dict[str, bytes] = {
+    "size with a leading NUL hides a fifo": _smuggled(b"6"),
+    "size with a leading NUL hides a block device": _smuggled(b"4"),
+    "size with a leading NUL hides a character device": _smuggled(b"3"),
+    "mode with a leading NUL hides setuid": header(b"./", b"5", mode=0o755)
+    + header(b"./su", size=3, fields={100: b"\x00004755\0"}) + block(b"hi\n") + END,
+    "mode with leading spaces": header(b"./", b"5", mode=0o755)
+    + header(b"./su", size=3, fields={100: b"  04755\0"}) + block(b"hi\n") + END,
+    "mode in base-256": header(b"./", b"5", mode=0o755)
+    + header(b"./su", size=3, fields={100: b"\x80\0\0\0\0\0\x09\xed"}) + block(b"hi\n") + END,
+    "size in base-256 that fits in octal": header(b"./", b"5", mode=0o755)
+    + header(b"./f", fields={124: b"\x80\0\0\0" + (3).to_bytes(8, "big")}) + block(b"hi\n") + END,
+    "long link with the real target hidden in its padding": header(b"./", b"5", mode=0o755)
+    + header(b"././@LongLink", b"K", size=4)
+    + block(b"abcd/../../../../../../../../../../root/.config/pib/machine.key\0")
+    + header(b"./key", b"2", link=b"abcd") + END,
+    "long name with an embedded NUL": header(b"./", b"5", mode=0o755)
+    + header(b"././@LongLink", b"L", size=24) + block(b"./ok\0/../../../../pwned\0")
+    + header(b"./ok", size=0) + END,
+    "name with bytes after its NUL": header(b"./", b"5", mode=0o755)
+    + header(b"./ok", fields={4: b"\0/../../pwned"}) + END,
+    "pax global header": header(b"./", b"5", mode=0o755) + header(b"pax_global_header", b"g", size=20)
+    + block(b"20 path=../../pwned\n") + END,
+    "sparse file": header(b"./", b"5", mode=0o755) + header(b"./s", b"S") + END,
+    "multi-volume continuation": header(b"./", b"5", mode=0o755) + header(b"./m", b"M") + END,
+    "old-style NUL type flag": header(b"./", b"5", mode=0o755) + header(b"./f", b"\0") + END,
+    "sticky directory": header(b"./", b"5", mode=0o755) + header(b"./tmp/", b"5", mode=0o1777) + END,
+    "signed checksum only": b"",  # filled in below
+    "hard link to a path not yet extracted": header(b"./", b"5", mode=0o755)
+    + header(b"./h", b"1", link=b"./later") + header(b"./later") + END,
+}
+
+
+def _signed_checksum_only() -> bytes:
+    h = bytearray(header(b"./\xe9", b"5", mode=0o755))
+    h[148:156] = b" " * 8
+    signed = sum(b - 256 if b > 127 else b for b in h)
+    h[148:156] = b"%06o\0 " % signed
+    return bytes(h) + END
+
+
+DISAGREEING["signed checksum only"] = _signed_checksum_only()
+
+
+@pytest.mark.parametrize("case", sorted(DISAGREEING))
+def test_headers_gnu_tar_reads_differently_are_refused(tmp_path: Path, case: str) -> None:
+    with tally("tar parser", case):
+        arc = write_raw(tmp_path / "d.tar.zst", DISAGREEING[case])
+        stage = tmp_path / "stage"
+        stage.mkdir()
+        with pytest.raises(VerifyError) as exc:
+            archive.unpack(arc, stage / "proto")
+        assert exc.value.reason is Reason.VERIFY
+        assert list(stage.iterdir()) == []
+        with pytest.raises(VerifyError):
+            archive.validate(arc)
+
+
+def test_the_headers_pib_writes_are_accepted_exactly(tmp_path: Path) -> None:
+    # The same shapes as above, written the way pib's packer writes them, extract fine.
+    raw = (header(b"./", b"5", mode=0o755) + header(b"./a", size=3) + block(b"abc")
+           + header(b"././@LongLink", b"L", size=5) + block(b"./bb\0") + header(b"./bb", size=0)
+           + header(b"./c", b"1", link=b"./a") + header(b"./d", b"2", link=b"a") + END)
+    arc = write_raw(tmp_path / "ok.tar.zst", raw)
+    archive.unpack(arc, tmp_path / "out")
+    assert (tmp_path / "out/a").read_bytes() == b"abc" and (tmp_path / "out/bb").exists()
+    assert os.readlink(tmp_path / "out/d") == "a"
+    assert os.stat(tmp_path / "out/c").st_ino == os.stat(tmp_path / "out/a").st_ino
+
+
+def test_extraction_never_follows_a_symlink_planted_in_the_tree(tmp_path: Path) -> None:
+    # A symlink member, then a file member below it: refused by the member table before any write;
+    # the final lstat walk is the fence behind that (special files and special bits).
+    arc = write_archive(tmp_path / "s.tar.zst", [Entry("d", "symlink", target="."), Entry("d/x", data=b"1")])
+    with pytest.raises(VerifyError):
+        archive.unpack(arc, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_absolute_symlinks_only_for_cbe_prefixes_and_never_followed(tmp_path: Path) -> None:
+    """A CBE prefix from Debian packages holds lib64/ld-linux-x86-64.so.2 -> /lib/...: kept as a link."""
+    from pib.cbe.providers.tarball import CBE_LIMITS
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    arc = write_archive(tmp_path / "a.tar.zst", [
+        Entry("./", "dir", mode=0o755), Entry("./lib64/", "dir", mode=0o755),
+        Entry("./lib64/ld.so", "symlink", target="/lib/x86_64-linux-gnu/ld.so"),
+        Entry("./escape", "symlink", target=str(outside)),
+        Entry("./bin/", "dir", mode=0o755), Entry("./bin/cc", data=b"cc", mode=0o755),
+    ])
+    with pytest.raises(VerifyError):
+        archive.unpack(arc, tmp_path / "proto")  # a proto area: refused
+    assert not (tmp_path / "proto").exists()
+    archive.unpack(arc, tmp_path / "prefix", limits=CBE_LIMITS)
+    assert os.readlink(tmp_path / "prefix" / "lib64" / "ld.so") == "/lib/x86_64-linux-gnu/ld.so"
+    # Writing through such a link is still impossible: a member below it is refused.
+    bad = write_archive(tmp_path / "b.tar.zst", [
+        Entry("./", "dir", mode=0o755), Entry("./escape", "symlink", target=str(outside)),
+        Entry("./escape/owned", data=b"x"),
+    ])
+    with pytest.raises(VerifyError):
+        archive.unpack(bad, tmp_path / "prefix2", limits=CBE_LIMITS)
+    assert list(outside.iterdir()) == []

@@ -233,7 +233,7 @@ def test_two_concurrent_installs_share_one_copy(tmp_path: Path, key: Ed25519Priv
 
 def test_corrupt_tarball_in_store_is_refused(tmp_path: Path, key: Ed25519PrivateKey, store: Path) -> None:
     t = TinyCbe(tmp_path, key, store, "1", "one")
-    archive = store / "cbe-tiny" / f"{t.published.key}.tar.zst"
+    archive = store / "cbe-tiny" / f"{t.published.key}.{t.published.key}.tar.zst"  # key = archive SHA-256
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0xFF
     archive.write_bytes(bytes(data))

@@ -113,7 +113,8 @@ def _verify_store(store: object, keys: list[object], tmp: Path) -> int:
     for e in store.list():  # type: ignore[attr-defined]
         meta = read_metadata(store.get_meta(e.component, e.key), keys, component=e.component,  # type: ignore[attr-defined, arg-type]
                              key=e.key)
-        archive, _ = store.get(e.component, e.key, tmp / f"{e.component}-{e.key}")  # type: ignore[attr-defined]
+        archive = tmp / f"{e.component}-{e.key}"
+        store.get_archive(e.component, e.key, meta.archive_sha256, archive, meta.archive_size)  # type: ignore[attr-defined]
         assert sha256_file(archive) == (meta.archive_sha256, meta.archive_size)
         n += 1
     return n

@@ -81,6 +81,14 @@ BAD = [
     ("both branch and ref", GOOD.replace('branch = "master"', 'branch = "master"\nref = "v1"'), 12, "both branch and ref"),
     ("shared proto", GOOD.replace('prebuilt = true', 'prebuilt = true\nproto = "proto.illumos"'), 15, "share the proto"),
     ("bad size", GOOD + '\n[image]\nmax_size = "lots"\n', 23, "a size"),
+    ("proto is its own checkout", GOOD.replace('prebuilt = true', 'prebuilt = true\nproto = "projects/extra"'), 20,
+     "is its own checkout"),
+    ("proto is another's checkout", GOOD.replace('prebuilt = true', 'prebuilt = true\nproto = "projects/illumos"'),
+     20, "is the checkout of 'illumos'"),
+    ("proto contains checkouts", GOOD.replace('prebuilt = true', 'prebuilt = true\nproto = "projects"'), 20,
+     "contains"),
+    ("proto inside .git", GOOD.replace('prebuilt = true', 'prebuilt = true\nproto = "projects/illumos/.git/p"'), 20,
+     "inside a .git directory"),
 ]
 
 

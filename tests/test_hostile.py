@@ -30,7 +30,7 @@ from pib.fsutil import canonical_json, sha256_file
 from pib.store.backends import open_store
 from pib.store.local import LocalStore
 from tests.reliability import tally
-from tests.tarcraft import Entry, tar_bytes, write_archive, write_raw
+from tests.tarcraft import END, Entry, block, header, tar_bytes, write_archive, write_raw
 from tests.test_kill import Kit, kit, new_ws, pib, protos
 
 pytestmark = pytest.mark.integration
@@ -192,7 +192,51 @@ def replay_other_key(ctx: Ctx) -> tuple[Path, bytes]:
     return a, signed(ctx, a, key="0" * 64)
 
 
+def _raw(ctx: Ctx, members: bytes) -> tuple[Path, bytes]:
+    raw = (header(b"./", b"5", mode=0o755) + header(b"./etc/", b"5", mode=0o755)
+           + header(b"./etc/group", size=9) + block(b"root::0:\n") + members + END)
+    a = write_raw(ctx.work / "a.tar.zst", raw)
+    return a, signed(ctx, a)
+
+
+def _smuggled(ctx: Ctx, typeflag: bytes) -> tuple[Path, bytes]:
+    # A size with a leading NUL: 0 to a reader stopping at the NUL, 512 to GNU tar; the block after
+    # it is a header to one and data to the other.
+    return _raw(ctx, header(b"./etc/a", fields={124: b"\x000000001000\0"}) + header(b"./etc/b", size=512)
+                + header(b"./etc/node", typeflag))
+
+
+def nul_mode_setuid(ctx: Ctx) -> tuple[Path, bytes]:
+    return _raw(ctx, header(b"./etc/su", size=3, fields={100: b"\x00004755\0"}) + block(b"hi\n"))
+
+
+def nul_size_fifo(ctx: Ctx) -> tuple[Path, bytes]:
+    return _smuggled(ctx, b"6")
+
+
+def nul_size_block_device(ctx: Ctx) -> tuple[Path, bytes]:
+    return _smuggled(ctx, b"4")
+
+
+def long_link_to_machine_key(ctx: Ctx) -> tuple[Path, bytes]:
+    # GNU tar reads a long link up to the first NUL of its padded block, not its declared size.
+    key = Path(ctx.kit.env["XDG_CONFIG_HOME"]) / "pib" / "machine.key"
+    target = b"abcd/" + b"../" * 40 + str(key).lstrip("/").encode()
+    return _raw(ctx, header(b"././@LongLink", b"K", size=4) + block(target + b"\0")
+                + header(b"./etc/key", b"2", link=b"abcd"))
+
+
+def claimed_sha(meta: bytes) -> str | None:
+    """The archive SHA-256 the metadata states: a damaged archive sits under the name of the good one."""
+    sha = json.loads(meta).get("archive_sha256")
+    return sha if isinstance(sha, str) and len(sha) == 64 else None
+
+
 CASES: dict[str, Callable[[Ctx], tuple[Path, bytes]]] = {
+    "setuid behind a mode field with a leading NUL": nul_mode_setuid,
+    "fifo behind a size field with a leading NUL": nul_size_fifo,
+    "block device behind a size field with a leading NUL": nul_size_block_device,
+    "symlink to the machine key hidden in a long link's padding": long_link_to_machine_key,
     "path traversal (..)": traversal,
     "absolute path": absolute,
     "symlink escaping, then a write through it": symlink_then_write,
@@ -231,7 +275,7 @@ def test_hostile_artifact_is_refused_and_built_locally(kit: Kit, case: str, tmp_
         work.mkdir()
         ctx = Ctx(kit, ws, outside, key, signer, work)
         archive, meta = CASES[case](ctx)
-        LocalStore(ws / "store").put("base", key, archive, meta)
+        LocalStore(ws / "store").put("base", key, archive, meta, claimed_sha(meta))
         archive.unlink()
 
         r = pib(kit, ws, "build", "--json")
@@ -276,7 +320,7 @@ def test_hostile_artifact_from_the_remote_is_refused_and_not_cached(kit: Kit, ca
         work.mkdir()
         publisher = load_signer(kit.root / "key.priv")  # the key the remote's artifacts are trusted by
         archive, meta = CASES[case](Ctx(kit, ws, outside, key, publisher, work))
-        open_store(HttpStoreSpec("remote", url)).put("base", key, archive, meta)
+        open_store(HttpStoreSpec("remote", url)).put("base", key, archive, meta, claimed_sha(meta))
 
         r = pib(kit, ws, "build", "--json")
         assert r.returncode == 0, r.stderr

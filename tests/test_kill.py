@@ -399,7 +399,8 @@ def check_store(k: Kit, store_dir: Path | str) -> int:
         got.mkdir(parents=True, exist_ok=True)
         # A remote answers only for entries whose metadata exists (it is written last).
         assert store.has(e.component, e.key)
-        archive, _ = store.get(e.component, e.key, got)
+        archive = got / "archive"
+        store.get_archive(e.component, e.key, meta.archive_sha256, archive, meta.archive_size)
         assert sha256_file(archive) == (meta.archive_sha256, meta.archive_size)
         archive.unlink()
         n += 1
@@ -528,3 +529,54 @@ def test_build_command_orphaned_by_a_killed_pib_is_stopped(kit: Kit) -> None:
                 os.kill(orphan, signal.SIGKILL)
             for hold in (ws / "marks").glob("*.held.*"):
                 hold.unlink()
+
+
+def _plant_leftover(ws: Path, case: str) -> Path:
+    """What a run SIGKILLed at that point leaves behind (git killed inside `git add`, a kill during a build
+    or an image step), planted directly: the kill itself cannot be timed inside git."""
+    index = ws / ".pib" / "index" / "base"
+    if case == "git lock of the private index":
+        (index.with_name("base.lock")).write_bytes(b"")
+        return index.with_name("base.lock")
+    if case == "truncated private index":
+        data = index.read_bytes()
+        index.write_bytes(data[: len(data) // 2])
+        return index
+    if case == "torn line in the head-tree memo":
+        memo = index.with_name("base.trees")
+        commit, tree = memo.read_text().split()[:2]
+        memo.write_text(f"{commit} {tree[:11]}")  # as an append cut short by a kill
+        return memo
+    if case == "half-built proto area of an up-to-date component":
+        (ws / ".proto.extra.pib-new" / "usr").mkdir(parents=True)
+        return ws / ".proto.extra.pib-new"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = ws / "output" / f".pib-tmp-{dead.pid}-image"
+    (leftover / "stage").mkdir(parents=True)
+    return leftover
+
+
+LEFTOVERS = ["git lock of the private index", "truncated private index", "torn line in the head-tree memo",
+             "half-built proto area of an up-to-date component", "image temporary in output/"]
+
+
+@pytest.mark.parametrize("case", LEFTOVERS)
+def test_leftovers_of_a_killed_run_never_block_later_builds(kit: Kit, case: str) -> None:
+    with tally("kill", f"leftover of a killed run: {case}"):
+        ws = new_ws(kit, "left-" + "".join(c if c.isalnum() else "-" for c in case)[:30])
+        assert pib(kit, ws, "configure").returncode == 0
+        r = pib(kit, ws, "build", "--json")
+        assert r.returncode == 0, r.stderr
+        leftover = _plant_leftover(ws, case)
+        st = pib(kit, ws, "status", "--json")
+        assert st.returncode == 0, st.stderr
+        assert all(not c["dirty"] for c in json.loads(st.stdout)["components"]), st.stdout
+        r = pib(kit, ws, "build", "--json")
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        assert {c["component"]: c["action"] for c in data["components"]} == {"base": "up-to-date",
+                                                                              "extra": "up-to-date"}
+        if case.startswith(("half-built", "image temporary")):
+            assert not leftover.exists()
+        assert protos(ws) == kit.refs["plain"][1]

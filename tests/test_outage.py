@@ -195,7 +195,7 @@ def test_seaweedfs_killed_mid_transfer_then_stopped(env: Env,
     publish(env, store)
     with tally("outage", "SeaweedFS killed mid-transfer"):
         ws = env.ws(store)
-        r, seconds = build_killing_server_mid_transfer(env, ws, "tempfile|mkstemp|1|.tar.zst.", proc)
+        r, seconds = build_killing_server_mid_transfer(env, ws, "pib.store.s3|S3Store._read_body|1|.tar.zst", proc)
         check_local_build(r, seconds, ws)
     with tally("outage", "SeaweedFS stopped (connection refused)"):
         ws = env.ws(store)

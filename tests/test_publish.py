@@ -10,6 +10,7 @@ import pytest
 
 from pib.errors import EXIT_CODES, Reason
 from tests.gitutil import make_repo, pib, write
+from tests.reliability import tally
 from tests.services.nginx import Nginx
 
 pytestmark = pytest.mark.integration
@@ -189,3 +190,36 @@ def test_publishing_can_require_the_oldest_supported_platform(
     store = a.parent / "store-a" / "extra"
     meta = json.loads(next(store.glob("*.json")).read_text())
     assert "os-release" in meta["builder_platform"]
+
+
+def test_ci_never_republishes_an_entry_signed_only_by_the_machine_key(
+        setup: tuple[Path, Path, Path, dict[str, str]], nginx: Nginx) -> None:
+    with tally("trust", "an entry signed only by the machine key is not republished by pib ci"):
+        _machine_signed_not_republished(setup, nginx)
+
+
+def _machine_signed_not_republished(setup: tuple[Path, Path, Path, dict[str, str]], nginx: Nginx) -> None:
+    a, _b, keys, env = setup
+    signing = {**env, "CI_SIGNING_KEY": str(keys / "ci.key"), "CI": "true"}
+    prefix = (a / "pib.toml").read_text().split('url = "', 1)[1].split('"', 1)[0].rsplit("/", 1)[1]
+    remote = nginx.root / prefix / "extra"
+    # A local build: its entry in the local store is signed by this machine's key only.
+    assert pib(a, "build", env=env).returncode == 0
+    for how in ("up to date", "restored from the local store"):
+        if how.startswith("restored"):
+            assert pib(a, "clobber", "extra", env=env).returncode == 0
+        r = pib(a, "ci", "--json", env=signing)
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        comp = data["components"][0]
+        assert comp["action"] == ("up-to-date" if how == "up to date" else "restored"), how
+        assert comp["published"] == [], how
+        assert any("not published" in w for w in data["warnings"]), data["warnings"]
+        assert not list(remote.glob("*.json")) if remote.exists() else True, how
+    # Built by this run: published, signed by the CI key.
+    r = pib(a, "ci", "--force", "--json", env=signing)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["components"][0]["published"] == ["ci"]
+    (meta,) = remote.glob("*.json")
+    assert json.loads(meta.read_text())["signer"] == json.loads(
+        (a.parent / "store-a" / "extra" / meta.name).read_text())["signer"]

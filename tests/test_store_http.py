@@ -8,12 +8,14 @@ import pytest
 
 from pib.config.types import HttpStoreSpec
 from pib.errors import Reason, StoreError
+from pib.fsutil import sha256_file
 from pib.store import NotFound
 from pib.store.backends import open_store
 from pib.store.http import HttpStore
+from tests.reliability import tally
 from tests.services.badhttp import MODES, BadHttp
 from tests.services.nginx import BASIC_PASSWORD, BASIC_USER, Nginx
-from tests.storecheck import K1, exercise
+from tests.storecheck import K1, exercise, fetch
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +36,9 @@ def test_large_archive_and_layout_on_disk(nginx: Nginx, tmp_path: Path) -> None:
     arc.write_bytes(b"x" * (5 << 20) + b"end")
     store.put("illumos", K1, arc, b"{}")
     base = nginx.root / store.spec.url.rsplit("/", 1)[1] / "illumos"
-    assert sorted(p.name for p in base.iterdir()) == [f"{K1}.json", f"{K1}.tar.zst"]
-    a, _ = store.get("illumos", K1, tmp_path / "dl")
+    sha = sha256_file(arc)[0]
+    assert sorted(p.name for p in base.iterdir()) == [f"{K1}.{sha}.tar.zst", f"{K1}.json"]
+    a = fetch(store, "illumos", K1, arc, tmp_path / "dl")
     assert a.read_bytes() == arc.read_bytes()
 
 
@@ -72,7 +75,7 @@ def test_misbehaving_server_fails_fast(badhttp: BadHttp, tmp_path: Path, mode: s
     url = badhttp.refused_url if mode == "refused" else f"{badhttp.url}/{mode}"
     store = open_store(HttpStoreSpec("bad", url, timeout=1.0, retries=1))
     start = time.monotonic()
-    if mode in ("500", "503", "stall", "refused"):
+    if mode in ("500", "503", "stall", "refused", "dripheaders"):
         with pytest.raises(StoreError) as exc:
             store.has("illumos", K1)
         assert not isinstance(exc.value, NotFound) and exc.value.reason is Reason.STORE
@@ -83,8 +86,35 @@ def test_misbehaving_server_fails_fast(badhttp: BadHttp, tmp_path: Path, mode: s
         assert store.get_meta("illumos", K1) == b'{"a":'
     else:
         with pytest.raises(StoreError) as exc:
-            store.get("illumos", K1, tmp_path / "dl")
+            store.get_archive("illumos", K1, "0" * 64, tmp_path / "dl" / "a", 1000)
         assert not isinstance(exc.value, NotFound) and exc.value.reason is Reason.STORE
     assert time.monotonic() - start < 30  # bounded: 2 attempts x 1 s time-out per call, plus backoff
     leftovers = list((tmp_path / "dl").iterdir()) if (tmp_path / "dl").exists() else []
     assert leftovers == []
+
+
+@pytest.mark.parametrize("mode", ["drip554", "nolength", "chunked", "dripheaders"])
+def test_archive_downloads_end_at_the_signed_size_and_a_deadline(badhttp: BadHttp, tmp_path: Path,
+                                                                 mode: str) -> None:
+    # A small archive whose signed metadata says 554 bytes: the server drips its right length a byte
+    # at a time (110 s), drips its headers, or sends an endless body without a length.
+    with tally("transfer", f"HTTP archive download: {mode}"):
+        store = open_store(HttpStoreSpec("bad", f"{badhttp.url}/{mode}", timeout=1.0, retries=1))
+        dest = tmp_path / "dl" / "a.tar.zst"
+        start = time.monotonic()
+        with pytest.raises(StoreError) as exc:
+            store.get_archive("illumos", K1, "0" * 64, dest, 554)
+        assert not isinstance(exc.value, NotFound) and exc.value.reason is Reason.STORE
+        assert time.monotonic() - start < 8  # 2 attempts x (1 s + 554 bytes at the minimum rate), plus backoff
+        assert not dest.exists() and list(dest.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("call", ["has", "get_meta"])
+def test_dripped_headers_time_out(badhttp: BadHttp, call: str) -> None:
+    with tally("transfer", f"HTTP headers dripped: {call}"):
+        store = open_store(HttpStoreSpec("bad", f"{badhttp.url}/dripheaders", timeout=1.0, retries=0))
+        start = time.monotonic()
+        with pytest.raises(StoreError) as exc:
+            getattr(store, call)("illumos", K1)
+        assert not isinstance(exc.value, NotFound)
+        assert time.monotonic() - start < 4

@@ -12,6 +12,7 @@ from pib.store import NotFound, Store
 from pib.store.backends import open_store
 from pib.store.local import LocalStore
 from pib.store.memory import MemoryStore
+from tests.storecheck import fetch
 
 K1, K2, K3 = "a" * 64, "b" * 64, "c" * 64
 
@@ -42,15 +43,15 @@ def test_protocol_roundtrip(store: Store, tmp_path: Path) -> None:
     assert store.has_many([("illumos", K1), ("illumos", K2), ("extra", K2)]) == {("illumos", K1), ("extra", K2)}
     assert store.get_meta("extra", K2) == b'{"m":2}'
     out = tmp_path / "dl"
-    a, m = store.get("illumos", K1, out)
-    assert a.read_bytes() == arc.read_bytes() and m.read_bytes() == b'{"m":1}'
-    assert sorted(p.name for p in out.iterdir()) == [f"{K1}.json", f"{K1}.tar.zst"]
+    a = fetch(store, "illumos", K1, arc, out)
+    assert a.read_bytes() == arc.read_bytes() and store.get_meta("illumos", K1) == b'{"m":1}'
+    assert sorted(p.name for p in out.iterdir()) == [f"{K1}.tar.zst"]
     assert [(e.component, e.key, e.size) for e in store.list()] == [("extra", K2, 1000), ("illumos", K1, 1000)]
     assert [e.key for e in store.list("illumos")] == [K1]
     store.delete("illumos", K1)
     assert not store.has("illumos", K1)
     with pytest.raises(NotFound):
-        store.get("illumos", K1, out)
+        fetch(store, "illumos", K1, arc, out)
     with pytest.raises(NotFound):
         store.delete("illumos", K1)
 
@@ -63,11 +64,12 @@ def test_names_that_escape_the_layout_are_refused(store: Store, tmp_path: Path, 
 
 def test_quota_evicts_least_recently_used(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "s", quota_bytes=2500)
-    store.put("c", K1, blob(tmp_path, "1", 1000), b"{}")
+    one = blob(tmp_path, "1", 1000)
+    store.put("c", K1, one, b"{}")
     os.utime(store.root / "c" / f"{K1}.json", (100, 100))
     store.put("c", K2, blob(tmp_path, "2", 1000), b"{}")
     os.utime(store.root / "c" / f"{K2}.json", (200, 200))
-    store.get("c", K1, tmp_path / "dl")  # K1 is now the most recently used
+    fetch(store, "c", K1, one, tmp_path / "dl")  # K1 is now the most recently used
     store.put("c", K3, blob(tmp_path, "3", 1000), b"{}")
     assert {e.key for e in store.list()} == {K1, K3}
     assert store.usage() == 2000
@@ -109,10 +111,10 @@ def test_concurrent_puts_and_gets_never_show_half_entries(tmp_path: Path) -> Non
         try:
             for i in range(30):
                 try:
-                    a, m = store.get("c", K1, tmp_path / f"r{n}-{i}")
+                    a = fetch(store, "c", K1, arc, tmp_path / f"r{n}-{i}")
                 except NotFound:
                     continue
-                assert a.stat().st_size == 200_000 and m.read_bytes() == b'{"x":1}'
+                assert a.stat().st_size == 200_000 and store.get_meta("c", K1) == b'{"x":1}'
                 hits.append(n)
         except BaseException as exc:
             errors.append(exc)
@@ -127,8 +129,8 @@ def test_concurrent_puts_and_gets_never_show_half_entries(tmp_path: Path) -> Non
     # Once the writer is done, every reader must find the whole entry: a store whose
     # get() never finds anything would pass the loop above.
     for n in range(3):
-        a, m = store.get("c", K1, tmp_path / f"after-{n}")
-        assert a.read_bytes() == arc.read_bytes() and m.read_bytes() == b'{"x":1}'
+        a = fetch(store, "c", K1, arc, tmp_path / f"after-{n}")
+        assert a.read_bytes() == arc.read_bytes() and store.get_meta("c", K1) == b'{"x":1}'
 
 
 def test_memory_store_failure_injection(tmp_path: Path) -> None:

@@ -9,12 +9,15 @@ import pytest
 
 from pib.config.types import S3StoreSpec
 from pib.errors import Reason, StoreError
+from pib.fsutil import sha256_file
 from pib.store import NotFound
 from pib.store.backends import open_store
 from pib.store.s3 import S3Store
+from tests.reliability import tally
+from tests.services.badhttp import BadHttp
 from tests.services.ports import free_ports
 from tests.services.seaweed import Seaweed
-from tests.storecheck import K1, exercise
+from tests.storecheck import K1, exercise, fetch
 
 pytestmark = pytest.mark.integration
 
@@ -59,8 +62,8 @@ def test_layout_and_multipart_upload(creds: Seaweed, bucket: str, tmp_path: Path
     store.put("illumos", K1, arc, b"{}")
     keys = sorted(o["Key"] for o in creds.client().list_objects_v2(  # type: ignore[attr-defined]
         Bucket=bucket, Prefix=prefix)["Contents"])
-    assert keys == [f"{prefix}/illumos/{K1}.json", f"{prefix}/illumos/{K1}.tar.zst"]
-    a, _ = store.get("illumos", K1, tmp_path / "dl")
+    assert keys == [f"{prefix}/illumos/{K1}.{sha256_file(arc)[0]}.tar.zst", f"{prefix}/illumos/{K1}.json"]
+    a = fetch(store, "illumos", K1, arc, tmp_path / "dl")
     assert a.read_bytes() == arc.read_bytes()
 
 
@@ -83,3 +86,22 @@ def test_unreachable_endpoint_fails_fast(creds: Seaweed, tmp_path: Path) -> None
     with pytest.raises(StoreError):
         store.has_many([("illumos", K1), ("extra", K1)])
     assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("mode", ["drip554", "nolength", "chunked"])
+def test_archive_downloads_end_at_the_signed_size_and_a_deadline(badhttp: BadHttp, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    # The misbehaving loopback server as an S3 endpoint (its first path segment, the bucket, picks the
+    # behaviour): an archive whose signed metadata says 554 bytes never costs more than that, or long.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with tally("transfer", f"S3 archive download: {mode}"):
+        store = open_store(S3StoreSpec("bad", mode, "", badhttp.url, "us-east-1", None, 1.0, 0))
+        dest = tmp_path / "dl" / "a.tar.zst"
+        start = time.monotonic()
+        with pytest.raises(StoreError) as exc:
+            store.get_archive("illumos", K1, "0" * 64, dest, 554)
+        assert not isinstance(exc.value, NotFound) and exc.value.reason is Reason.STORE
+        assert time.monotonic() - start < 8
+        assert not dest.exists() and list(dest.parent.iterdir()) == []

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -24,8 +26,11 @@ import pib
 from pib.artifacts.signing import PublicKey, Signer, verify
 from pib.errors import VerifyError
 from pib.fsutil import canonical_json
+from pib.store import MAX_META
 
 META_FORMAT = 1
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MAX_ARCHIVE = 1 << 50  # bytes; anything larger is not an archive pib wrote
 _FIELDS = ("format", "component", "key", "key_doc", "archive_sha256", "archive_size", "created",
            "builder_platform", "cbe", "pib_version", "dirty", "signer")
 
@@ -81,22 +86,54 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def parse_document(raw: bytes, what: str) -> dict[str, Any]:
+    """The one parse of metadata bytes from a store (untrusted until verified).
+
+    Bounded in size; duplicate fields, NaN/Infinity, numbers out of range,
+    integers past Python's digit limit and nesting past the recursion limit
+    are all a VerifyError, never a crash.
+    """
+    if len(raw) > MAX_META:
+        raise VerifyError(f"metadata of {what} is {len(raw)} bytes, more than {MAX_META}",
+                          hint="the artifact metadata is corrupt or hostile")
+    try:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_float=_finite,
+                         parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError, OverflowError) as exc:
+        raise VerifyError(f"metadata of {what} is not valid JSON ({type(exc).__name__})",
+                          hint="the artifact is corrupt") from None
+    if not isinstance(doc, dict):
+        raise VerifyError(f"metadata of {what} is not a JSON object", hint="the artifact is corrupt")
+    return doc
+
+
 def read_signed(raw: bytes, trusted_keys: Iterable[PublicKey], *, fields: Collection[str], what: str) -> dict[str, Any]:
     """Parse signed metadata bytes, verify the signature, and check the format and the exact field set.
 
     `what` names the artifact in errors. Returns the document without its signature.
     """
-    try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VerifyError(f"metadata of {what} is not valid JSON", hint="the artifact is corrupt") from exc
-    if not isinstance(doc, dict):
-        raise VerifyError(f"metadata of {what} is not a JSON object", hint="the artifact is corrupt")
+    doc = parse_document(raw, what)
     signature = doc.pop("signature", None)
     if not isinstance(signature, str):
         raise VerifyError(f"artifact {what} is not signed",
                           hint="only signed artifacts are restored; publish it again with a signing key")
-    verify(canonical_json(doc), signature, trusted_keys)
+    try:
+        signed = canonical_json(doc)
+    except (ValueError, RecursionError) as exc:
+        raise VerifyError(f"metadata of {what} cannot be checked ({type(exc).__name__})",
+                          hint="the artifact is corrupt") from None
+    verify(signed, signature, trusted_keys)
     if doc.get("format") != META_FORMAT or sorted(doc) != sorted(fields):
         raise VerifyError(f"metadata of {what} has an unknown format",
                           hint="it was written by another pib version; it will be rebuilt locally")
@@ -131,14 +168,35 @@ def read_metadata(raw: bytes, trusted_keys: Iterable[PublicKey], *, component: s
             f"metadata names {doc['component']}/{doc['key']}, not the requested {component}/{key}",
             hint="a signed artifact was stored under the wrong name (replayed); delete it from the store",
         )
+    bad = _bad_fields(doc)
+    if bad:
+        raise VerifyError(f"metadata of {component}/{key} has malformed fields: {', '.join(bad)}",
+                          hint="the artifact is corrupt")
     cbe = doc["cbe"]
-    try:
-        return Metadata(
-            component=doc["component"], key=doc["key"], key_doc=doc["key_doc"],
-            archive_sha256=str(doc["archive_sha256"]), archive_size=int(doc["archive_size"]),
-            created=str(doc["created"]), builder_platform=str(doc["builder_platform"]),
-            cbe=None if cbe is None else CbeInfo(str(cbe["name"]), str(cbe["version"]), str(cbe["lock_digest"])),
-            pib_version=str(doc["pib_version"]), dirty=bool(doc["dirty"]), signer=str(doc["signer"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise VerifyError(f"metadata of {component}/{key} has malformed fields", hint="the artifact is corrupt") from exc
+    return Metadata(
+        component=doc["component"], key=doc["key"], key_doc=doc["key_doc"],
+        archive_sha256=doc["archive_sha256"], archive_size=doc["archive_size"],
+        created=doc["created"], builder_platform=doc["builder_platform"],
+        cbe=None if cbe is None else CbeInfo(cbe["name"], cbe["version"], cbe["lock_digest"]),
+        pib_version=doc["pib_version"], dirty=doc["dirty"], signer=doc["signer"],
+    )
+
+
+def _bad_fields(doc: Mapping[str, Any]) -> list[str]:
+    """Fields of a component artifact's document whose type or range is wrong (a signed document too:
+    a compromised key must not crash a build)."""
+    bad = [f for f in ("created", "builder_platform", "pib_version", "signer") if not isinstance(doc[f], str)]
+    if not isinstance(doc["key_doc"], dict):
+        bad.append("key_doc")
+    if not isinstance(doc["archive_sha256"], str) or not _SHA256.match(doc["archive_sha256"]):
+        bad.append("archive_sha256")
+    size = doc["archive_size"]
+    if type(size) is not int or not 0 < size <= _MAX_ARCHIVE:
+        bad.append("archive_size")
+    if type(doc["dirty"]) is not bool:
+        bad.append("dirty")
+    cbe = doc["cbe"]
+    if cbe is not None and not (isinstance(cbe, dict) and sorted(cbe) == ["lock_digest", "name", "version"]
+                                and all(isinstance(v, str) for v in cbe.values())):
+        bad.append("cbe")
+    return bad

@@ -12,7 +12,6 @@ outcome, and the next store is tried.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pib.artifacts.archive import Limits, pack, unpack
-from pib.artifacts.metadata import ArtifactInfo, Metadata, make_metadata, read_metadata
+from pib.artifacts.metadata import ArtifactInfo, Metadata, make_metadata, parse_document, read_metadata
 from pib.artifacts.signing import PublicKey, Signer
 from pib.errors import PibError, Reason, StoreError, VerifyError
 from pib.fsutil import remove_tree, sha256_file
@@ -94,7 +93,7 @@ def restore(
         seconds = time.monotonic() - start
         try:
             if local_store is not None and store is not local_store:
-                local_store.put(component, key, archive, meta_bytes)
+                local_store.put(component, key, archive, meta_bytes, metadata.archive_sha256)
         except PibError as exc:
             problems.append(StoreProblem(local_store.name if local_store else "local", exc.reason, f"not cached locally: {exc.message}"))
         finally:
@@ -113,13 +112,16 @@ def fetch_verified(store: Store, component: str, key: str, work: Path, *, read: 
 
     `read` parses and verifies metadata bytes (raising VerifyError); `pins`
     gives the archive's SHA-256 and size that the verified metadata states.
+    The metadata is fetched once and verified before the archive is asked
+    for: the archive is the one it names, and no byte beyond the size it
+    states is downloaded.
     """
-    # Metadata first: a bad signature costs a few hundred bytes, not an archive download.
-    read(store.get_meta(component, key))
-    archive, meta_path = store.get(component, key, work)
-    meta_bytes = meta_path.read_bytes()
-    meta = read(meta_bytes)  # the copy that came with the archive is the one believed
+    meta_bytes = store.get_meta(component, key)
+    meta = read(meta_bytes)
     want_sha, want_size = pins(meta)
+    work.mkdir(parents=True, exist_ok=True)
+    archive = work / f"{key}.tar.zst"
+    store.get_archive(component, key, want_sha, archive, want_size)
     size = archive.stat().st_size
     if size != want_size:
         raise VerifyError(f"{store.name}: archive of {component}/{key} has {size} bytes, metadata says "
@@ -218,7 +220,7 @@ def publish(
                                 "the published artifact was kept")))
                         _note(log, f"{store.name}: {component}/{key} already there; kept")
                         continue
-                store.put(component, key, packed.path, meta)
+                store.put(component, key, packed.path, meta, packed.sha256)
                 published.append(store.name)
                 _note(log, f"{store.name}: published {component}/{key}")
             except PibError as exc:
@@ -237,11 +239,35 @@ def _held_sha256(store: Store, component: str, key: str) -> str | None:
     except NotFound:
         return None
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        doc = parse_document(raw, f"{component}/{key} in {store.name}")
+    except VerifyError:
         return ""
-    sha = doc.get("archive_sha256") if isinstance(doc, dict) else None
+    sha = doc.get("archive_sha256")
     return sha if isinstance(sha, str) else ""
+
+
+def copy_verified(component: str, key: str, source: Store, targets: Sequence[Store],
+                  trusted_keys: Sequence[PublicKey], work: Path) -> PublishOutcome:
+    """Copy the entry (component, key) from `source` to `targets` exactly as it is signed, if it
+    verifies against `trusted_keys` (those trusted for publishing); never re-signed.
+
+    Raises NotFound, StoreError or VerifyError when `source` has no such entry."""
+    check_names(component, key)
+    archive, meta_bytes, meta = fetch_verified(
+        source, component, key, work,
+        read=lambda raw: read_metadata(raw, trusted_keys, component=component, key=key),
+        pins=lambda m: (m.archive_sha256, m.archive_size),
+    )
+    published: list[str] = []
+    problems: list[StoreProblem] = []
+    for store in targets:
+        try:
+            store.put(component, key, archive, meta_bytes, meta.archive_sha256)
+            published.append(store.name)
+        except PibError as exc:
+            problems.append(StoreProblem(store.name, exc.reason, exc.message))
+    return PublishOutcome(meta_bytes, meta.archive_sha256, meta.archive_size, tuple(published), tuple(problems),
+                          ())
 
 
 # ------------------------------------------------------------------ explain
@@ -269,8 +295,8 @@ def explain_nearest(component: str, stores: Sequence[Store], *, candidates: int 
             continue
         for entry in entries:
             try:
-                doc = json.loads(store.get_meta(component, entry.key))
-            except (StoreError, ValueError):
+                doc = parse_document(store.get_meta(component, entry.key), f"{component}/{entry.key}")
+            except (StoreError, VerifyError):
                 continue
             if not isinstance(doc, dict) or not isinstance(doc.get("key_doc"), dict):
                 continue

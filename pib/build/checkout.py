@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 from pib.config.types import ComponentConfig
 from pib.errors import Location, PibError, Reason
+from pib.flock import held
 from pib.fsutil import remove_tree, write_atomic
 from pib.run import Log, minimal_env, run
 
@@ -60,6 +61,9 @@ def git(args: list[str], cwd: Path, *, log: Log | None = None, env: Mapping[str,
     res = run(argv, cwd=cwd, env=full_env, log=log, capture=True, check=check, input=input,
               reason=Reason.SOURCE, what=f"git {' '.join(args[:2])} in {cwd}", timeout=timeout)
     return res.stdout
+
+
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 class SourceState(NamedTuple):
@@ -286,14 +290,20 @@ def source_state(checkout: Path, index: Path | None) -> SourceState:
         if not (checkout / ".git").is_dir():
             index = Path(git(["rev-parse", "--absolute-git-dir"], checkout, hermetic=True).strip()) / "pib-index"
     index.parent.mkdir(parents=True, exist_ok=True)
-    real = checkout / ".git" / "index"
-    if not index.exists() and real.is_file():
-        from shutil import copyfile
-
-        copyfile(real, index)  # seeds stat data: the first hash is cheap too
     env = {"GIT_INDEX_FILE": str(index)}
-    _sync_index(checkout, env)
-    tree = _tree_of_index(checkout, index, env)
+    # Under this flock no other pib uses the private index: a git lock file beside it was left by a
+    # killed git, and an index that git cannot read (truncated by a kill) is only a cache, rebuilt.
+    with held(index.with_name(index.name + ".pib-lock")):
+        index.with_name(index.name + ".lock").unlink(missing_ok=True)
+        _seed_index(checkout, index)
+        try:
+            _sync_index(checkout, env)
+        except PibError:
+            for stale in (index, index.with_name(index.name + ".tree")):
+                stale.unlink(missing_ok=True)
+            _seed_index(checkout, index)
+            _sync_index(checkout, env)
+        tree = _tree_of_index(checkout, index, env)
     branch, head = _read_head(checkout / ".git")
     if head is None:
         out = git(["rev-parse", "--verify", "--quiet", "HEAD"], checkout, check=False, hermetic=True).split()
@@ -340,6 +350,14 @@ def changed_files(checkout: Path, old_tree: str, new_tree: str) -> list[str]:
     if res.returncode != 0:
         return []
     return [p for p in res.stdout.split("\0") if p]
+
+
+def _seed_index(checkout: Path, index: Path) -> None:
+    real = checkout / ".git" / "index"
+    if not index.exists() and real.is_file():
+        from shutil import copyfile
+
+        copyfile(real, index)  # seeds stat data: the first hash is cheap too
 
 
 def _tree_of_index(checkout: Path, index: Path, env: Mapping[str, str]) -> str:
@@ -400,16 +418,20 @@ def _read_head(gitdir: Path) -> tuple[str | None, str | None]:
 def _head_tree(checkout: Path, commit: str, index: Path) -> str:
     """The tree of a commit never changes, so it is remembered beside the private index."""
     memo = index.with_name(index.name + ".trees")
+    kept: list[str] = []
     try:
         for line in memo.read_text(encoding="utf-8").splitlines():
             c, _, t = line.partition(" ")
+            if not (_OBJECT_ID.fullmatch(c) and _OBJECT_ID.fullmatch(t)):
+                continue  # a torn line (an older pib appended in place): ignored, not believed
             if c == commit:
                 return t
-    except OSError:
+            kept.append(line)
+    except (OSError, UnicodeDecodeError):
         pass
     tree = git(["rev-parse", f"{commit}^{{tree}}"], checkout, hermetic=True).strip()
-    with open(memo, "a", encoding="utf-8") as fh:
-        fh.write(f"{commit} {tree}\n")
+    # Written whole and renamed: a kill leaves the old memo or the new one, never a torn line.
+    write_atomic(memo, "".join(f"{line}\n" for line in [*kept[-999:], f"{commit} {tree}"]))
     return tree
 
 

@@ -22,7 +22,7 @@ from pib.config.loader import topo_order
 from pib.config.types import Config, Pinned
 from pib.errors import PibError, Reason
 from pib.flock import FileLock
-from pib.fsutil import discard_tree, remove_tree
+from pib.fsutil import discard_tree, remove_stale, remove_tree
 from pib.host import FloorCheck, check_floor
 from pib.parallel import parallel_map
 
@@ -199,6 +199,7 @@ def build(
         publishing_signer(cfg)  # fail before building, not after
     with workspace_lock(cfg) as lock:
         lock.acquire(wait=wait_for_lock, on_wait=on_lock_wait)
+        _sweep_leftovers(cfg)
         _require_checkouts(cfg, names)
         ctx = BuildContext(cfg, build_env(cfg, install=False), floor)
         plans = plan(cfg, names, ctx.benv)
@@ -332,6 +333,14 @@ def _cbe_pins(cfg: Config) -> list[Pinned]:
 
     lock = load(cfg.cbe.lock)
     return pins(lock.packages) if lock.provider == "debian" else []
+
+
+def _sweep_leftovers(cfg: Config) -> None:
+    """What killed runs left (half-built proto areas, scratch directories, image temporaries), whether or
+    not this run builds those components; the workspace lock is held, so none of it is in use."""
+    for c in cfg.components:
+        sweep(c)
+    remove_stale(cfg.workspace.output_dir)
 
 
 def _artifacts(ctx: BuildContext, *, offline: bool, require_prebuilt: bool = False) -> Artifacts | None:

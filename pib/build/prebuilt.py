@@ -3,11 +3,16 @@
 The machine's local store comes first and is shared by every workspace; the
 configured remotes follow. Artifacts of local builds enter the local store
 signed by a per-user machine key, trusted only on this machine; anything
-published to a remote is signed with the configured signing key.
+published to a remote is signed with the configured signing key, and only
+when this run built it. An artifact this run did not build (up to date, or
+restored) is published only as the entry it is, signed by a key trusted for
+publishing (trust.public_keys, never the machine key): the machine key's
+trust is never laundered into the publishing key's.
 """
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +21,7 @@ from typing import TYPE_CHECKING
 from pib.artifacts import policy, transfer
 from pib.artifacts.metadata import ArtifactInfo, CbeInfo
 from pib.errors import PibError, Reason
+from pib.fsutil import remove_tree
 from pib.parallel import parallel_map
 from pib.run import Log
 from pib.store import Store
@@ -107,7 +113,7 @@ class StoreArtifacts:
             self._warn(f"could not keep {plan.comp.name} in the local store: {prob.message}")
 
     def publish(self, plan: Plan, proto: Path, log: Log) -> tuple[str, ...]:
-        return publish_one(self.ctx, plan, proto, log, self.remotes, warn=self._warn)
+        return publish_one(self.ctx, plan, proto, log, self.remotes, warn=self._warn, local=self.local)
 
     def publish_missing(self, plans: Sequence[Plan], log: Log) -> dict[str, tuple[str, ...]]:
         targets = [s for s in self.remotes if policy.may_publish(self.cfg, s.name)]
@@ -115,12 +121,31 @@ class StoreArtifacts:
         if not targets or not wanted:
             return {}
         have = dict(zip([s.name for s in targets], parallel_map(lambda s: s.has_many(wanted), targets), strict=True))
+        publishers = policy.trusted_keys(self.cfg, machine=False)
         out: dict[str, tuple[str, ...]] = {}
         for p in plans:
             lacking = [s for s in targets if (p.comp.name, p.key) not in have[s.name]]
-            if lacking and not p.source.dirty:
-                log.line(f"pib: {p.comp.name}: not in {', '.join(s.name for s in lacking)}; publishing")
-                out[p.comp.name] = publish_one(self.ctx, p, p.comp.proto, log, lacking, warn=self._warn)
+            if not lacking or p.source.dirty:
+                continue
+            names = ", ".join(s.name for s in lacking)
+            work = Path(tempfile.mkdtemp(prefix=f".{p.comp.proto.name}.publish-", dir=p.comp.proto.parent))
+            try:
+                copied = transfer.copy_verified(p.comp.name, p.key, self.local, lacking, publishers, work)
+            except PibError as exc:
+                # Not built by this run, and no entry signed by a publishing key: never re-signed.
+                log.line(f"pib: {p.comp.name}: not published to {names}: {exc.message}")
+                self._warn(f"{p.comp.name} was not built by this run and the local store has no artifact of it "
+                           f"signed by a key trusted for publishing, so it is not published to {names}; "
+                           "rebuild it (pib ci --force) to publish it")
+                continue
+            finally:
+                remove_tree(work)
+            log.line(f"pib: {p.comp.name}: not in {names}; published the local store's entry as it is signed")
+            if copied.problems:
+                raise PibError(f"publishing {p.comp.name} failed: " + "; ".join(
+                    f"{x.store}: {x.message}" for x in copied.problems), reason=Reason.STORE,
+                    hint="check the store and its credentials, then run pib publish again")
+            out[p.comp.name] = copied.published
         return out
 
 
@@ -132,24 +157,26 @@ def artifact_info(ctx: BuildContext, plan: Plan) -> ArtifactInfo:
 
 
 def publish_one(ctx: BuildContext, plan: Plan, proto: Path, log: Log | None, remotes: Sequence[Store], *,
-                warn: Callable[[str], None] | None = None) -> tuple[str, ...]:
+                warn: Callable[[str], None] | None = None, local: Store | None = None) -> tuple[str, ...]:
     """Upload the artifact of `plan` to the remotes that take published artifacts; names of those that have it.
 
     A remote that already holds the key keeps its artifact; other bytes there are reported through `warn`.
-    """
+    `local`: the local store also gets the published entry, so a later run that does not rebuild the
+    component can publish that entry again (it is signed by the publishing key)."""
     targets = [s for s in remotes if policy.may_publish(ctx.cfg, s.name)]
     if not targets:
         raise PibError("no remote store to publish to", reason=Reason.PUBLISH,
                        hint="add a [[store]] (http or s3) to pib.toml or pib.local.toml")
-    out = transfer.publish(artifact_info(ctx, plan), proto, targets, policy.publishing_signer(ctx.cfg), remote=True,
-                           log=log)
-    if out.problems:
+    out = transfer.publish(artifact_info(ctx, plan), proto, [*targets, *([local] if local else [])],
+                           policy.publishing_signer(ctx.cfg), remote=True, log=log)
+    problems = [p for p in out.problems if local is None or p.store != local.name]
+    if problems:
         raise PibError(
-            f"publishing {plan.comp.name} failed: " + "; ".join(f"{p.store}: {p.message}" for p in out.problems),
+            f"publishing {plan.comp.name} failed: " + "; ".join(f"{p.store}: {p.message}" for p in problems),
             reason=Reason.STORE,
             hint="check the store and its credentials, then run pib publish again",
         )
     for d in out.differing:
         if warn is not None:
             warn(f"store {d.store}: {d.message}")
-    return out.published
+    return tuple(n for n in out.published if local is None or n != local.name)

@@ -433,6 +433,7 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
 def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[ComponentConfig, ...]:
     table = top.sub("components")
     out: list[ComponentConfig] = []
+    proto_where: dict[str, Location] = {}
     for name in list(table.data):
         sec = table.sub(name)
         if not _NAME_RE.match(name):
@@ -475,6 +476,7 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
         proto = _rel(root, sec.text("proto", f"proto.{name}") or f"proto.{name}")
         if proto.resolve() == root or root.resolve().is_relative_to(proto.resolve()):
             raise ConfigError(f"component {name!r}: proto {proto} would contain the workspace", where=sec.where("proto"))
+        proto_where[name] = sec.where("proto")
         manifest = sec.text("manifest")
         if manifest is not None and (manifest.startswith("/") or ".." in Path(manifest).parts):
             raise ConfigError(
@@ -502,6 +504,7 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
         out.append(comp)
     table.done()
     _check_graph(out, table)
+    _check_protos(out, proto_where)
     protos: dict[Path, str] = {}
     for c in out:
         if c.proto in protos:
@@ -528,6 +531,24 @@ def _component_env(sec: _Section) -> tuple[tuple[str, str], ...]:
                 hint="PATH comes from the build environment ([cbe] system_path); drop it from env",
             )
     return env
+
+
+def _check_protos(comps: list[ComponentConfig], where: dict[str, Location]) -> None:
+    """A proto area is replaced wholesale by every build: it must never be, contain or lie inside the
+    git data of a checkout (its own or another component's)."""
+    for c in comps:
+        proto = c.proto.resolve()
+        if ".git" in proto.parts:
+            raise ConfigError(f"component {c.name!r}: proto {c.proto} is inside a .git directory",
+                              where=where[c.name], hint=f"use a directory of its own, e.g. proto.{c.name}")
+        for d in comps:
+            checkout = d.checkout.resolve()
+            whose = "its own checkout" if d is c else f"the checkout of {d.name!r}"
+            if proto == checkout or checkout.is_relative_to(proto):
+                what = "is" if proto == checkout else "contains"
+                raise ConfigError(f"component {c.name!r}: proto {c.proto} {what} {whose} ({d.checkout}); "
+                                  "a build would delete it", where=where[c.name],
+                                  hint=f"use a directory of its own, e.g. proto.{c.name}")
 
 
 def _check_graph(comps: list[ComponentConfig], table: _Section) -> None:

@@ -2,11 +2,13 @@
 
 Built on the standard library's http.client so every socket operation has a
 time-out and nothing is retried behind our back. Each request gets
-`timeout` seconds per socket operation and a small retry budget for
-refused connections, time-outs and 5xx answers. A body must arrive in full
-(Content-Length is checked) and fast enough: small documents within
-`timeout` seconds overall, archives at no less than MIN_RATE once the first
-`timeout` seconds are over, so a server dripping bytes cannot hold a build.
+`timeout` seconds per socket operation, a deadline for the whole answer
+(headers and body: `timeout` for small documents, plus the declared size at
+MIN_RATE for an archive; a watchdog shuts the socket down when it passes, so
+headers or a body dripped a byte at a time cannot hold a build) and a small
+retry budget for refused connections, time-outs and 5xx answers. A body
+must arrive in full (Content-Length is checked) and an archive is never
+longer than its signed metadata says, with or without a Content-Length.
 
 Listing uses nginx's `autoindex_format json` when the server offers it.
 """
@@ -14,9 +16,12 @@ Listing uses nginx's `autoindex_format json` when the server offers it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
+import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -26,21 +31,23 @@ from typing import IO, TypeVar
 
 from pib.config.types import HttpStoreSpec
 from pib.errors import StoreError
-from pib.fsutil import atomic_writer, write_atomic
+from pib.fsutil import atomic_writer, sha256_file
 from pib.store import (
-    ARCHIVE_SUFFIX,
     CHUNK,
     MAX_META,
     META_SUFFIX,
-    MIN_RATE,
     Entries,
     NotFound,
     StoreEntry,
+    archive_key,
+    archive_name,
     check_blob,
     check_names,
+    deadline,
     has_concurrently,
     is_component_name,
     is_key,
+    old_archive_name,
 )
 
 T = TypeVar("T")
@@ -49,6 +56,55 @@ _Rows = list[tuple[str, str, float, int]]  # name, type, mtime, size of an index
 
 class _Retryable(Exception):
     """A failure worth another attempt (connection, time-out, 5xx)."""
+
+
+class _DeadlineMixin:
+    """Remembers the socket: http.client drops `sock` from a connection whose answer closes it."""
+
+    sock: socket.socket | None
+    raw_sock: socket.socket | None = None
+    expired = False  # set by the watchdog, which may fire while connecting
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self.raw_sock = self.sock
+        if self.expired and self.sock is not None:
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Http(_DeadlineMixin, http.client.HTTPConnection):
+    pass
+
+
+class _Https(_DeadlineMixin, http.client.HTTPSConnection):
+    pass
+
+
+class _Watchdog:
+    """Shuts a connection's socket down once `seconds` have passed: no read outlives the deadline,
+    however slowly the server sends (per-operation socket time-outs alone restart on every byte)."""
+
+    def __init__(self, conn: _Http | _Https, seconds: float) -> None:
+        self.conn = conn
+        self.seconds = seconds
+        self.fired = threading.Event()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired.set()
+        self.conn.expired = True
+        sock = self.conn.raw_sock or self.conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 class HttpStore:
@@ -80,26 +136,34 @@ class HttpStore:
     def _path(self, *parts: str) -> str:
         return "/".join([self._base, *(urllib.parse.quote(p) for p in parts)])
 
-    def _connect(self) -> http.client.HTTPConnection:
+    def _connect(self) -> _Http | _Https:
         if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.spec.timeout, blocksize=CHUNK)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.spec.timeout, blocksize=CHUNK)
+            return _Https(self._host, self._port, timeout=self.spec.timeout, blocksize=CHUNK)
+        return _Http(self._host, self._port, timeout=self.spec.timeout, blocksize=CHUNK)
 
-    def _attempts(self, what: str, fn: Callable[[http.client.HTTPConnection], T]) -> T:
-        """Run fn(conn) with retries; map exhausted failures to StoreError."""
+    def _attempts(self, what: str, fn: Callable[[http.client.HTTPConnection], T], *, size: int = 0) -> T:
+        """Run fn(conn) with retries, each attempt within deadline(timeout, size); map exhausted
+        failures to StoreError."""
         last = ""
+        budget = deadline(self.spec.timeout, size)
         for attempt in range(self.spec.retries + 1):
             if attempt:
                 time.sleep(min(0.2 * 2 ** (attempt - 1), 2.0))
             conn = self._connect()
+            watch = _Watchdog(conn, budget)
             try:
-                return fn(conn)
+                with watch:
+                    result = fn(conn)
+                if not watch.fired.is_set():
+                    return result
+                # a body without a length that the watchdog ended looks complete: it is not
+                last = f"no complete answer within {budget:.0f}s"
             except _Retryable as exc:
-                last = str(exc)
+                last = f"no complete answer within {budget:.0f}s" if watch.fired.is_set() else str(exc)
             except TimeoutError:
                 last = f"timed out after {self.spec.timeout:g}s"
             except (ConnectionError, http.client.HTTPException, OSError) as exc:
-                last = _describe(exc)
+                last = f"no complete answer within {budget:.0f}s" if watch.fired.is_set() else _describe(exc)
             finally:
                 conn.close()
         raise StoreError(f"store {self.name}: {what} failed: {last}",
@@ -148,7 +212,6 @@ class HttpStore:
         expected = _content_length(resp)
         if expected is not None and expected > MAX_META:
             raise StoreError(f"store {self.name}: {path} is {expected} bytes, too large for metadata")
-        deadline = time.monotonic() + self.spec.timeout
         parts: list[bytes] = []
         got = 0
         while True:
@@ -159,63 +222,53 @@ class HttpStore:
             got += len(chunk)
             if got > MAX_META:
                 raise StoreError(f"store {self.name}: {path} is too large for metadata")
-            if time.monotonic() > deadline:
-                raise _Retryable(f"GET {path}: body not received within {self.spec.timeout:g}s")
         if expected is not None and got != expected:
             raise _Retryable(f"GET {path}: received {got} of {expected} bytes")
         return b"".join(parts)
 
-    def get(self, component: str, key: str, dest_dir: Path) -> tuple[Path, Path]:
+    def get_archive(self, component: str, key: str, sha256: str, dest: Path, max_size: int) -> None:
         check_names(component, key)
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        meta = self.get_meta(component, key)
-        path = self._path(component, key + ARCHIVE_SUFFIX)
-        archive_out = dest_dir / f"{key}{ARCHIVE_SUFFIX}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for name in (archive_name(key, sha256), old_archive_name(key)):
+            path = self._path(component, name)
 
-        def download(conn: http.client.HTTPConnection) -> None:
-            resp = self._send(conn, "GET", path)
-            if resp.status == 404:
-                resp.read()
-                raise NotFound(f"store {self.name}: artifact {component}/{key} has no archive")
-            if resp.status != 200:
-                raise self._error(f"GET {path}", resp)
-            self._stream_to(resp, path, archive_out)
+            def download(conn: http.client.HTTPConnection, path: str = path) -> bool:
+                resp = self._send(conn, "GET", path)
+                if resp.status == 404:
+                    resp.read()
+                    return False
+                if resp.status != 200:
+                    raise self._error(f"GET {path}", resp)
+                self._stream_to(resp, path, dest, max_size)
+                return True
 
-        self._attempts(f"GET {path}", download)
-        meta_out = dest_dir / f"{key}{META_SUFFIX}"
-        write_atomic(meta_out, meta)
-        return archive_out, meta_out
+            if self._attempts(f"GET {path}", download, size=max_size):
+                return
+        raise NotFound(f"store {self.name}: artifact {component}/{key} has no archive {sha256[:16]}")
 
-    def _stream_to(self, resp: http.client.HTTPResponse, path: str, dest: Path,
-                   max_size: int | None = None) -> None:
+    def _stream_to(self, resp: http.client.HTTPResponse, path: str, dest: Path, max_size: int) -> None:
         expected = _content_length(resp)
-        if max_size is not None and expected is not None and expected > max_size:
+        if expected is not None and expected > max_size:
             raise StoreError(f"store {self.name}: {path} is {expected} bytes, more than the {max_size} expected")
-        start = time.monotonic()
         got = 0
-        buf = bytearray(CHUNK)
+        buf = bytearray(min(CHUNK, max_size + 1))  # one byte more than allowed shows an overlong body
         view = memoryview(buf)
-        with atomic_writer(dest) as out:  # a short or slow download never appears at dest
+        with atomic_writer(dest) as out:  # a short, long or slow download never appears at dest
             while True:
                 n = resp.readinto(buf)
                 if not n:
                     break
-                out.write(view[:n])
                 got += n
-                elapsed = time.monotonic() - start
-                if elapsed > self.spec.timeout and got < MIN_RATE * (elapsed - self.spec.timeout):
-                    raise _Retryable(f"GET {path}: too slow ({got} bytes in {elapsed:.1f}s)")
-                if expected is not None and got > expected:
-                    raise _Retryable(f"GET {path}: more bytes than Content-Length {expected}")
-                if max_size is not None and got > max_size:
+                if got > max_size:
                     raise StoreError(f"store {self.name}: {path}: more than the {max_size} bytes expected")
+                out.write(view[:n])
             if expected is not None and got != expected:
                 raise _Retryable(f"GET {path}: received {got} of {expected} bytes")
 
-    def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes) -> None:
+    def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes, sha256: str | None = None) -> None:
         check_names(component, key)
         size = archive_path.stat().st_size
-        apath = self._path(component, key + ARCHIVE_SUFFIX)
+        apath = self._path(component, archive_name(key, sha256 or sha256_file(archive_path)[0]))
         mpath = self._path(component, key + META_SUFFIX)
 
         def put_archive(conn: http.client.HTTPConnection) -> None:
@@ -231,14 +284,19 @@ class HttpStore:
             if resp.status not in (200, 201, 204):
                 raise self._error(f"PUT {mpath}", resp)
 
-        self._attempts(f"PUT {apath}", put_archive)
+        self._attempts(f"PUT {apath}", put_archive, size=size)
         self._attempts(f"PUT {mpath}", put_meta)  # last: readers never see half an entry
 
     def delete(self, component: str, key: str) -> None:
         check_names(component, key)
+        try:  # every archive of the key, both layouts (and any left by an interrupted publish)
+            names = [n for n, kind, _, _ in self._index(self._path(component) + "/")
+                     if kind == "file" and archive_key(n) == key]
+        except StoreError:
+            names = [old_archive_name(key)]
         found = False
-        for suffix in (META_SUFFIX, ARCHIVE_SUFFIX):  # metadata first, the reverse of put
-            path = self._path(component, key + suffix)
+        for name in (key + META_SUFFIX, *names):  # metadata first, the reverse of put
+            path = self._path(component, name)
 
             def delete(conn: http.client.HTTPConnection, path: str = path) -> bool:
                 resp = self._send(conn, "DELETE", path)
@@ -287,7 +345,7 @@ class HttpStore:
                 raise self._error(f"GET {url}", resp)
             self._stream_to(resp, url, dest, max_size)
 
-        self._attempts(f"GET {url}", download)
+        self._attempts(f"GET {url}", download, size=max_size)
 
     def put_blob(self, path: str, src: Path) -> None:
         check_blob(path)
@@ -301,7 +359,7 @@ class HttpStore:
             if resp.status not in (200, 201, 204):
                 raise self._error(f"PUT {url}", resp)
 
-        self._attempts(f"PUT {url}", put)
+        self._attempts(f"PUT {url}", put, size=size)
 
     def list(self, component: str | None = None) -> Entries:
         if component is None:
@@ -313,11 +371,16 @@ class HttpStore:
         for comp in comps:
             rows = self._index(self._path(comp) + "/")
             files = {name: (mtime, size) for name, kind, mtime, size in rows if kind == "file"}
+            archives: dict[str, tuple[float, int]] = {}  # key -> newest archive (mtime, size)
+            for name, (mtime, size) in files.items():
+                akey = archive_key(name)
+                if akey is not None and (mtime, size) > archives.get(akey, (-1.0, 0)):
+                    archives[akey] = (mtime, size)
             for name, (mtime, _) in sorted(files.items()):
                 if not name.endswith(META_SUFFIX):
                     continue
                 key = name[: -len(META_SUFFIX)]
-                archive = files.get(key + ARCHIVE_SUFFIX)
+                archive = archives.get(key)
                 if is_key(key) and archive is not None:
                     out.append(StoreEntry(comp, key, archive[1], mtime))
         return out
@@ -335,11 +398,11 @@ class HttpStore:
                 rows = json.loads(body)
                 return [(str(r["name"]), str(r["type"]), _http_date(str(r.get("mtime", ""))), int(r.get("size", 0)))
                         for r in rows]
-            except (ValueError, TypeError, KeyError) as exc:
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError) as exc:
                 raise StoreError(f"store {self.name}: listing {path} is not a JSON index",
                                  hint="enable `autoindex on; autoindex_format json;` on the server") from exc
 
-        return self._attempts(f"GET {path}", get)
+        return self._attempts(f"GET {path}", get, size=MAX_META)
 
 
 def _content_length(resp: http.client.HTTPResponse) -> int | None:

@@ -1,7 +1,8 @@
 """The local artifact store: a directory shared by every workspace on the machine.
 
-Writes go to `.tmp/` and are renamed into place (archive first, metadata
-last) under an exclusive fcntl lock; reads take a shared lock only while
+Writes go to `.tmp/` and are renamed into place (archive first, under its
+content-addressed name, metadata last; then older archives of the key are
+removed) under an exclusive fcntl lock; reads take a shared lock only while
 they link their copy out. The metadata file's mtime is this store's own
 record of the last use (set on put and on every get), so LRU eviction does
 not depend on the file system's atime setting.
@@ -20,16 +21,20 @@ from pathlib import Path
 
 from pib.errors import StoreError
 from pib.flock import open_lock_file, take
+from pib.fsutil import sha256_file
 from pib.store import (
     ARCHIVE_SUFFIX,
     META_SUFFIX,
     Entries,
     NotFound,
     StoreEntry,
+    archive_key,
+    archive_name,
     check_blob,
     check_names,
     is_component_name,
     is_key,
+    old_archive_name,
 )
 
 LOCK_WAIT = 120.0  # seconds; writers hold the lock only for renames and eviction
@@ -46,8 +51,23 @@ class LocalStore:
 
     # ------------------------------------------------------------ helpers
 
-    def _archive(self, component: str, key: str) -> Path:
-        return self.root / component / f"{key}{ARCHIVE_SUFFIX}"
+    def _archives(self, component: str, key: str) -> list[Path]:
+        """Every archive file of the entry (either layout), newest first."""
+        base = self.root / component
+        try:
+            names = [n for n in os.listdir(base) if n.startswith(key) and archive_key(n) == key]
+        except OSError:
+            return []
+        paths = [base / n for n in names]
+        with contextlib.suppress(OSError):
+            paths.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        return paths
+
+    def _archive_size(self, component: str, key: str) -> int | None:
+        for path in self._archives(component, key):
+            with contextlib.suppress(OSError):
+                return path.stat().st_size
+        return None
 
     def _meta(self, component: str, key: str) -> Path:
         return self.root / component / f"{key}{META_SUFFIX}"
@@ -76,7 +96,7 @@ class LocalStore:
 
     def has(self, component: str, key: str) -> bool:
         check_names(component, key)
-        return self._meta(component, key).is_file() and self._archive(component, key).is_file()
+        return self._meta(component, key).is_file() and bool(self._archives(component, key))
 
     def has_many(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         return {(c, k) for c, k in pairs if self.has(c, k)}
@@ -90,25 +110,29 @@ class LocalStore:
         except OSError as exc:
             raise StoreError(f"{self.name}: cannot read {component}/{key}: {exc.strerror}") from exc
 
-    def get(self, component: str, key: str, dest_dir: Path) -> tuple[Path, Path]:
+    def get_archive(self, component: str, key: str, sha256: str, dest: Path, max_size: int) -> None:
         check_names(component, key)
-        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         meta = self._meta(component, key)
         with self._lock(exclusive=False):
-            if not meta.is_file():
-                raise NotFound(f"{self.name}: no artifact {component}/{key}")
-            try:
-                archive_out = _link_or_copy(self._archive(component, key), dest_dir / f"{key}{ARCHIVE_SUFFIX}")
-                meta_out = _link_or_copy(meta, dest_dir / f"{key}{META_SUFFIX}")
-                os.utime(meta)  # record the use for LRU eviction
-            except FileNotFoundError:
-                raise NotFound(f"{self.name}: artifact {component}/{key} is incomplete") from None
-            except OSError as exc:
-                raise StoreError(f"{self.name}: cannot read {component}/{key}: {exc.strerror}") from exc
-        return archive_out, meta_out
+            for name in (archive_name(key, sha256), old_archive_name(key)):
+                src = self.root / component / name
+                try:
+                    if src.stat().st_size > max_size:
+                        raise StoreError(f"{self.name}: archive of {component}/{key} is larger than its "
+                                         f"metadata says ({max_size} bytes)", hint="delete the entry")
+                    _link_or_copy(src, dest)
+                    os.utime(meta)  # record the use for LRU eviction
+                    return
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StoreError(f"{self.name}: cannot read {component}/{key}: {exc.strerror}") from exc
+        raise NotFound(f"{self.name}: artifact {component}/{key} has no archive {sha256[:16]}")
 
-    def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes) -> None:
+    def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes, sha256: str | None = None) -> None:
         check_names(component, key)
+        name = archive_name(key, sha256 or sha256_file(archive_path)[0])
         try:
             tmp = self._tmpdir()
             staged_archive = _link_or_copy(archive_path, tmp / f"a-{os.getpid()}-{time.monotonic_ns()}")
@@ -122,8 +146,12 @@ class LocalStore:
         try:
             with self._lock(exclusive=True):
                 (self.root / component).mkdir(exist_ok=True)
-                os.replace(staged_archive, self._archive(component, key))
+                target = self.root / component / name
+                os.replace(staged_archive, target)
                 os.replace(staged_meta, self._meta(component, key))
+                for old in self._archives(component, key):  # the entry's earlier archives
+                    if old != target:
+                        _unlink(old)
                 if self.quota_bytes is not None:
                     self._evict(self.quota_bytes, keep={(component, key)})
         except OSError as exc:
@@ -148,17 +176,19 @@ class LocalStore:
                     continue
                 try:
                     mtime = meta.stat().st_mtime
-                    size = self._archive(comp, key).stat().st_size
                 except FileNotFoundError:
                     continue
-                out.append(StoreEntry(comp, key, size, mtime))
+                size = self._archive_size(comp, key)
+                if size is not None:
+                    out.append(StoreEntry(comp, key, size, mtime))
         return out
 
     def delete(self, component: str, key: str) -> None:
         check_names(component, key)
         with self._lock(exclusive=True):
             found = _unlink(self._meta(component, key))
-            found = _unlink(self._archive(component, key)) or found
+            for archive in self._archives(component, key):
+                found = _unlink(archive) or found
         if not found:
             raise NotFound(f"{self.name}: no artifact {component}/{key}")
 
@@ -215,7 +245,10 @@ class LocalStore:
                         if now - p.lstat().st_mtime > STALE_TMP:
                             p.unlink()
             for archive in self.root.glob(f"*/*{ARCHIVE_SUFFIX}"):
-                meta = archive.with_name(archive.name[: -len(ARCHIVE_SUFFIX)] + META_SUFFIX)
+                key = archive_key(archive.name)
+                if key is None:
+                    continue
+                meta = archive.with_name(key + META_SUFFIX)
                 with contextlib.suppress(OSError):
                     if not meta.exists() and now - archive.stat().st_mtime > STALE_TMP:
                         archive.unlink()
@@ -231,7 +264,8 @@ class LocalStore:
             if (entry.component, entry.key) in keep:
                 continue
             _unlink(self._meta(entry.component, entry.key))
-            _unlink(self._archive(entry.component, entry.key))
+            for archive in self._archives(entry.component, entry.key):
+                _unlink(archive)
             total -= entry.size
             removed.append(entry)
         return removed

@@ -7,15 +7,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pib.errors import StoreError
-from pib.fsutil import write_atomic
-from pib.store import ARCHIVE_SUFFIX, META_SUFFIX, Entries, NotFound, StoreEntry, check_blob, check_names
+from pib.fsutil import sha256_file
+from pib.store import Entries, NotFound, StoreEntry, archive_name, check_blob, check_names
 
 
 class MemoryStore:
     def __init__(self, name: str = "memory", *, remote: bool = True) -> None:
         self.name = name
         self.remote = remote
-        self.entries: dict[tuple[str, str], tuple[bytes, bytes, float]] = {}
+        self.entries: dict[tuple[str, str], tuple[bytes, bytes, float]] = {}  # the newest archive, metadata
+        self.archives: dict[tuple[str, str], bytes] = {}  # (component, archive name) -> bytes, as the layout has them
         self.blobs: dict[str, bytes] = {}
         self.fail: StoreError | None = None  # when set, every call raises it
         self.calls: list[str] = []
@@ -42,19 +43,23 @@ class MemoryStore:
         except KeyError:
             raise NotFound(f"{self.name}: no artifact {component}/{key}") from None
 
-    def get(self, component: str, key: str, dest_dir: Path) -> tuple[Path, Path]:
-        self._enter("get")
+    def get_archive(self, component: str, key: str, sha256: str, dest: Path, max_size: int) -> None:
+        self._enter("get_archive")
         check_names(component, key)
-        try:
-            archive, meta, _ = self.entries[(component, key)]
-        except KeyError:
-            raise NotFound(f"{self.name}: no artifact {component}/{key}") from None
-        return _write(dest_dir / f"{key}{ARCHIVE_SUFFIX}", archive), _write(dest_dir / f"{key}{META_SUFFIX}", meta)
+        data = self.archives.get((component, archive_name(key, sha256)))
+        if data is None:
+            raise NotFound(f"{self.name}: artifact {component}/{key} has no archive {sha256[:16]}")
+        if len(data) > max_size:
+            raise StoreError(f"{self.name}: archive of {component}/{key} is larger than {max_size} bytes")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
 
-    def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes) -> None:
+    def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes, sha256: str | None = None) -> None:
         self._enter("put")
         check_names(component, key)
-        self.entries[(component, key)] = (archive_path.read_bytes(), bytes(meta_bytes), time.time())
+        data = archive_path.read_bytes()
+        self.archives[(component, archive_name(key, sha256 or sha256_file(archive_path)[0]))] = data
+        self.entries[(component, key)] = (data, bytes(meta_bytes), time.time())
 
     def list(self, component: str | None = None) -> Entries:
         self._enter("list")
@@ -68,6 +73,8 @@ class MemoryStore:
         self._enter("delete")
         if self.entries.pop((component, key), None) is None:
             raise NotFound(f"{self.name}: no artifact {component}/{key}")
+        for name in [n for c, n in self.archives if c == component and n.startswith(f"{key}.")]:
+            del self.archives[(component, name)]
 
     def has_blobs(self, paths: Iterable[str]) -> set[str]:
         self._enter("has_blobs")
@@ -90,8 +97,3 @@ class MemoryStore:
         check_blob(path)
         self.blobs[path] = src.read_bytes()
 
-
-def _write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, data)
-    return path

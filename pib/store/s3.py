@@ -3,13 +3,17 @@
 Credentials come the usual boto3 way (AWS_* environment variables, or the
 named profile). Path-style addressing, so endpoints without wildcard DNS
 work. botocore gets explicit connect/read time-outs and a small retry
-budget; archive downloads also have the same minimum-rate guard as the
-HTTP store, so a stalled body cannot hold a build.
+budget; every body (metadata and archives) is read within the same deadline
+as the HTTP store's (a watchdog shuts the socket down when it passes, so a
+body dripped a byte at a time cannot hold a build), and an archive is never
+longer than its signed metadata says.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
+import socket
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,22 +26,24 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pib.config.types import S3StoreSpec
 from pib.errors import StoreError
-from pib.fsutil import atomic_writer, write_atomic
+from pib.fsutil import atomic_writer, sha256_file
 from pib.store import (
-    ARCHIVE_SUFFIX,
     CHUNK,
     MAX_META,
     META_SUFFIX,
-    MIN_RATE,
     PARALLEL,
     Entries,
     NotFound,
     StoreEntry,
+    archive_key,
+    archive_name,
     check_blob,
     check_names,
+    deadline,
     has_concurrently,
     is_component_name,
     is_key,
+    old_archive_name,
 )
 
 T = TypeVar("T")
@@ -107,48 +113,74 @@ class S3Store:
             size = int(resp.get("ContentLength", 0))
             if size > MAX_META:
                 raise StoreError(f"store {self.name}: {obj} is {size} bytes, too large for metadata")
-            data: bytes = resp["Body"].read()
-            if len(data) != size:
-                raise StoreError(f"store {self.name}: {obj}: received {len(data)} of {size} bytes")
-            return data
+            parts: list[bytes] = []
+            got = self._read_body(resp, obj, MAX_META, parts.append)
+            if got != size:
+                raise StoreError(f"store {self.name}: {obj}: received {got} of {size} bytes")
+            return b"".join(parts)
 
         return self._call(f"GET {obj}", fetch)
 
-    def _download(self, obj: str, dest: Path, max_size: int | None = None) -> None:
-        """Stream an object into dest (atomically), at a minimum rate and at most max_size bytes."""
+    def _read_body(self, resp: dict[str, Any], obj: str, max_size: int, sink: Callable[[bytes], object]) -> int:
+        """Read a response body into sink within deadline(timeout, max_size), at most max_size bytes."""
+        body = resp["Body"]
+        budget = deadline(self.spec.timeout, max_size)
+        fired = threading.Event()
+
+        def fire() -> None:
+            fired.set()
+            with contextlib.suppress(AttributeError, OSError):  # botocore's own way to reach the socket
+                body._raw_stream._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(budget, fire)
+        timer.daemon = True
+        timer.start()
+        got = 0
+        try:
+            for chunk in body.iter_chunks(min(CHUNK, max_size + 1)):
+                got += len(chunk)
+                if got > max_size:
+                    raise StoreError(f"store {self.name}: {obj}: more than the {max_size} bytes expected")
+                sink(chunk)
+        except (BotoCoreError, OSError) as exc:
+            if fired.is_set():
+                raise StoreError(f"store {self.name}: GET {obj}: no complete answer within {budget:.0f}s") from exc
+            raise
+        finally:
+            timer.cancel()
+            if fired.is_set() or got > max_size:
+                with contextlib.suppress(Exception):
+                    body.close()
+        if fired.is_set():
+            raise StoreError(f"store {self.name}: GET {obj}: no complete answer within {budget:.0f}s")
+        return got
+
+    def _download(self, obj: str, dest: Path, max_size: int) -> None:
+        """Stream an object into dest (atomically), within the deadline and at most max_size bytes."""
         resp = self._s3.get_object(Bucket=self.spec.bucket, Key=obj)
         expected = int(resp.get("ContentLength", -1))
-        if max_size is not None and expected > max_size:
+        if expected > max_size:
             raise StoreError(f"store {self.name}: {obj} is {expected} bytes, more than the {max_size} expected")
-        start = time.monotonic()
-        got = 0
-        with atomic_writer(dest) as out:  # a short or slow download never appears there
-            for chunk in resp["Body"].iter_chunks(CHUNK):
-                out.write(chunk)
-                got += len(chunk)
-                if max_size is not None and got > max_size:
-                    raise StoreError(f"store {self.name}: {obj}: more than the {max_size} bytes expected")
-                elapsed = time.monotonic() - start
-                if elapsed > self.spec.timeout and got < MIN_RATE * (elapsed - self.spec.timeout):
-                    raise StoreError(f"store {self.name}: GET {obj} too slow ({got} bytes in {elapsed:.1f}s)")
+        with atomic_writer(dest) as out:  # a short, long or slow download never appears there
+            got = self._read_body(resp, obj, max_size, out.write)
             if expected >= 0 and got != expected:
                 raise StoreError(f"store {self.name}: GET {obj}: received {got} of {expected} bytes")
 
-    def get(self, component: str, key: str, dest_dir: Path) -> tuple[Path, Path]:
+    def get_archive(self, component: str, key: str, sha256: str, dest: Path, max_size: int) -> None:
         check_names(component, key)
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        meta = self.get_meta(component, key)
-        obj = self._key(component, key + ARCHIVE_SUFFIX)
-        archive_out = dest_dir / f"{key}{ARCHIVE_SUFFIX}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for name in (archive_name(key, sha256), old_archive_name(key)):
+            obj = self._key(component, name)
+            try:
+                self._call(f"GET {obj}", _bind(self._download, obj=obj, dest=dest, max_size=max_size))
+                return
+            except NotFound:
+                continue
+        raise NotFound(f"store {self.name}: artifact {component}/{key} has no archive {sha256[:16]}")
 
-        self._call(f"GET {obj}", lambda: self._download(obj, archive_out))
-        meta_out = dest_dir / f"{key}{META_SUFFIX}"
-        write_atomic(meta_out, meta)
-        return archive_out, meta_out
-
-    def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes) -> None:
+    def put(self, component: str, key: str, archive_path: Path, meta_bytes: bytes, sha256: str | None = None) -> None:
         check_names(component, key)
-        aobj = self._key(component, key + ARCHIVE_SUFFIX)
+        aobj = self._key(component, archive_name(key, sha256 or sha256_file(archive_path)[0]))
         mobj = self._key(component, key + META_SUFFIX)
         self._call(f"PUT {aobj}", lambda: self._s3.upload_file(
             str(archive_path), self.spec.bucket, aobj, Config=self._transfer))
@@ -197,13 +229,21 @@ class S3Store:
         rows = self._call(f"LIST {prefix or '/'}", scan)
         base = len(self._prefix) + 1 if self._prefix else 0
         objects = {str(r["Key"])[base:]: r for r in rows}
+        archives: dict[tuple[str, str], dict[str, Any]] = {}  # the newest archive of each entry
+        for name, row in objects.items():
+            comp, _, file = name.partition("/")
+            akey = archive_key(file)
+            if akey is not None:
+                seen = archives.get((comp, akey))
+                if seen is None or row["LastModified"] > seen["LastModified"]:
+                    archives[(comp, akey)] = row
         out: Entries = []
         for name, row in sorted(objects.items()):
             parts = name.split("/")
             if len(parts) != 2 or not parts[1].endswith(META_SUFFIX):
                 continue
             comp, key = parts[0], parts[1][: -len(META_SUFFIX)]
-            archive = objects.get(f"{comp}/{key}{ARCHIVE_SUFFIX}")
+            archive = archives.get((comp, key))
             if archive is None or not is_key(key) or not is_component_name(comp):
                 continue
             out.append(StoreEntry(comp, key, int(archive.get("Size", 0)), row["LastModified"].timestamp()))
@@ -213,8 +253,17 @@ class S3Store:
         check_names(component, key)
         if not self.has(component, key):
             raise NotFound(f"store {self.name}: no artifact {component}/{key}")
-        for suffix in (META_SUFFIX, ARCHIVE_SUFFIX):  # metadata first, the reverse of put
-            obj = self._key(component, key + suffix)
+        prefix = self._key(component, key + ".")
+
+        def scan() -> list[str]:
+            names: list[str] = []
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.spec.bucket, Prefix=prefix):
+                names.extend(str(r["Key"]) for r in page.get("Contents", []))
+            return names
+
+        # every archive of the key, both layouts (and any left by an interrupted publish)
+        archives = [o for o in self._call(f"LIST {prefix}", scan) if archive_key(o.rsplit("/", 1)[-1]) == key]
+        for obj in (self._key(component, key + META_SUFFIX), *archives):  # metadata first, the reverse of put
             self._call(f"DELETE {obj}", _bind(self._s3.delete_object, Bucket=self.spec.bucket, Key=obj))
 
 

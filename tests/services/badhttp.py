@@ -6,6 +6,10 @@ The first path segment picks the behaviour for every request under it:
   /truncated/...  promises 100000 bytes, sends 10, closes
   /shortlength/...  sends more bytes than its Content-Length says
   /drip/...     sends headers, then one byte every 0.2 s for as long as the client listens
+  /drip554/...  the same with `Content-Length: 554` (a small archive's exact size)
+  /dripheaders/...  sends its status line and headers one byte every 0.2 s, forever
+  /nolength/... answers 200 with no Content-Length and sends bytes until the client hangs up
+  /chunked/...  answers 200 with a chunked body that never ends
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pytest
 
 from tests.services.ports import free_ports
 
-MODES = ("500", "503", "stall", "truncated", "shortlength", "drip")
+MODES = ("500", "503", "stall", "truncated", "shortlength", "drip", "drip554", "dripheaders", "nolength", "chunked")
 
 
 @dataclass(frozen=True)
@@ -62,10 +66,27 @@ class _Handler(socketserver.BaseRequestHandler):
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n0123456789")
             elif mode == "shortlength":
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{\"a\": \"bcdefgh\"}")
-            elif mode == "drip":
-                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n")
-                while not stop.wait(0.2):
+            elif mode in ("drip", "drip554"):
+                length = 554 if mode == "drip554" else 100000
+                sock.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n".encode())
+                for _ in range(length):
+                    if stop.wait(0.2):
+                        break
                     sock.sendall(b"x")
+            elif mode == "dripheaders":
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n" + b"X-Slow: " + b"y" * 100000
+                for i in range(len(head)):
+                    if stop.wait(0.2):
+                        break
+                    sock.sendall(head[i:i + 1])
+            elif mode == "nolength":
+                sock.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                while not stop.is_set():
+                    sock.sendall(b"z" * 65536)
+            elif mode == "chunked":
+                sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+                while not stop.is_set():
+                    sock.sendall(b"10000\r\n" + b"z" * 65536 + b"\r\n")
             else:
                 sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         except OSError:

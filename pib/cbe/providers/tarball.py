@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pib.artifacts import signing
 from pib.artifacts.metadata import META_FORMAT, read_signed, sign, timestamp
+from pib.artifacts.tarread import Limits
 from pib.artifacts.transfer import fetch_verified
 from pib.cbe.pins import Lock
 from pib.cbe.providers import Context
@@ -37,6 +38,9 @@ from pib.store import NotFound, Store
 from pib.store.backends import open_store
 
 RELOCATABLE = True
+# A toolchain prefix may hold absolute symlinks (Debian's libc6 has one to the host's loader);
+# they are kept as links and never followed while unpacking. Everything else is as for proto areas.
+CBE_LIMITS = Limits(allow_absolute_links=True)
 _FIELDS = ("format", "kind", "component", "key", "name", "version", "archive_sha256", "archive_size",
            "created", "signer")
 
@@ -141,7 +145,7 @@ def publish(
             "created": timestamp(),
             "signer": signer.key_id,
         }, signer)
-        target.put(comp, res.sha256, res.path, meta)
+        target.put(comp, res.sha256, res.path, meta, res.sha256)
     return Published(name, version, res.sha256, res.size, comp, tuple(bin_dirs))
 
 
@@ -219,7 +223,7 @@ def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
         if not cached.is_file():
             os.replace(_fetch(lock, ctx.stores, keys, scratch, where), cached)
         try:
-            unpack(cached, prefix, log=ctx.log)
+            unpack(cached, prefix, limits=CBE_LIMITS, log=ctx.log)
         except PibError as exc:
             raise CbeError(f"CBE tarball refused: {exc.message}", where=where,
                            hint="republish the CBE from a clean directory") from None
@@ -264,7 +268,7 @@ def publish_prefix(prefix: Path, lock: Lock, provider_env: dict[str, str], store
             "signer": signer.key_id,
         }, signer)
         for store in stores:
-            store.put(comp, lock.digest, res.path, meta)
+            store.put(comp, lock.digest, res.path, meta, res.sha256)
     return tuple(s.name for s in stores)
 
 
@@ -301,7 +305,7 @@ def install_prefix(lock: Lock, dest: Path, ctx: Context) -> tuple[dict[str, str]
                     read=lambda raw: _check_prefix_meta(raw, lock, keys),
                     pins=lambda d: (str(d["archive_sha256"]), int(d["archive_size"])),
                 )
-                unpack(archive, dest, log=ctx.log)
+                unpack(archive, dest, limits=CBE_LIMITS, log=ctx.log)
             except NotFound:
                 continue
             except PibError as exc:

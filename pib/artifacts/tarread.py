@@ -1,0 +1,473 @@
+"""pib's one tar reader: it parses every header and writes the tree itself.
+
+What is checked is exactly what is extracted, because nothing else reads the
+stream: no second tar implementation gets to interpret a header differently.
+Only the headers pib's packer writes (GNU tar, `--format=gnu`, numeric owner,
+no extended attributes) are accepted, byte for byte:
+
+- numeric fields in octal, zero-padded to their width and NUL-terminated
+  (no leading NULs or spaces, no signs); base-256 only for a size too large
+  for octal, as GNU tar writes it;
+- the unsigned header checksum, as `%06o\\0 `;
+- the GNU magic, with empty owner names, no device numbers and nothing in the
+  GNU extension area (no sparse map, no multi-volume offsets, no prefix);
+- type flags regular file (`0`), hard link, symlink, directory and the GNU
+  long name/long link headers; a long name ends in its only NUL at the last
+  byte of its declared size and the rest of its block is zeros. Everything
+  else (pax, global pax, sparse, multi-volume, devices, fifos, `\\0` files) is
+  refused.
+
+Names are relative without `..`; every ancestor of a member is a directory
+(made implicitly when the archive does not list it); no name twice; hard
+links only to earlier regular files; no setuid/setgid/sticky bits unless the
+limits allow them. Symlink targets are resolved against the member table at
+the end; one that leaves the tree is refused.
+
+The writer creates each member relative to a directory descriptor it opened
+itself (`O_NOFOLLOW`, `O_EXCL`), so a symlink in the tree is never followed
+while extracting. Directories are made 0700 and get their modes and mtimes
+at the end, deepest first.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pib.errors import VerifyError
+
+BLOCK = 512
+MAX_LONGNAME = 4096 + 1  # PATH_MAX and its NUL
+MAX_SYMLINK_HOPS = 40
+
+_FILE = ord("0")
+_HARDLINK = ord("1")
+_SYMLINK = ord("2")
+_DIR = ord("5")
+_LONGNAME = ord("L")
+_LONGLINK = ord("K")
+_ZERO_BLOCK = bytes(BLOCK)
+_TAIL = b"ustar  \0" + bytes(BLOCK - 265)  # GNU magic, no owner names, devices or extensions
+_SPECIAL = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+# mode, uid, gid, size (octal or GNU base-256), mtime, checksum: exactly as GNU tar writes them
+_NUMBERS = re.compile(rb"([0-7]{7})\0[0-7]{7}\0[0-7]{7}\0(?:([0-7]{11})\0|\x80\0\0\0([\0-\xff]{8}))"
+                      rb"([0-7]{11})\0([0-7]{6})\0 ", re.DOTALL)
+_KINDS = {ord("3"): "character device", ord("4"): "block device", ord("6"): "fifo", ord("7"): "contiguous file",
+          0: "old-style file", ord("x"): "pax header", ord("g"): "pax global header", ord("S"): "sparse file",
+          ord("M"): "multi-volume continuation", ord("V"): "volume label", ord("D"): "GNU dump directory"}
+
+_OPEN_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# errors that only a member clashing with another (or a path through a non-directory) can cause
+_CLASH = {errno.EEXIST, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENOENT}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds for unpacking: decompressed bytes, members, special mode bits policy."""
+
+    max_bytes: int = 64 * 1024**3
+    max_members: int = 2_000_000
+    allow_setid: bool = False  # setuid, setgid and sticky bits
+    # Symlinks to absolute paths, kept as links (never followed while unpacking): a CBE prefix
+    # unpacked from Debian packages has some (lib64/ld-linux-x86-64.so.2). Never for proto areas.
+    allow_absolute_links: bool = False
+
+
+@dataclass
+class _Member:
+    kind: str  # "file", "dir", "symlink", "hardlink"
+    target: str = ""
+
+
+class Writer:
+    """Creates members below a directory descriptor; never follows a symlink."""
+
+    def __init__(self, root: Path) -> None:
+        self.root_fd = os.open(root, _OPEN_DIR)
+        self._cur = ""
+        self._cur_fd = self.root_fd
+        self._dirs: list[tuple[str, int, int]] = []  # (name, mode, mtime), parents first
+        self._umask = _current_umask()
+
+    def _parent(self, parent: str) -> int:
+        if parent == self._cur:
+            return self._cur_fd
+        if self._cur_fd != self.root_fd:
+            os.close(self._cur_fd)
+            self._cur_fd = self.root_fd
+        self._cur = ""
+        if parent:
+            self._cur_fd = os.open(parent, _OPEN_DIR, dir_fd=self.root_fd)
+            self._cur = parent
+        return self._cur_fd
+
+    def mkdir(self, name: str, mode: int, mtime: int) -> None:
+        if name:
+            parent, base = _split(name)
+            os.mkdir(base, 0o700, dir_fd=self._parent(parent))
+        self._dirs.append((name, mode, mtime))
+
+    def file(self, name: str, mode: int, mtime: int) -> int:
+        parent, base = _split(name)
+        fd = os.open(base, _OPEN_FILE, mode & 0o777, dir_fd=self._parent(parent))
+        if mode & self._umask or mode & _SPECIAL:
+            os.fchmod(fd, mode)
+        return fd
+
+    @staticmethod
+    def write(fd: int, data: memoryview) -> None:
+        while data:
+            n = os.write(fd, data)
+            data = data[n:]
+
+    @staticmethod
+    def close(fd: int, mtime: int) -> None:
+        try:
+            ns = mtime * 1_000_000_000
+            os.utime(fd, ns=(ns, ns))
+        finally:
+            os.close(fd)
+
+    def symlink(self, name: str, target: str, mtime: int) -> None:
+        parent, base = _split(name)
+        fd = self._parent(parent)
+        os.symlink(target, base, dir_fd=fd)
+        ns = mtime * 1_000_000_000
+        os.utime(base, ns=(ns, ns), dir_fd=fd, follow_symlinks=False)
+
+    def hardlink(self, name: str, target: str) -> None:
+        parent, base = _split(name)
+        os.link(target, base, src_dir_fd=self.root_fd, dst_dir_fd=self._parent(parent), follow_symlinks=False)
+
+    def finish(self) -> None:
+        """Directory modes and mtimes, deepest first (so a read-only directory is filled before)."""
+        self._parent("")
+        for name, mode, mtime in reversed(self._dirs):
+            fd = os.open(name, _OPEN_DIR, dir_fd=self.root_fd) if name else self.root_fd
+            try:
+                os.fchmod(fd, mode)
+                ns = mtime * 1_000_000_000
+                os.utime(fd, ns=(ns, ns))
+            finally:
+                if fd != self.root_fd:
+                    os.close(fd)
+
+    def close_all(self) -> None:
+        if self._cur_fd != self.root_fd:
+            os.close(self._cur_fd)
+            self._cur_fd = self.root_fd
+        os.close(self.root_fd)
+
+
+class Reader:
+    """Parses a tar stream (pib's subset of GNU tar) and, given a Writer, extracts it."""
+
+    def __init__(self, path: Path, limits: Limits, writer: Writer | None = None) -> None:
+        self.path = path
+        self.limits = limits
+        self.writer = writer
+        self.members: dict[str, _Member] = {}
+        self.total = 0
+        self._last_parent = ""  # checked already: members come sorted, siblings together
+
+    def refuse(self, why: str) -> VerifyError:
+        return refuse(self.path, why)
+
+    def run(self, read: Callable[[], bytes]) -> None:
+        """Parse (and extract) the whole stream that `read` returns piece by piece, then check links."""
+        try:
+            self._run(read)
+        except OSError as exc:
+            if exc.errno in _CLASH:
+                raise self.refuse(f"a member clashes with another ({exc.strerror}: {exc.filename})") from exc
+            raise
+        self._check_symlinks()
+
+    def _run(self, read: Callable[[], bytes]) -> None:
+        writer = self.writer
+        buf: bytes = b""
+        pos = end = 0
+        longs: dict[int, bytes] = {}
+        zeros = 0
+        while True:
+            if end - pos < BLOCK:
+                chunk = read()
+                if not chunk:
+                    raise self.refuse("archive is truncated (no end-of-archive marker)")
+                buf = buf[pos:end] + chunk if pos < end else chunk
+                pos, end = 0, len(buf)
+                continue
+            header = buf[pos:pos + BLOCK]
+            pos += BLOCK
+            if header == _ZERO_BLOCK:
+                if longs:
+                    raise self.refuse("long-name header not followed by a member")
+                zeros += 1
+                if zeros == 2:
+                    break
+                continue
+            if zeros:
+                raise self.refuse("a lone zero block inside the archive")
+            typeflag, size, mode, mtime = self._header(header)
+            if typeflag in (_LONGNAME, _LONGLINK):
+                if not 2 <= size <= MAX_LONGNAME:
+                    raise self.refuse("long name of a bad length")
+                padded = _padded(size)
+                while end - pos < padded:
+                    chunk = read()
+                    if not chunk:
+                        raise self.refuse("archive is truncated (in a long name)")
+                    buf = buf[pos:end] + chunk
+                    pos, end = 0, len(buf)
+                value = buf[pos:pos + size - 1]
+                if 0 in value or buf[pos + size - 1:pos + padded] != bytes(padded - size + 1):
+                    raise self.refuse("long name with a NUL inside it or data after it")
+                if typeflag in longs:
+                    raise self.refuse("two long-name headers for one member")
+                longs[typeflag] = value
+                pos += padded
+                continue
+            name_raw = longs.pop(_LONGNAME, None)
+            if name_raw is None:
+                name_raw = self._field(header, 0, 100, "name")
+            link_raw = longs.pop(_LONGLINK, None)
+            if link_raw is None:
+                link_raw = b"" if header.count(0, 157, 257) == 100 else self._field(header, 157, 257, "link target")
+            elif typeflag != _SYMLINK and typeflag != _HARDLINK:
+                raise self.refuse("long link target for a member that is no link")
+            fd = self._member(typeflag, name_raw, link_raw, mode, mtime, size)
+            if typeflag != _FILE:
+                continue
+            # The member's data: written straight from the decompressed buffers.
+            left = size
+            try:
+                while left:
+                    if pos == end:
+                        buf = read()
+                        if not buf:
+                            raise self.refuse("archive is truncated (in a member's data)")
+                        pos, end = 0, len(buf)
+                    take = min(left, end - pos)
+                    if writer is not None and fd >= 0:
+                        writer.write(fd, memoryview(buf)[pos:pos + take])
+                    pos += take
+                    left -= take
+            finally:
+                if writer is not None and fd >= 0:
+                    writer.close(fd, mtime)
+            skip = _padded(size) - size
+            while skip:
+                if pos == end:
+                    buf = read()
+                    if not buf:
+                        raise self.refuse("archive is truncated (in a member's padding)")
+                    pos, end = 0, len(buf)
+                take = min(skip, end - pos)
+                pos += take
+                skip -= take
+        # Only zeros may follow the end marker (the packer's record padding).
+        rest = buf[pos:end]
+        while True:
+            if rest.count(0) != len(rest):
+                raise self.refuse("data after the end-of-archive marker")
+            rest = read()
+            if not rest:
+                return
+
+    def _header(self, header: bytes) -> tuple[int, int, int, int]:
+        m = _NUMBERS.fullmatch(header, 100, 156)
+        if m is None or header[257:] != _TAIL:
+            raise self.refuse("a tar header pib's packer does not write (format, numeric fields or extensions)")
+        if sum(header) - sum(m[5]) + 7 * 32 != int(m[5], 8):  # the field counts as 8 spaces
+            raise self.refuse("header checksum mismatch (corrupt archive)")
+        typeflag = header[156]
+        if m[2] is not None:
+            size = int(m[2], 8)
+        else:
+            size = int.from_bytes(m[3], "big")
+            if size < 8**11:
+                raise self.refuse("a base-256 size that fits in octal")
+        if typeflag not in (_FILE, _HARDLINK, _SYMLINK, _DIR, _LONGNAME, _LONGLINK):
+            raise self.refuse(f"member of refused type {_KINDS.get(typeflag, repr(chr(typeflag)))}")
+        return typeflag, size, int(m[1], 8), int(m[4], 8)
+
+    def _field(self, header: bytes, start: int, stop: int, what: str) -> bytes:
+        nul = header.find(0, start, stop)
+        if nul < 0:
+            return header[start:stop]
+        if header.count(0, nul, stop) != stop - nul:
+            raise self.refuse(f"{what} field with bytes after its NUL")
+        return header[start:nul]
+
+    def _member(self, typeflag: int, name_raw: bytes, link_raw: bytes, mode: int, mtime: int, size: int) -> int:
+        """Check one member against the policy and create it; a file's descriptor, or -1."""
+        if len(self.members) >= self.limits.max_members:
+            raise self.refuse(f"more than {self.limits.max_members} members")
+        raw = name_raw.decode("utf-8", "surrogateescape")
+        name = self._normalize(raw, "member name")
+        if raw.endswith("/") and typeflag != _DIR:
+            raise self.refuse(f"{raw}: non-directory member with a trailing slash")
+        if mode & _SPECIAL and not self.limits.allow_setid:
+            raise self.refuse(f"{raw}: setuid, setgid or sticky bit set")
+        if typeflag != _FILE and size:
+            raise self.refuse(f"{raw}: non-file member with data")
+        if typeflag != _SYMLINK and typeflag != _HARDLINK and link_raw:
+            raise self.refuse(f"{raw}: link target on a member that is no link")
+        members = self.members
+        if name in members:
+            raise self.refuse(f"{raw}: duplicate member")
+        if name == "" and typeflag != _DIR:
+            raise self.refuse("the archive root is not a directory")
+        writer = self.writer
+        if name:
+            cut = name.rfind("/")
+            if cut > 0 and name[:cut] != self._last_parent:
+                self._parents(name, raw, mtime)
+                self._last_parent = name[:cut]
+        if typeflag == _DIR:
+            members[name] = _Member("dir")
+            if writer is not None:
+                writer.mkdir(name, mode, mtime)
+            return -1
+        if typeflag == _SYMLINK:
+            target = link_raw.decode("utf-8", "surrogateescape")
+            if not target or (target.startswith("/") and not self.limits.allow_absolute_links):
+                raise self.refuse(f"{raw}: symlink target {target!r} is absolute or empty")
+            members[name] = _Member("symlink", target)
+            if writer is not None:
+                writer.symlink(name, target, mtime)
+            return -1
+        if typeflag == _HARDLINK:
+            raw_target = link_raw.decode("utf-8", "surrogateescape")
+            target = self._normalize(raw_target, "hard link target")
+            seen = members.get(target)
+            if seen is None or seen.kind != "file":
+                raise self.refuse(f"{raw}: hard link to {raw_target!r}, not an earlier file in the archive")
+            members[name] = _Member("hardlink", target)
+            if writer is not None:
+                writer.hardlink(name, target)
+            return -1
+        members[name] = _Member("file")
+        self.total += size
+        if self.total > self.limits.max_bytes:
+            raise self.refuse(f"members exceed the size bound of {self.limits.max_bytes} bytes")
+        return writer.file(name, mode, mtime) if writer is not None else -1
+
+    def _parents(self, name: str, raw: str, mtime: int) -> None:
+        """Every ancestor is a directory: one the archive listed, or one made now."""
+        parent = posixpath.dirname(name)
+        missing: list[str] = []
+        while parent:
+            seen = self.members.get(parent)
+            if seen is not None:
+                if seen.kind != "dir":
+                    raise self.refuse(f"{raw}: lies below a {seen.kind} member")
+                break
+            missing.append(parent)
+            parent = posixpath.dirname(parent)
+        for d in reversed(missing):
+            if len(self.members) >= self.limits.max_members:
+                raise self.refuse(f"more than {self.limits.max_members} members")
+            self.members[d] = _Member("dir")
+            if self.writer is not None:
+                self.writer.mkdir(d, 0o755, mtime)
+
+    def _normalize(self, raw: str, what: str) -> str:
+        if raw.startswith("./") and "//" not in raw and "/." not in raw:  # as GNU tar writes names
+            return raw[2:-1] if raw.endswith("/") else raw[2:]
+        if raw.startswith("/"):
+            raise self.refuse(f"{what} {raw!r} is absolute")
+        parts = [p for p in raw.split("/") if p and p != "."]
+        if ".." in parts:
+            raise self.refuse(f"{what} {raw!r} contains '..'")
+        return "/".join(parts)
+
+    def _check_symlinks(self) -> None:
+        for name, member in self.members.items():
+            if member.kind == "symlink" and not (self.limits.allow_absolute_links and member.target.startswith("/")):
+                self._resolve(name, member.target)
+
+    def _resolve(self, name: str, target: str) -> None:
+        """Resolve a symlink against the member table; refuse if it leaves the tree."""
+        hops = 0
+        stack: list[str] = [p for p in posixpath.dirname(name).split("/") if p]
+        todo = [p for p in target.split("/") if p not in ("", ".")]
+        todo.reverse()
+        while todo:
+            part = todo.pop()
+            if part == "..":
+                if not stack:
+                    raise self.refuse(f"{name}: symlink to {target!r} points outside the tree")
+                stack.pop()
+                continue
+            here = "/".join([*stack, part])
+            member = self.members.get(here)
+            if member is not None and member.kind == "symlink":
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise self.refuse(f"{name}: symlink loop")
+                if member.target.startswith("/"):
+                    if self.limits.allow_absolute_links:
+                        return  # leaves the tree by design; the writer never follows it
+                    raise self.refuse(f"{name}: symlink chain reaches an absolute target")
+                more = [p for p in member.target.split("/") if p not in ("", ".")]
+                todo.extend(reversed(more))
+                continue
+            stack.append(part)
+
+
+def audit(tree: Path, members: int, limits: Limits, archive: Path) -> None:
+    """The final lstat walk: only directories, regular files and symlinks, no special mode bits
+    (unless allowed), and exactly as many entries as the archive had members."""
+    seen = 0
+    todo = [str(tree)]
+    special = 0 if limits.allow_setid else _SPECIAL
+    while todo:
+        with os.scandir(todo.pop()) as it:
+            for entry in it:
+                seen += 1
+                st = entry.stat(follow_symlinks=False)
+                kind = stat.S_IFMT(st.st_mode)
+                if kind == stat.S_IFDIR:
+                    todo.append(entry.path)
+                elif kind != stat.S_IFREG and kind != stat.S_IFLNK:
+                    raise refuse(archive, f"{entry.path}: extracted as a special file")
+                if st.st_mode & special and kind != stat.S_IFLNK:
+                    raise refuse(archive, f"{entry.path}: extracted with a setuid, setgid or sticky bit")
+    if seen != members:  # the root is a member, not an entry below the tree
+        raise refuse(archive, f"extracted {seen} entries for {members} members")
+
+
+def refuse(path: Path, why: str) -> VerifyError:
+    return VerifyError(
+        f"refusing archive {path}: {why}",
+        hint="the artifact is corrupt or hostile; delete it from the store and rebuild the component",
+    )
+
+
+def _split(name: str) -> tuple[str, str]:
+    cut = name.rfind("/")
+    return (name[:cut], name[cut + 1:]) if cut >= 0 else ("", name)
+
+
+def _padded(size: int) -> int:
+    return (size + BLOCK - 1) // BLOCK * BLOCK
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it (os.umask is not thread-safe to probe)."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777  # unknown: always set the mode explicitly
