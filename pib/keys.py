@@ -35,6 +35,7 @@ def key_document(
     cbe: Mapping[str, str] | None,
     baseline: str | None,
     dep_keys: Mapping[str, str],
+    isolation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     key_files: dict[str, str] = {}
     for path in comp.key_files:
@@ -50,7 +51,7 @@ def key_document(
                 where=comp.where,
                 hint="create it, or remove it from key_files",
             ) from exc
-    return {
+    doc: dict[str, Any] = {
         "format": FORMAT,
         "component": comp.name,
         "source": {"tree": tree},
@@ -60,6 +61,11 @@ def key_document(
         "key_files": key_files,
         "depends": {d: dep_keys[d] for d in sorted(comp.depends)},
     }
+    # Only a build isolated differently from the default (sandboxed, no network) says how, so the
+    # keys of default builds stay what they were.
+    if isolation:
+        doc["isolation"] = dict(isolation)
+    return doc
 
 
 def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -21,6 +21,7 @@ from pib.build import state
 from pib.build.checkout import source_state
 from pib.build.env import component_env
 from pib.build.plan import Plan
+from pib.build.sandbox import Sandbox
 from pib.config.types import ComponentConfig
 from pib.errors import PibError, Reason
 from pib.fsutil import aside, remove_tree, replace_dir, symlink_atomic
@@ -215,6 +216,7 @@ class Builder:
         self.on_event = on_event or (lambda e: None)
         self.cancel = threading.Event()
         self.stamp = _stamp()
+        self.sandbox = Sandbox(ctx.cfg)
 
     def _emit(self, name: str, st: State, started: float | None = None, detail: str = "") -> None:
         self.on_event(Event(name, st, time.monotonic() - started if started else 0.0, detail))
@@ -242,6 +244,7 @@ class Builder:
                 self._emit(p.comp.name, State.UP_TO_DATE)
         pending = [p for p in plans if p.comp.name not in outcomes]
         if pending:
+            self.sandbox.bwrap()  # a sandbox that is required but cannot be made stops the build here
             self._schedule(pending, outcomes)
         if self.opts.publish and self.artifacts is not None and all(
                 o.action in DONE for o in outcomes.values()):
@@ -250,6 +253,7 @@ class Builder:
         report.seconds = time.monotonic() - t0
         if self.artifacts is not None:
             report.warnings = list(self.artifacts.warnings)
+        report.warnings += self.sandbox.warnings
         failed = [o for o in report.outcomes if o.action == State.FAILED]
         if failed:
             first = failed[0]
@@ -373,8 +377,8 @@ class Builder:
         except OSError as exc:
             raise PibError(f"cannot create {new}: {exc.strerror or exc}", reason=Reason.BUILD,
                            hint="free space (or fix permissions) where the proto area lives") from exc
-        env = component_env(self.cfg, p, self.ctx.benv, new)
-        res = run(list(c.build), cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
+        argv, env = self.sandbox.wrap(p, c.build, component_env(self.cfg, p, self.ctx.benv, new), destdir=new)
+        res = run(argv, cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
                   what=f"build of {c.name}")
         after = source_state(c.checkout, self.cfg.workspace.state_dir / "index" / c.name)
         if after.tree != p.source.tree:
