@@ -81,6 +81,10 @@ BAD = [
     ("both branch and ref", GOOD.replace('branch = "master"', 'branch = "master"\nref = "v1"'), 12, "both branch and ref"),
     ("shared proto", GOOD.replace('prebuilt = true', 'prebuilt = true\nproto = "proto.illumos"'), 15, "share the proto"),
     ("bad size", GOOD + '\n[image]\nmax_size = "lots"\n', 23, "a size"),
+    ("bad sandbox mode", GOOD + '\n[sandbox]\nmode = "jail"\n', 23, "not one of"),
+    ("sandbox sees everything", GOOD + '\n[sandbox]\nro_paths = ["/usr", "/"]\n', 23, "cannot hold /"),
+    ("unknown sandbox key", GOOD + '\n[sandbox]\nnetwork = true\n', 23, "unknown key 'sandbox.network'"),
+    ("network as string", GOOD.replace("prebuilt = true", 'network = "yes"'), 19, "true or false"),
 ]
 
 
