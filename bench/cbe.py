@@ -26,6 +26,7 @@ from pib import cbe
 from pib.cbe.install import RECORD, read_record
 from pib.cbe.providers import debian
 from pib.config.types import CbeSpec
+from pib.fetch import download_cache
 
 LOCK = ROOT / "examples" / "platform" / "cbe" / "gcc12.lock.toml"
 RUNS_INSTALL = 3
@@ -39,7 +40,7 @@ def main() -> None:
         spec = CbeSpec("pib-example-cbe", "gcc12-1", root, LOCK)
         inst = cbe.ensure(spec, install=True)  # also fills the download cache
         lock = cbe.load_lock(LOCK)
-        debs = debian.fetch(lock.packages, root / ".cache" / "debian", None)
+        debs = {n: f.path for n, f in debian.fetch(lock.packages, download_cache(), None, apt=lock.apt).items()}
 
         def install() -> float:
             shutil.rmtree(inst.prefix)  # not timed: only the install itself is

@@ -61,6 +61,10 @@ def key_document(
         "key_files": key_files,
         "depends": {d: dep_keys[d] for d in sorted(comp.depends)},
     }
+    if comp.sources:
+        # Declared downloads by name and content, never by origin: a mirror or a new URL for the
+        # same bytes keeps the key. Absent when there are none, so such keys are unchanged.
+        doc["sources"] = {p.name: p.sha256 for p in comp.sources}
     # Only a build isolated differently from the default (sandboxed, no network) says how, so the
     # keys of default builds stay what they were.
     if isolation:

@@ -106,9 +106,10 @@ def test_corrupt_download_cache_entry_is_fetched_again(tmp_path: Path) -> None:
     real = load(LOCKS / "gcc12.lock.toml")
     make = next(p for p in real.packages if p.name == "make")
     cache = tmp_path / "cache"
-    (got,) = debian.fetch((make,), cache, None).values()
+    (fetched,) = debian.fetch((make,), cache, None, apt=real.apt).values()
+    got = fetched.path
     good = got.read_bytes()
     got.chmod(0o644)
     got.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one flipped bit
-    (again,) = debian.fetch((make,), cache, None).values()
-    assert again.read_bytes() == good
+    (again,) = debian.fetch((make,), cache, None, apt=real.apt).values()
+    assert again.path.read_bytes() == good and again.came_from == "upstream"

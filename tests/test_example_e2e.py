@@ -65,9 +65,11 @@ BUCKET = "pib-e2e"
 
 
 def isolate(ws: Path, store: Path, s3: Seaweed, key: Path, *, publish: bool) -> None:
-    """The workspace's own local store (the test neither reads nor fills the user's), and the
-    SeaweedFS S3 server as its shared remote, trusting (and with `publish`, signing with) `key`."""
-    text = f'[local_store]\npath = "{store}"\n\n[trust]\npublic_keys = ["{key}.pub"]\n'
+    """The workspace's own local store and CBE root (the test neither reads nor fills the machine's,
+    so the CBE is installed from its pinned packages every run), and the SeaweedFS S3 server as its
+    shared remote, trusting (and with `publish`, signing with) `key`."""
+    text = (f'[local_store]\npath = "{store}"\n\n[cbe]\nroot = "{store.parent / "cbe"}"\n\n'
+            f'[trust]\npublic_keys = ["{key}.pub"]\n')
     if publish:
         text += f'signing_key = "{key}.key"\npublish = "always"\n'
     text += (f'\n[[store]]\nname = "s3"\ntype = "s3"\nbucket = "{BUCKET}"\nprefix = "example"\n'

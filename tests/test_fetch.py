@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from pib.config.types import AptOrigin, Pinned, UrlOrigin
 from pib.errors import Reason
 from pib.fetch import Fetcher, FetchError, blob_path, stage
 from pib.fetch.apt import AptSources, NotInArchive, PrivateApt
-from pib.fetch.pins import AptOrigin, Pinned, UrlOrigin
 from pib.store.local import LocalStore
 from pib.store.memory import MemoryStore
 from tests.debrepo import build_deb, make_archive, sha256

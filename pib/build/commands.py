@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pib.build import state
 from pib.build.checkout import CheckoutReport, clean_checkout, ensure_checkout
@@ -19,12 +19,16 @@ from pib.build.env import build_env
 from pib.build.plan import Plan, plan
 from pib.build.runner import Artifacts, Builder, BuildOptions, BuildReport, Event, State, sweep
 from pib.config.loader import topo_order
-from pib.config.types import Config
+from pib.config.types import Config, Pinned
 from pib.errors import PibError, Reason
 from pib.flock import FileLock
 from pib.fsutil import discard_tree, remove_tree
 from pib.host import FloorCheck, check_floor
 from pib.parallel import parallel_map
+
+if TYPE_CHECKING:
+    from pib.build.sources import Sources
+    from pib.fetch import Fetched
 
 
 def workspace_lock(cfg: Config) -> FileLock:
@@ -57,14 +61,15 @@ class ConfigureReport(NamedTuple):
         }
 
 
-def configure(cfg: Config, *, update: bool = False, allow_old: bool = False, install_cbe: bool = True) -> ConfigureReport:
+def configure(cfg: Config, *, update: bool = False, allow_old: bool = False, install_cbe: bool = True,
+              offline: bool = False) -> ConfigureReport:
     t0 = time.monotonic()
     floor = check_floor(cfg.platform, allow_old=allow_old)
     log_dir = cfg.workspace.log_dir
     from pib.run import Log
 
     with Log(log_dir / "configure.log") as log:
-        benv = build_env(cfg, install=install_cbe, log=log)
+        benv = build_env(cfg, install=install_cbe, log=log, offline=offline)
         comps = topo_order(cfg)
         reports = tuple(parallel_map(lambda c: ensure_checkout(c, update=update, log=log), comps, workers=4))
     return ConfigureReport(floor, reports, benv.description, time.monotonic() - t0)
@@ -152,10 +157,99 @@ def build(
         # The stores are opened only when something may be restored or published.
         needed = opts.publish or any(p.comp.prebuilt and (opts.force or not p.up_to_date) for p in plans)
         artifacts = _artifacts(ctx, offline=offline) if needed else None
-        report = Builder(ctx, opts, artifacts=artifacts, on_event=on_event).run(plans)
+        report = Builder(ctx, opts, artifacts=artifacts, sources=_sources(ctx, plans, opts, offline=offline),
+                         on_event=on_event).run(plans)
+        if opts.publish and report.ok:
+            _publish_sources(ctx, plans, report, offline=offline)
         if report.ok and image and cfg.image is not None and not names:
             report.image = _image(ctx, plans, report, force=opts.force)
         return report
+
+
+class FetchedFile(NamedTuple):
+    owner: str      # component name, or "cbe"
+    name: str
+    sha256: str
+    size: int
+    came_from: str  # cache, store NAME, upstream
+
+
+class FetchReport(NamedTuple):
+    files: tuple[FetchedFile, ...]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 3),
+                "files": [f._asdict() for f in self.files]}
+
+
+def fetch(cfg: Config, names: Sequence[str] | None, *, cbe: bool = True, offline: bool = False) -> FetchReport:
+    """Fetch every pinned file the named components (all by default) and the CBE need."""
+    from pib.build.sources import Sources, all_pins
+    from pib.run import Log
+
+    t0 = time.monotonic()
+    for n in names or ():
+        cfg.component(n)  # unknown names are an error before anything is fetched
+    src = Sources(cfg, offline=offline)
+    files: list[FetchedFile] = []
+    with Log(cfg.workspace.log_dir / "fetch.log") as log:
+        got = src.fetch(all_pins(cfg, names), log)
+        for c in cfg.components:
+            files += [_fetched(c.name, got[p.sha256]) for p in c.sources if p.sha256 in got]
+        if cbe and cfg.cbe is not None:
+            from pib.cbe.pins import load
+            from pib.cbe.providers import debian
+            from pib.fetch import download_cache
+
+            lock = load(cfg.cbe.lock)
+            if lock.provider == "debian":  # the other providers fetch at install time
+                debs = debian.fetch(lock.packages, download_cache(), log, apt=lock.apt, mirrors=src.mirrors(),
+                                    offline=offline, lock_path=lock.path)
+                files += [_fetched("cbe", f) for f in debs.values()]
+    return FetchReport(tuple(files), time.monotonic() - t0)
+
+
+def _fetched(owner: str, f: Fetched) -> FetchedFile:
+    return FetchedFile(owner, f.pin.name, f.pin.sha256, f.path.stat().st_size, f.came_from)
+
+
+def _sources(ctx: BuildContext, plans: list[Plan], opts: BuildOptions, *, offline: bool) -> Sources | None:
+    """The fetcher of declared sources, when a component that declares some may be built."""
+    if not any(p.comp.sources and (opts.force or not p.up_to_date) for p in plans):
+        return None
+    from pib.build.sources import Sources
+
+    return Sources(ctx.cfg, offline=offline)
+
+
+def _publish_sources(ctx: BuildContext, plans: list[Plan], report: BuildReport, *, offline: bool) -> None:
+    """Mirror every pinned file of this build (declared sources, CBE packages) into the remotes that lack it."""
+    if offline:
+        return
+    from pib.artifacts.policy import may_publish, remote_stores
+    from pib.build.sources import Sources
+
+    pins = [pin for p in plans for pin in p.comp.sources] + _cbe_pins(ctx.cfg)
+    if not pins:
+        return
+    try:
+        targets = [s for s in remote_stores(ctx.cfg) if may_publish(ctx.cfg, s.name)]
+        for up in Sources(ctx.cfg).upload_missing(pins, targets):
+            if up.names:
+                report.sources_uploaded[up.store] = list(up.names)
+    except PibError as exc:
+        report.warnings.append(f"could not mirror pinned sources to the stores: {exc.message}")
+
+
+def _cbe_pins(cfg: Config) -> list[Pinned]:
+    if cfg.cbe is None:
+        return []
+    from pib.cbe.pins import load
+    from pib.cbe.providers.debian import pins
+
+    lock = load(cfg.cbe.lock)
+    return pins(lock.packages) if lock.provider == "debian" else []
 
 
 def _artifacts(ctx: BuildContext, *, offline: bool) -> Artifacts | None:

@@ -71,7 +71,8 @@ def build_environment(
     return env
 
 
-def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path) -> dict[str, str]:
+def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path, *,
+                  sources_dir: Path | None = None) -> dict[str, str]:
     """The environment of one component's build command (what `pib build` runs it with)."""
     c = plan.comp
     build_dir = cfg.workspace.state_dir / "build" / c.name
@@ -89,6 +90,8 @@ def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path) -> dic
         "PIB_CACHE": str(_download_cache()),
         "MAKEFLAGS": f"-j{max(1, cfg.workspace.jobs)}",
     }
+    if sources_dir is not None:
+        extra["PIB_SOURCES"] = str(sources_dir)  # the declared sources, verified, by file name
     for d in c.depends:
         extra[f"PIB_DEP_{_env_name(d)}"] = str(cfg.component(d).proto)
     extra.update(c.env)
@@ -117,7 +120,8 @@ def _env_name(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name).upper()
 
 
-def ensure_cbe(cfg: Config, *, install: bool, update: bool = False, log: Log | None = None) -> InstalledCbe:
+def ensure_cbe(cfg: Config, *, install: bool, update: bool = False, log: Log | None = None,
+               offline: bool = False) -> InstalledCbe:
     """The workspace's CBE, checked against its lock (installed or updated when asked).
 
     A prefix tarball comes from the workspace's stores, checked against its trusted keys.
@@ -131,13 +135,16 @@ def ensure_cbe(cfg: Config, *, install: bool, update: bool = False, log: Log | N
         from pib.artifacts.policy import store_specs
 
         stores, keys = store_specs(cfg), list(cfg.trust.public_keys)
-    installed = cbe.ensure(cfg.cbe, install=install, update=update, log=log, stores=stores, trusted_keys=keys)
+        if offline:
+            stores = [cfg.local_store]
+    installed = cbe.ensure(cfg.cbe, install=install, update=update, log=log, stores=stores, trusted_keys=keys,
+                           offline=offline)
     cbe.record_user(installed, cfg.workspace.root)
     return installed
 
 
-def build_env(cfg: Config, *, install: bool, log: Log | None = None) -> BuildEnv:
+def build_env(cfg: Config, *, install: bool, log: Log | None = None, offline: bool = False) -> BuildEnv:
     """The environment every build of this workspace runs in (CBE, or the minimal host one)."""
     if cfg.cbe is None:
         return HOST
-    return BuildEnv.of(ensure_cbe(cfg, install=install, log=log))
+    return BuildEnv.of(ensure_cbe(cfg, install=install, log=log, offline=offline))

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from pib.build.context import BuildContext
+    from pib.build.sources import Sources
 
 # --------------------------------------------------------------------------
 # Events and outcomes
@@ -87,6 +88,7 @@ class BuildReport:
         self.error: PibError | None = None
         self.policy = policy
         self.warnings: list[str] = []
+        self.sources_uploaded: dict[str, list[str]] = {}  # store -> pinned files it was sent
 
     @property
     def ok(self) -> bool:
@@ -114,6 +116,7 @@ class BuildReport:
             "image": self.image,
             "boot": self.boot,
             "warnings": list(self.warnings),
+            "sources_uploaded": self.sources_uploaded,
             "error": self.error.to_json() if self.error else None,
         }
 
@@ -207,9 +210,11 @@ class Builder:
         opts: BuildOptions,
         *,
         artifacts: Artifacts | None = None,
+        sources: Sources | None = None,
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.ctx = ctx
+        self.sources = sources
         self.cfg = ctx.cfg
         self.opts = opts
         self.artifacts = artifacts
@@ -377,7 +382,14 @@ class Builder:
         except OSError as exc:
             raise PibError(f"cannot create {new}: {exc.strerror or exc}", reason=Reason.BUILD,
                            hint="free space (or fix permissions) where the proto area lives") from exc
-        argv, env = self.sandbox.wrap(p, c.build, component_env(self.cfg, p, self.ctx.benv, new), destdir=new)
+        staged = None
+        if c.sources:
+            if self.sources is None:
+                raise PibError(f"{c.name} declares sources but this build fetches none", reason=Reason.INTERNAL)
+            self._emit(c.name, State.BUILDING, start, "fetching sources")
+            staged = self.sources.stage(c.name, c.sources, log)
+        env = component_env(self.cfg, p, self.ctx.benv, new, sources_dir=staged)
+        argv, env = self.sandbox.wrap(p, c.build, env, destdir=new)
         res = run(argv, cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
                   what=f"build of {c.name}")
         after = source_state(c.checkout, self.cfg.workspace.state_dir / "index" / c.name)

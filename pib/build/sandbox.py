@@ -8,9 +8,8 @@ dropped, only these exist:
               directories, cbe.system_path, the dynamic linker's cache and
               /etc/alternatives), a minimal /etc/passwd, group and hosts, the
               CBE prefix, the component's checkout (its .git always read-only),
-              the proto areas of its dependencies, its key files, the declared
-              sources ($PIB_SOURCES), the download cache ($PIB_CACHE) and
-              sandbox.ro_paths, each at its real path
+              the proto areas of its dependencies, its key files, its declared
+              sources ($PIB_SOURCES) and sandbox.ro_paths, each at its real path
   writable    DESTDIR and PIB_BUILD_DIR (and the checkout of a component that
               declares writable_source = true)
   fresh       HOME, /tmp and /var/tmp (empty tmpfs), /dev (null, zero, random,
@@ -189,9 +188,8 @@ def bwrap_args(cfg: Config, comp: ComponentConfig, env: Mapping[str, str], *, de
         mounts.ro(cfg.component(d).proto)
     for key_file in comp.key_files:
         mounts.ro(key_file)
-    for var in ("PIB_SOURCES", "PIB_CACHE"):
-        if env.get(var) and Path(env[var]).is_absolute() and Path(env[var]).exists():
-            mounts.ro(Path(env[var]))
+    if env.get("PIB_SOURCES") and Path(env["PIB_SOURCES"]).is_absolute() and Path(env["PIB_SOURCES"]).exists():
+        mounts.ro(Path(env["PIB_SOURCES"]))
     for p in cfg.sandbox.ro_paths:
         if not p.exists():
             raise ConfigError(f"sandbox.ro_paths entry {p} does not exist",

@@ -148,6 +148,7 @@ def ensure(
     log: Log | None = None,
     stores: Sequence[object] = (),
     trusted_keys: Sequence[object] = (),
+    offline: bool = False,
 ) -> InstalledCbe:
     """The CBE that spec names, checked against its lock (cheap check).
 
@@ -169,7 +170,8 @@ def ensure(
             raise _problem(spec, lock, state, root)
         from pib.fetch import download_cache
 
-        ctx = Context(root=root, log=log, stores=stores, trusted_keys=trusted_keys, downloads=download_cache())
+        ctx = Context(root=root, log=log, stores=stores, trusted_keys=trusted_keys, downloads=download_cache(),
+                      offline=offline)
         try:
             state = _inst.install(lock, root, ctx, replace=update, full=update)
         except OSError as exc:

@@ -17,8 +17,8 @@ from typing import Any
 
 from pib.config.tomlloc import Locator
 from pib.config.tomlloc import loads as toml_loads
+from pib.config.types import DEFAULT_KEYRING, AptSources
 from pib.errors import CbeError, Location
-from pib.fetch.apt import DEFAULT_KEYRING, AptSources
 from pib.fsutil import canonical_json
 
 PROVIDERS = ("debian", "pip", "tarball", "pkgsrc")

@@ -22,6 +22,7 @@ _EXTENSIONS = {
     "pib.cli.store": ("cache", "keygen"),
     "pib.cli.image": ("image", "manifest"),
     "pib.cli.boot": ("boot",),
+    "pib.cli.fetch": ("fetch",),
 }
 _CORE = ("config", "configure", "build", "live", "ci", "publish", "status", "explain", "clobber")
 
@@ -97,7 +98,8 @@ def _cmd_configure(args: argparse.Namespace) -> int:
     from pib.build import commands
 
     cfg = load_config(args)
-    rep = commands.configure(cfg, update=args.update, allow_old=args.allow_old_platform, install_cbe=not args.no_install)
+    rep = commands.configure(cfg, update=args.update, allow_old=args.allow_old_platform, install_cbe=not args.no_install,
+                             offline=args.offline)
     if want_json(args):
         emit_json(rep.to_json())
         return 0
@@ -286,6 +288,8 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("--update", action="store_true", help="fetch and fast-forward every component")
     c.add_argument("--allow-old-platform", action="store_true", help="continue on a host older than the floor (loudly)")
     c.add_argument("--no-install", action="store_true", help="do not install a missing build environment")
+    c.add_argument("--offline", action="store_true",
+                   help="install the build environment from the download cache and local store only")
     c.set_defaults(func=_cmd_configure)
 
     for name, helptext in (("build", "build stale components (and the image)"), ("live", "same as build"),
@@ -301,7 +305,8 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
         b.add_argument("--force", action="store_true", help="rebuild even if up to date; do not restore")
         if name != "ci":
             b.add_argument("--publish", action="store_true", help="upload artifacts of prebuilt components")
-        b.add_argument("--offline", action="store_true", help="use only the local store")
+        b.add_argument("--offline", action="store_true",
+                       help="no network: the local store and the download cache only (see pib fetch)")
         b.add_argument("--require-prebuilt", action="store_true",
                        help="a prebuilt component without an artifact is an error")
         b.add_argument("--no-image", action="store_true", help="build components only")

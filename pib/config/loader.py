@@ -18,6 +18,9 @@ from pib.config.tomlloc import Locator
 from pib.config.tomlloc import loads as toml_loads
 from pib.config.types import (
     CONFIG_NAME,
+    DEFAULT_KEYRING,
+    AptOrigin,
+    AptSources,
     BootConfig,
     CbeSpec,
     ComponentConfig,
@@ -27,17 +30,21 @@ from pib.config.types import (
     KernelSpec,
     LocalStoreSpec,
     Overlay,
+    Pinned,
     PlatformConfig,
     S3StoreSpec,
     SandboxSpec,
     StoreSpec,
     TrustConfig,
+    UrlOrigin,
     WorkspaceConfig,
 )
 from pib.errors import ConfigError, Location
 
 LOCAL_NAME = "pib.local.toml"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_+%~][A-Za-z0-9._+%~:-]{0,254}$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 
@@ -398,6 +405,14 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
     )
     bt.done()
 
+    apt = _apt(top)
+    if apt is None:
+        for c in components:
+            for pin in c.sources:
+                if isinstance(pin.origin, AptOrigin):
+                    raise ConfigError(f"component {c.name!r} declares a Debian source but pib.toml has no [apt]",
+                                      where=pin.where,
+                                      hint='add [apt] uris = ["http://deb.debian.org/debian"] and suites = ["bookworm"]')
     top.done()
     return Config(
         workspace=workspace,
@@ -409,6 +424,7 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
         trust=trust,
         image=image,
         boot=boot,
+        apt=apt,
         files=files,
         sources=sources,
         data=doc.data,
@@ -501,6 +517,7 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
             where=sec.where(),
             network=sec.flag("network", False),
             writable_source=sec.flag("writable_source", False),
+            sources=_pinned_sources(sec),
         )
         sec.done()
         out.append(comp)
@@ -551,6 +568,103 @@ def _check_graph(comps: list[ComponentConfig], table: _Section) -> None:
     for c in comps:
         if c.name not in state:
             visit(c.name)
+
+
+def _apt(top: _Section) -> AptSources | None:
+    if not _has(top.data, ("apt",)):
+        top.used.add("apt")
+        return None
+    sec = top.sub("apt")
+    suites = sec.strs("suites")
+    if not suites:
+        raise ConfigError("[apt] needs suites", where=sec.where(),
+                          hint='name the suite the pins come from, e.g. suites = ["bookworm"] (a release\'s '
+                               'base suite: its versions are not replaced in place)')
+    trusted = sec.flag("trusted", False)
+    apt = AptSources(
+        uris=sec.strs("uris") or ("http://deb.debian.org/debian",),
+        suites=suites,
+        components=sec.strs("components") or ("main",),
+        arch=sec.text("arch", "amd64") or "amd64",
+        signed_by="" if trusted else (sec.text("signed_by") or DEFAULT_KEYRING),
+        trusted=trusted,
+    )
+    sec.done()
+    return apt
+
+
+_SOURCE_KINDS = ("url", "apt", "apt-source")
+
+
+def _pinned_sources(comp: _Section) -> tuple[Pinned, ...]:
+    """components.NAME.sources: files the build gets in PIB_SOURCES, each pinned by SHA-256."""
+    raw = comp._get("sources")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise comp._type_error("sources", "an array of tables (url, apt or apt-source, with sha256)")
+    out: list[Pinned] = []
+    for i, item in enumerate(raw):
+        sec = _Section(comp.doc, (*comp.path, "sources", i), item, comp.sources)
+        kinds = [k for k in _SOURCE_KINDS if k in sec.data]
+        if len(kinds) != 1:
+            raise ConfigError(f"{_dotted(sec.path)} needs exactly one of url, apt or apt-source",
+                              where=sec.where(), hint='e.g. { url = "https://...", sha256 = "..." }')
+        kind = kinds[0]
+        value = sec.req_str(kind)
+        size = sec.integer("size", 0, minimum=1) if "size" in sec.data else None
+        if kind == "apt-source":
+            name, version = _name_version(sec, kind, value)
+            files = sec._get("files")
+            if not isinstance(files, dict) or not files or not all(isinstance(v, str) for v in files.values()):
+                raise ConfigError(f"{_dotted(sec.path)}: apt-source needs files = {{ \"NAME\" = \"SHA256\", ... }}",
+                                  where=sec.where(), hint="list the source package's files you use, with SHA-256")
+            for fname, sha in files.items():
+                out.append(Pinned(_file_name(sec, fname), _sha(sec, sha, "files"),
+                                  AptOrigin(name, version, source=True), None, sec.where("files")))
+        else:
+            sha = _sha(sec, sec.req_str("sha256"), "sha256")
+            if kind == "apt":
+                name, version = _name_version(sec, kind, value)
+                arch = sec.text("arch", "amd64") or "amd64"
+                default = f"{name}_{version.partition(':')[2] or version}_{arch}.deb"
+                fname = _file_name(sec, sec.text("name", default) or default)
+                out.append(Pinned(fname, sha, AptOrigin(name, version, arch=arch), size, sec.where()))
+            else:
+                if not value.startswith(("https://", "http://", "file:")):
+                    raise ConfigError(f"{_dotted(sec.path)}: url must be http(s) or file:", where=sec.where("url"))
+                default = value.rstrip("/").rpartition("/")[2]
+                fname = _file_name(sec, sec.text("name", default) or default)
+                out.append(Pinned(fname, sha, UrlOrigin(value), size, sec.where()))
+        sec.done()
+    names = [p.name for p in out]
+    for p in out:
+        if names.count(p.name) > 1:
+            raise ConfigError(f"two sources of component {comp.path[-1]!r} are named {p.name!r}", where=p.where,
+                              hint="give one of them another name = \"...\"")
+    return tuple(out)
+
+
+def _name_version(sec: _Section, kind: str, value: str) -> tuple[str, str]:
+    name, eq, version = value.partition("=")
+    if not eq or not name or not version or " " in value:
+        raise ConfigError(f"{_dotted(sec.path)}: {kind} = {value!r} must be \"NAME=VERSION\"", where=sec.where(kind),
+                          hint="pin the exact Debian version, e.g. \"busybox=1:1.35.0-4+deb12u1\"")
+    return name, version
+
+
+def _file_name(sec: _Section, name: str) -> str:
+    if not _FILE_NAME_RE.match(name) or name in (".", ".."):
+        raise ConfigError(f"{_dotted(sec.path)}: {name!r} is not a plain file name", where=sec.where(),
+                          hint="sources are files by name in PIB_SOURCES: no '/' and no leading '.'")
+    return name
+
+
+def _sha(sec: _Section, value: str, key: str) -> str:
+    if not _SHA256_RE.match(value):
+        raise ConfigError(f"{_dotted(sec.path)}: {key} {value!r} is not a SHA-256 (64 lower-case hex digits)",
+                          where=sec.where(key), hint="compute it with sha256sum on the file you checked")
+    return value
 
 
 def _stores(root: Path, top: _Section, doc: _Doc) -> tuple[StoreSpec, ...]:

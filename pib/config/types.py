@@ -44,6 +44,67 @@ class CbeSpec(NamedTuple):
     where: Location | None = None
 
 
+# Pinned inputs: files named by their SHA-256, fetched before a build (pib.fetch).
+# The hash is the identity; the origin only says where upstream offers the bytes.
+
+
+class UrlOrigin(NamedTuple):
+    url: str
+
+
+class AptOrigin(NamedTuple):
+    """A Debian binary package (`apt = "NAME=VERSION"`) or source package (`apt-source`)."""
+
+    package: str
+    version: str
+    source: bool = False
+    arch: str = "amd64"
+
+    def spec(self) -> str:
+        if self.source:
+            return f"{self.package}={self.version}"
+        return f"{self.package}:{self.arch}={self.version}"
+
+
+class Pinned(NamedTuple):
+    name: str           # the file name a build sees in PIB_SOURCES
+    sha256: str
+    origin: UrlOrigin | AptOrigin
+    size: int | None = None  # bytes, when declared: a cap on every download of it
+    where: Location | None = None
+
+    def describe(self) -> str:
+        o = self.origin
+        return f"{self.name} ({o.url})" if isinstance(o, UrlOrigin) else f"{self.name} (apt {o.spec()})"
+
+
+DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+class AptSources(NamedTuple):
+    """[apt] (pib.toml) or a CBE lock's [apt]: where Debian packages come from."""
+
+    uris: tuple[str, ...]
+    suites: tuple[str, ...]
+    components: tuple[str, ...] = ("main",)
+    arch: str = "amd64"
+    signed_by: str = DEFAULT_KEYRING  # "" with trusted=True for a local test repository
+    trusted: bool = False
+
+    def describe(self) -> str:
+        return f"{' '.join(self.suites)} at {' '.join(self.uris)}"
+
+    def lines(self, *, source: bool) -> list[str]:
+        opts = [f"arch={self.arch}"]
+        if self.trusted:
+            opts.append("trusted=yes")
+        elif self.signed_by:
+            opts.append(f"signed-by={self.signed_by}")
+        kinds = ["deb", "deb-src"] if source else ["deb"]
+        return [f"{kind} [{' '.join(opts)}] {uri} {suite} {' '.join(self.components)}"
+                for kind in kinds for uri in self.uris for suite in self.suites]
+
+
 class ComponentConfig(NamedTuple):
     name: str
     source: str | None  # git URL or path to clone from
@@ -61,6 +122,7 @@ class ComponentConfig(NamedTuple):
     where: Location
     network: bool = False  # the build may reach the network: its key says so and its artifacts stay local
     writable_source: bool = False  # the build writes into its checkout (sandboxed: bound writable, .git not)
+    sources: tuple[Pinned, ...] = ()  # declared downloads, fetched before the build
 
 
 # Artifact stores: the machine's local store ([local_store]) and each [[store]].
@@ -170,6 +232,7 @@ class Config(NamedTuple):
     trust: TrustConfig
     image: ImageSpec | None
     boot: BootConfig
+    apt: AptSources | None  # [apt]: where components' apt and apt-source sources come from
     files: tuple[Path, ...]
     sources: Mapping[str, Location]  # dotted key -> where it was set
     data: Mapping[str, Any]  # the merged raw document, for `config show`

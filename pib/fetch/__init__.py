@@ -19,8 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from pib.config.types import AptOrigin, Pinned, UrlOrigin
 from pib.errors import PibError, Reason
-from pib.fetch.pins import AptOrigin, Pinned, UrlOrigin
 from pib.fsutil import sha256_file
 from pib.run import Log
 
@@ -49,7 +49,7 @@ class Mirror(Protocol):
 class Upstream(Protocol):
     """Debian's archive as apt sees it (pib.fetch.apt.PrivateApt or HostApt)."""
 
-    def download(self, specs: Sequence[str], dest: Path, *, source: bool = False) -> None: ...
+    def download(self, specs: Sequence[str], dest: Path, *, source: bool = False, log: Log | None = None) -> None: ...
 
 
 def download_cache() -> Path:
@@ -189,7 +189,7 @@ class Fetcher:
         self.cache.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".apt-", dir=self.cache))
         try:
-            self.apt.download(specs, tmp, source=source)
+            self.apt.download(specs, tmp, source=source, log=self.log)
             for p in pins:
                 got = _find_delivered(tmp, p)
                 if got is None:

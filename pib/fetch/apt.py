@@ -14,42 +14,19 @@ run per configuration.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
+from pib.config.types import AptSources
 from pib.errors import PibError, Reason
 from pib.run import Log, minimal_env, run
 
 MAX_AGE = 24 * 3600.0  # seconds before the package lists are fetched again
-DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-
-
-class AptSources(NamedTuple):
-    """Where Debian packages come from; one configuration, one private apt."""
-
-    uris: tuple[str, ...]
-    suites: tuple[str, ...]
-    components: tuple[str, ...] = ("main",)
-    arch: str = "amd64"
-    signed_by: str = DEFAULT_KEYRING  # "" with trusted=True for a local test repository
-    trusted: bool = False
-
-    def describe(self) -> str:
-        return f"{' '.join(self.suites)} at {' '.join(self.uris)}"
-
-    def lines(self, *, source: bool) -> list[str]:
-        opts = [f"arch={self.arch}"]
-        if self.trusted:
-            opts.append("trusted=yes")
-        elif self.signed_by:
-            opts.append(f"signed-by={self.signed_by}")
-        kinds = ["deb", "deb-src"] if source else ["deb"]
-        return [f"{kind} [{' '.join(opts)}] {uri} {suite} {' '.join(self.components)}"
-                for kind in kinds for uri in self.uris for suite in self.suites]
 
 
 class NotInArchive(PibError):
@@ -71,6 +48,9 @@ class PrivateApt:
         self.root = cache_root / digest
         self._list_text = text
         self._updated = False
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._fd = -1
 
     # -------------------------------------------------------------- setup
 
@@ -122,21 +102,41 @@ class PrivateApt:
 
     # ------------------------------------------------------------- actions
 
-    def update(self, *, force: bool = False) -> None:
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One apt at a time on this directory: threads of this process and other processes."""
+        with self._mutex:
+            if self._depth == 0:
+                from pib.flock import open_lock_file, take
+
+                self.root.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = open_lock_file(self.root.parent / f".{self.root.name}.lock")
+                take(self._fd)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    os.close(self._fd)
+
+    def update(self, *, force: bool = False, log: Log | None = None) -> None:
         """Fetch the package lists (once a run, and only when stale unless forced)."""
-        self._prepare()
-        if self._updated or (not force and self._lists_age() < MAX_AGE):
-            return
-        try:
-            run(["apt-get", *self.options(), "-q", "update"], env=self._env(), log=self.log,
-                capture=self.log is None, reason=Reason.SOURCE,
-                what=f"apt-get update for {self.sources.describe()}")
-        except PibError as exc:
-            raise PibError(f"cannot read the Debian package lists of {self.sources.describe()}: {exc.message}",
-                           reason=Reason.SOURCE, detail=exc.detail,
-                           hint="check the network or a proxy, or use `--offline` with a store that "
-                                "holds every pinned file") from None
-        self._updated = True
+        with self._exclusive():
+            self._prepare()
+            if self._updated or (not force and self._lists_age() < MAX_AGE):
+                return
+            log = log or self.log
+            try:
+                run(["apt-get", *self.options(), "-q", "update"], env=self._env(), log=log,
+                    capture=log is None, reason=Reason.SOURCE,
+                    what=f"apt-get update for {self.sources.describe()}")
+            except PibError as exc:
+                raise PibError(f"cannot read the Debian package lists of {self.sources.describe()}: "
+                               f"{exc.message}", reason=Reason.SOURCE, detail=exc.detail,
+                               hint="check the network or a proxy, or use `--offline` with a store that "
+                                    "holds every pinned file") from None
+            self._updated = True
 
     def versions(self, *names: str) -> dict[str, list[dict[str, str]]]:
         """Every stanza apt knows for each binary package, by name (one apt-cache call for all)."""
@@ -167,24 +167,26 @@ class PrivateApt:
                 return files
         return {}
 
-    def download(self, specs: Sequence[str], dest: Path, *, source: bool = False) -> None:
+    def download(self, specs: Sequence[str], dest: Path, *, source: bool = False, log: Log | None = None) -> None:
         """`apt-get download` (or `source --download-only`) into dest; refresh stale lists once."""
         verb = ["source", "--download-only"] if source else ["download"]
-        for attempt in (0, 1):
-            self.update(force=attempt == 1)
-            res = run(["apt-get", *self.options(), "-q", *verb, *specs], cwd=dest, env=self._env(),
-                      log=self.log, capture=self.log is None, check=False, reason=Reason.SOURCE,
-                      what=f"apt-get {' '.join(verb)}")
-            if res.returncode == 0:
-                return
-            if attempt == 0 and not self._updated:
-                continue  # lists older than the pin: fetch them and try again
-            break
+        log = log or self.log
+        with self._exclusive():
+            for attempt in (0, 1):
+                self.update(force=attempt == 1, log=log)
+                res = run(["apt-get", *self.options(), "-q", *verb, *specs], cwd=dest, env=self._env(),
+                          log=log, capture=log is None, check=False, reason=Reason.SOURCE,
+                          what=f"apt-get {' '.join(verb)}")
+                if res.returncode == 0:
+                    return
+                if attempt == 0 and not self._updated:
+                    continue  # lists older than the pin: fetch them and try again
+                break
         raise NotInArchive(
             f"{', '.join(specs)}: not in {self.sources.describe()}",
             hint="the archive no longer offers this version and no store holds the pinned file; "
                  "add a store that mirrors it, or re-pin",
-            detail=(self.log.tail() if self.log is not None else res.stdout[-2000:]).strip(),
+            detail=(log.tail() if log is not None else res.stdout[-2000:]).strip(),
         )
 
 
@@ -194,14 +196,15 @@ class HostApt:
     def __init__(self, *, log: Log | None = None) -> None:
         self.log = log
 
-    def download(self, specs: Sequence[str], dest: Path, *, source: bool = False) -> None:
+    def download(self, specs: Sequence[str], dest: Path, *, source: bool = False, log: Log | None = None) -> None:
         verb = ["source", "--download-only"] if source else ["download"]
-        res = run(["apt-get", "-q", *verb, *specs], cwd=dest, env=minimal_env(), log=self.log,
-                  capture=self.log is None, check=False, reason=Reason.SOURCE, what=f"apt-get {' '.join(verb)}")
+        log = log or self.log
+        res = run(["apt-get", "-q", *verb, *specs], cwd=dest, env=minimal_env(), log=log,
+                  capture=log is None, check=False, reason=Reason.SOURCE, what=f"apt-get {' '.join(verb)}")
         if res.returncode != 0:
             raise NotInArchive(f"{', '.join(specs)}: not in the host's apt sources",
                                hint="run `apt-get update`, or name the suite in the lock's [apt] section",
-                               detail=(self.log.tail() if self.log is not None else res.stdout[-2000:]).strip())
+                               detail=(log.tail() if log is not None else res.stdout[-2000:]).strip())
 
 
 def parse_stanzas(text: str) -> list[dict[str, str]]:

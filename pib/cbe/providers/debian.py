@@ -16,10 +16,10 @@ from typing import NamedTuple
 
 from pib.cbe.pins import Lock, Package
 from pib.cbe.providers import Context, write_files
+from pib.config.types import AptOrigin, AptSources, Pinned
 from pib.errors import CbeError, Location, PibError, Reason
-from pib.fetch import Fetcher, Mirror
-from pib.fetch.apt import AptSources, HostApt, NotInArchive, PrivateApt, deb_file_name
-from pib.fetch.pins import AptOrigin, Pinned
+from pib.fetch import Fetched, Fetcher, Mirror
+from pib.fetch.apt import HostApt, NotInArchive, PrivateApt, deb_file_name
 from pib.run import Log, minimal_env, run
 
 RELOCATABLE = True
@@ -40,7 +40,8 @@ def pins(packages: tuple[Package, ...]) -> list[Pinned]:
 
 
 def fetch(packages: tuple[Package, ...], cache: Path, log: Log | None, *, apt: AptSources | None = None,
-          mirrors: Sequence[Mirror] = (), offline: bool = False, lock_path: Path | None = None) -> dict[str, Path]:
+          mirrors: Sequence[Mirror] = (), offline: bool = False,
+          lock_path: Path | None = None) -> dict[str, Fetched]:
     """Every package's verified .deb, from the download cache, a store, or the archive (in that order)."""
     upstream: PrivateApt | HostApt = (PrivateApt(apt, cache / "apt", log=log) if apt is not None
                                       else HostApt(log=log))
@@ -61,14 +62,14 @@ def fetch(packages: tuple[Package, ...], cache: Path, log: Log | None, *, apt: A
     except PibError as exc:
         raise CbeError(f"cannot fetch the CBE's Debian packages: {exc.message}", where=exc.where,
                        hint=exc.hint or "check the lock's pins and the network", detail=exc.detail) from None
-    return {p.name: got[p.sha256[0]].path for p in packages}
+    return {p.name: got[p.sha256[0]] for p in packages}
 
 
 def populate(lock: Lock, prefix: Path, ctx: Context) -> dict[str, str]:
     debs = fetch(lock.packages, ctx.downloads or ctx.cache / "debian", ctx.log, apt=lock.apt,
                  mirrors=ctx.mirrors(), offline=ctx.offline, lock_path=lock.path)
     for p in lock.packages:
-        run(["dpkg", "-x", debs[p.name], prefix], env=minimal_env(), log=ctx.log, reason=Reason.CBE,
+        run(["dpkg", "-x", debs[p.name].path, prefix], env=minimal_env(), log=ctx.log, reason=Reason.CBE,
             what=f"dpkg -x {p.name}")
     write_files(lock, prefix)
     return {}
