@@ -98,8 +98,7 @@ class Sandbox:
         if program is not None:
             return program
         if spec.mode == "required":
-            where = self.cfg.sources.get("sandbox.mode", spec.where)
-            raise ConfigError(f"builds must be sandboxed (sandbox.mode = \"required\") but {why}", where=where,
+            raise ConfigError(f"builds must be sandboxed (sandbox.mode = \"required\") but {why}", where=spec.where,
                               hint="install bubblewrap (Debian: apt-get install bubblewrap) and allow user "
                                    "namespaces, or set sandbox.mode = \"bwrap\" to build unisolated where it "
                                    "cannot run")
@@ -126,11 +125,14 @@ def probe(program: str) -> tuple[str | None, str]:
     if found is None:
         return None, f"{program} is not installed (or not on PATH)"
     true = shutil.which("true", path=BASE_PATH) or "/bin/true"
-    res = run([found, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--ro-bind", "/", "/",
+    mounts = _Mounts()  # what every build has, and no more (binding all of / is slow where mounts are many)
+    for d in SYSTEM_DIRS:
+        mounts.system(Path(d))
+    res = run([found, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", *mounts.args,
                "--proc", "/proc", "--dev", "/dev", "--", true],
-              env=minimal_env(), capture=True, check=False, timeout=30, what="bubblewrap check")
+              env=minimal_env(), check=False, timeout=30, what="bubblewrap check")
     if res.returncode != 0:
-        msg = res.stdout.strip().splitlines()[-1:] or [f"exit code {res.returncode}"]
+        msg = res.stdout.strip().splitlines()[-1:] or [f"exit code {res.returncode}"]  # its stderr
         return None, f"{found} cannot make a sandbox here ({msg[0]}; are user namespaces disabled?)"
     return found, ""
 
