@@ -96,6 +96,11 @@ class Sandbox:
             return None
         program, why = probe(spec.bwrap)
         if program is not None:
+            for p in spec.ro_paths:
+                if not p.exists():
+                    raise ConfigError(f"sandbox.ro_paths entry {p} does not exist",
+                                      where=self.cfg.sources.get("sandbox.ro_paths", spec.where),
+                                      hint="create it, or remove it from sandbox.ro_paths")
             return program
         if spec.mode == "required":
             raise ConfigError(f"builds must be sandboxed (sandbox.mode = \"required\") but {why}", where=spec.where,
@@ -193,10 +198,6 @@ def bwrap_args(cfg: Config, comp: ComponentConfig, env: Mapping[str, str], *, de
     if env.get("PIB_SOURCES") and Path(env["PIB_SOURCES"]).is_absolute() and Path(env["PIB_SOURCES"]).exists():
         mounts.ro(Path(env["PIB_SOURCES"]))
     for p in cfg.sandbox.ro_paths:
-        if not p.exists():
-            raise ConfigError(f"sandbox.ro_paths entry {p} does not exist",
-                              where=cfg.sources.get("sandbox.ro_paths", cfg.sandbox.where),
-                              hint="create it, or remove it from sandbox.ro_paths")
         mounts.ro(p)
     # Secrets that happen to lie inside something bound are hidden behind an empty file.
     for secret in _secrets(cfg):
@@ -209,7 +210,8 @@ def bwrap_args(cfg: Config, comp: ComponentConfig, env: Mapping[str, str], *, de
     if env.get("HOME") and Path(env["HOME"]).is_absolute():
         mounts.tmpfs(Path(env["HOME"]))
     args += mounts.args
-    args += ["--dev", "/dev", "--proc", "/proc", "--chdir", str(comp.checkout), "--clearenv"]
+    # The root, which holds only the mount points made above, read-only last.
+    args += ["--dev", "/dev", "--proc", "/proc", "--remount-ro", "/", "--chdir", str(comp.checkout), "--clearenv"]
     for k in sorted(env):
         args += ["--setenv", k, env[k]]
     return args
@@ -229,6 +231,19 @@ class _Mounts:
     def __init__(self) -> None:
         self.args: list[str] = []
         self.bound: list[Path] = []
+        self._fresh: list[Path] = []  # tmpfs mounts
+        self._made: set[Path] = set()
+
+    def _parents(self, dest: Path) -> None:
+        """Make the directories leading to a mount inside a tmpfs read-only (0555), so that a workspace
+        under /tmp does not look writable to a build."""
+        top = next((t for t in self._fresh if dest.is_relative_to(t) and dest != t), None)
+        if top is None:
+            return
+        for d in reversed(dest.parents):
+            if d.is_relative_to(top) and d != top and d not in self._made:
+                self.args += ["--perms", "0555", "--dir", str(d)]
+                self._made.add(d)
 
     def covers(self, path: Path) -> bool:
         return any(path == b or path.is_relative_to(b) for b in self.bound)
@@ -246,12 +261,16 @@ class _Mounts:
             self.ro(path)
 
     def ro(self, src: Path, dest: Path | None = None) -> None:
+        self._parents(dest or src)
         self.args += ["--ro-bind", str(src), str(dest or src)]
         self.bound.append(dest or src)
 
     def bind(self, path: Path, *, writable: bool) -> None:
+        self._parents(path)
         self.args += ["--bind" if writable else "--ro-bind", str(path), str(path)]
         self.bound.append(path)
 
     def tmpfs(self, path: Path) -> None:
+        self._parents(path)
         self.args += ["--tmpfs", str(path)]  # empty: nothing of the host shows through
+        self._fresh.append(path)
