@@ -151,7 +151,7 @@ def build_command_spans(log: Path) -> list[tuple[float, float]]:
     spans: list[tuple[float, float]] = []
     in_build = False
     for line in log.read_text(errors="replace").splitlines():
-        if "] $ ./build.sh" in line:
+        if "] $ " in line and (line.endswith("] $ ./build.sh") or line.endswith(" -- ./build.sh")):  # bare or in bwrap
             in_build = True
         elif in_build:
             m = _EXIT_RE.search(line)

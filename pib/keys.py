@@ -37,6 +37,7 @@ def key_document(
     cbe: Mapping[str, str] | None,
     baseline: str | None,
     dep_keys: Mapping[str, str],
+    isolation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     key_files: dict[str, str] = {}
     for path in comp.key_files:
@@ -67,6 +68,10 @@ def key_document(
         # Declared downloads by name and content, never by origin: a mirror or a new URL for the
         # same bytes keeps the key. Absent when there are none, so such keys are unchanged.
         doc["sources"] = {p.name: p.sha256 for p in comp.sources}
+    # Only a build isolated differently from the default (sandboxed, no network) says how, so the
+    # keys of default builds stay what they were.
+    if isolation:
+        doc["isolation"] = dict(isolation)
     return doc
 
 

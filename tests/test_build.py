@@ -99,7 +99,8 @@ def test_log_starts_with_command_and_environment(three: Path) -> None:
     data = build(three, "tools")
     log = Path(data["components"][0]["log"])  # type: ignore[index]
     text = log.read_text()
-    assert "$ ./build.sh" in text
+    # The exact command: the build command, inside bubblewrap's sandbox.
+    assert re.search(r"^\[[0-9:]+\] \$ \S*bwrap .* -- \./build\.sh$", text, re.M)
     assert f"env: DESTDIR={three}/.proto.tools.pib-new" in text
     assert "env: PATH=/usr/local/bin:/usr/bin:/bin" in text
     assert (three / "log" / "tools.log").resolve() == log

@@ -88,6 +88,10 @@ prebuilt = true
 
 [image]
 compression = "zstd"
+
+[sandbox]
+# A pip CBE's scripts run on the interpreter that installed them, which is not in its prefix.
+ro_paths = ["{sys.prefix}", "{sys.base_prefix}"]
 {store}
 [trust]
 public_keys = ["{root}/key.pub"]

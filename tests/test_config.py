@@ -89,6 +89,10 @@ BAD = [
      "contains"),
     ("proto inside .git", GOOD.replace('prebuilt = true', 'prebuilt = true\nproto = "projects/illumos/.git/p"'), 20,
      "inside a .git directory"),
+    ("bad sandbox mode", GOOD + '\n[sandbox]\nmode = "jail"\n', 23, "not one of"),
+    ("sandbox sees everything", GOOD + '\n[sandbox]\nro_paths = ["/usr", "/"]\n', 23, "cannot hold /"),
+    ("unknown sandbox key", GOOD + '\n[sandbox]\nnetwork = true\n', 23, "unknown key 'sandbox.network'"),
+    ("network as string", GOOD.replace("prebuilt = true", 'network = "yes"'), 19, "true or false"),
 ]
 
 

@@ -102,3 +102,22 @@ def test_two_identical_dirty_trees_share_a_key(tmp_path: Path) -> None:
 def test_diff_lists_changed_fields() -> None:
     new = {**GOLDEN_DOC, "cbe": {**GOLDEN_DOC["cbe"], "version": "3"}}  # type: ignore[dict-item]
     assert keys.diff(GOLDEN_DOC, new) == [("cbe.version", "2", "3")]
+
+
+def test_isolation_enters_the_key_only_when_not_the_default(tmp_path: Path) -> None:
+    """Sandboxed without network is the default and leaves the document (and GOLDEN_KEY) as it was;
+    a build with network, or without a sandbox, has a key of its own."""
+    from pib.build.sandbox import key_fields
+
+    def doc_of(extra: str) -> dict[str, object]:
+        (tmp_path / "pib.toml").write_text('[components.c]\nsource = "x"\nbuild = ["true"]\n' + extra)
+        cfg = load(tmp_path)
+        return keys.key_document(cfg.component("c"), workspace=tmp_path, tree="t", cbe=None, baseline=None,
+                                 dep_keys={}, isolation=key_fields(cfg, cfg.component("c")))
+
+    default = doc_of("")
+    assert "isolation" not in default
+    assert doc_of('[sandbox]\nmode = "required"\n') == default
+    assert doc_of("network = true\n")["isolation"] == {"network": True}
+    assert doc_of('[sandbox]\nmode = "none"\n')["isolation"] == {"sandbox": "none"}
+    assert len({keys.digest(d) for d in (default, doc_of("network = true\n"), doc_of('[sandbox]\nmode = "none"\n'))}) == 3

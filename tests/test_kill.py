@@ -244,6 +244,9 @@ compression = "zstd"
             'format = 1\nname = "pytools"\nversion = "1"\nprovider = "pip"\n\n'
             f'[pip]\nfind_links = ["{k.wheels}"]\n\n'
             f'[[packages]]\nname = "tinytool"\nversion = "1.0"\nsha256 = "{k.wheel_sha}"\n')
+    # The build scripts leave marks in the workspace and wait on hold files there (and the orphan test
+    # needs a build command that outlives pib): unsandboxed. A sandboxed build dies with pib.
+    text += '\n[sandbox]\nmode = "none"\n'
     (ws / "pib.toml").write_text(text)
     return ws
 

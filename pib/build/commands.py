@@ -519,6 +519,10 @@ def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = F
             if p.source.dirty:
                 raise PibError(f"cannot publish {n}: its source tree has uncommitted changes",
                                reason=Reason.PUBLISH, hint="commit them; artifacts of dirty trees stay local")
+            if p.comp.network:
+                raise PibError(f"cannot publish {n}: it is built with network access (network = true), so its "
+                               "key does not cover everything it read", reason=Reason.PUBLISH,
+                               hint="fetch its inputs as declared sources and drop network = true")
             if not p.up_to_date:
                 raise PibError(f"cannot publish {n}: it is not built for its current inputs "
                                f"({'; '.join(p.reasons)})", reason=Reason.PUBLISH, hint=f"run pib build {n} first")

@@ -89,7 +89,6 @@ def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path, *,
         "PIB_KEY": plan.key,
         "PIB_BUILD_DIR": str(build_dir),
         "PIB_WORKSPACE": str(cfg.workspace.root),
-        "PIB_CACHE": str(_download_cache()),
         "MAKEFLAGS": f"-j{max(1, cfg.workspace.jobs)}",
     }
     if sources_dir is not None:
@@ -112,12 +111,6 @@ def _scratch_home() -> Path:
     if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077:
         return Path(tempfile.mkdtemp(prefix="pib-home-"))
     return home
-
-
-def _download_cache() -> Path:
-    from pib.fetch import download_cache  # the fetcher owns the cache; imported only for a build
-
-    return download_cache()
 
 
 def _env_name(name: str) -> str:

@@ -13,6 +13,7 @@ from pib import keys
 from pib.build import state
 from pib.build.checkout import SourceState, source_state
 from pib.build.env import BuildEnv
+from pib.build.sandbox import key_fields
 from pib.config.loader import topo_order
 from pib.config.types import ComponentConfig, Config
 from pib.parallel import parallel_map
@@ -29,6 +30,12 @@ class Plan(NamedTuple):
     @property
     def up_to_date(self) -> bool:
         return not self.reasons
+
+    @property
+    def local_only(self) -> bool:
+        """Never from or to a shared store: a dirty tree, or a build that may reach the network
+        (its output may depend on more than its key)."""
+        return self.source.dirty or self.comp.network
 
 
 def plan(cfg: Config, names: Sequence[str] | None, benv: BuildEnv) -> list[Plan]:
@@ -49,6 +56,7 @@ def plan(cfg: Config, names: Sequence[str] | None, benv: BuildEnv) -> list[Plan]
             cbe=benv.key,
             baseline=cfg.platform.min_version,
             dep_keys={d: plans[d].key for d in c.depends},
+            isolation=key_fields(cfg, c),
         )
         key = keys.digest(doc)
         rec = state.load(cfg.workspace.state_dir, c.name)

@@ -54,7 +54,7 @@ class StoreArtifacts:
 
     def prepare(self, plans: Sequence[Plan]) -> None:
         """One concurrent existence round for every stale prebuilt component, per remote."""
-        wanted = [(p.comp.name, p.key) for p in plans if p.comp.prebuilt and not p.source.dirty]
+        wanted = [(p.comp.name, p.key) for p in plans if p.comp.prebuilt and not p.local_only]
         if not wanted or not self.remotes:
             return
 
@@ -74,8 +74,8 @@ class StoreArtifacts:
                 self._known[name] = found
 
     def _candidates(self, plan: Plan) -> list[Store]:
-        if plan.source.dirty:
-            return []  # a dirty tree never takes a shared artifact, and is never uploaded
+        if plan.local_only:
+            return []  # a dirty tree or a networked build never takes a shared artifact, and is never uploaded
         out = []
         for s in self.remotes:
             if s.name in self._down:
@@ -98,8 +98,9 @@ class StoreArtifacts:
             return None, "artifact rejected or store failed: " + "; ".join(
                 f"{p.store}: {p.message}" for p in outcome.problems)
         where = ", ".join(["local", *(s.name for s in self._candidates(plan))])
-        return None, f"no artifact for this key in {where}" + (" (dirty tree: local store only)"
-                                                                if plan.source.dirty else "")
+        return None, f"no artifact for this key in {where}" + (
+            " (dirty tree: local store only)" if plan.source.dirty else
+            " (network build: local store only)" if plan.local_only else "")
 
     def keep(self, plan: Plan, proto: Path, log: Log) -> None:
         try:
@@ -113,11 +114,14 @@ class StoreArtifacts:
             self._warn(f"could not keep {plan.comp.name} in the local store: {prob.message}")
 
     def publish(self, plan: Plan, proto: Path, log: Log) -> tuple[str, ...]:
+        if plan.local_only:
+            log.line(f"pib: {plan.comp.name} is built with network access; its artifact stays local")
+            return ()
         return publish_one(self.ctx, plan, proto, log, self.remotes, warn=self._warn, local=self.local)
 
     def publish_missing(self, plans: Sequence[Plan], log: Log) -> dict[str, tuple[str, ...]]:
         targets = [s for s in self.remotes if policy.may_publish(self.cfg, s.name)]
-        wanted = [(p.comp.name, p.key) for p in plans if not p.source.dirty]
+        wanted = [(p.comp.name, p.key) for p in plans if not p.local_only]
         if not targets or not wanted:
             return {}
         have = dict(zip([s.name for s in targets], parallel_map(lambda s: s.has_many(wanted), targets), strict=True))
@@ -125,7 +129,7 @@ class StoreArtifacts:
         out: dict[str, tuple[str, ...]] = {}
         for p in plans:
             lacking = [s for s in targets if (p.comp.name, p.key) not in have[s.name]]
-            if not lacking or p.source.dirty:
+            if not lacking or p.source.dirty or p.local_only:
                 continue
             names = ", ".join(s.name for s in lacking)
             work = Path(tempfile.mkdtemp(prefix=f".{p.comp.proto.name}.publish-", dir=p.comp.proto.parent))

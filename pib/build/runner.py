@@ -21,6 +21,7 @@ from pib.build import state
 from pib.build.checkout import changed_files, source_state
 from pib.build.env import component_env
 from pib.build.plan import Plan
+from pib.build.sandbox import Sandbox
 from pib.config.types import ComponentConfig
 from pib.errors import PibError, Reason
 from pib.fsutil import aside, remove_tree, replace_dir, symlink_atomic
@@ -226,6 +227,7 @@ class Builder:
         self.on_event = on_event or (lambda e: None)
         self.cancel = threading.Event()
         self.stamp = _stamp()
+        self.sandbox = Sandbox(ctx.cfg)
 
     def _emit(self, name: str, st: State, started: float | None = None, detail: str = "") -> None:
         self.on_event(Event(name, st, time.monotonic() - started if started else 0.0, detail))
@@ -253,6 +255,7 @@ class Builder:
                 self._emit(p.comp.name, State.UP_TO_DATE)
         pending = [p for p in plans if p.comp.name not in outcomes]
         if pending:
+            self.sandbox.bwrap()  # a sandbox that is required but cannot be made stops the build here
             self._schedule(pending, outcomes)
         if self.opts.publish and self.artifacts is not None and all(
                 o.action in DONE for o in outcomes.values()):
@@ -261,6 +264,7 @@ class Builder:
         report.seconds = time.monotonic() - t0
         if self.artifacts is not None:
             report.warnings = list(self.artifacts.warnings)
+        report.warnings += self.sandbox.warnings
         failed = [o for o in report.outcomes if o.action == State.FAILED]
         if failed:
             first = failed[0]
@@ -392,7 +396,8 @@ class Builder:
             self._emit(c.name, State.BUILDING, start, "fetching sources")
             staged = self.sources.stage(c.name, c.sources, log)
         env = component_env(self.cfg, p, self.ctx.benv, new, sources_dir=staged)
-        res = run(list(c.build), cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
+        argv, env = self.sandbox.wrap(p, c.build, env, destdir=new)
+        res = run(argv, cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
                   what=f"build of {c.name}")
         # The key names the content the build was planned for; if that is not what it read, nothing is kept.
         after = source_state(c.checkout, self.cfg.workspace.state_dir / "index" / c.name)

@@ -33,6 +33,7 @@ from pib.config.types import (
     Pinned,
     PlatformConfig,
     S3StoreSpec,
+    SandboxSpec,
     StoreSpec,
     TrustConfig,
     UrlOrigin,
@@ -393,6 +394,7 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
     tr.done()
 
     image = _image(root, top, {c.name for c in components})
+    sandbox = _sandbox(root, top)
 
     bt = top.sub("boot")
     boot = BootConfig(
@@ -427,7 +429,25 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
         files=files,
         sources=sources,
         data=doc.data,
+        sandbox=sandbox,
     )
+
+
+def _sandbox(root: Path, top: _Section) -> SandboxSpec:
+    sb = top.sub("sandbox")
+    mode = sb.choice("mode", ("bwrap", "none", "required"), "bwrap")
+    spec = SandboxSpec(
+        mode="none" if mode == "none" else "required" if mode == "required" else "bwrap",
+        ro_paths=tuple(_rel(root, p) for p in sb.strs("ro_paths")),
+        bwrap=sb.text("bwrap", "bwrap") or "bwrap",
+        where=sb.where("mode") if "mode" in sb.data else sb.where(),
+    )
+    for p in spec.ro_paths:
+        if p.resolve() == Path("/"):
+            raise ConfigError("sandbox.ro_paths cannot hold / (a build would see everything)",
+                              where=sb.where("ro_paths"), hint="name the directories a build needs")
+    sb.done()
+    return spec
 
 
 def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[ComponentConfig, ...]:
@@ -498,6 +518,8 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
             env=_component_env(sec),
             prebuilt=sec.flag("prebuilt", False),
             where=sec.where(),
+            network=sec.flag("network", False),
+            writable_source=sec.flag("writable_source", False),
             sources=_pinned_sources(sec),
         )
         sec.done()

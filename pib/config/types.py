@@ -121,6 +121,8 @@ class ComponentConfig(NamedTuple):
     env: tuple[tuple[str, str], ...]
     prebuilt: bool
     where: Location
+    network: bool = False  # the build may reach the network: its key says so and its artifacts stay local
+    writable_source: bool = False  # the build writes into its checkout (sandboxed: bound writable, .git not)
     sources: tuple[Pinned, ...] = ()  # declared downloads, fetched before the build
 
 
@@ -200,6 +202,19 @@ class ImageSpec(NamedTuple):
     where: Location | None = None  # where the image settings were written (pib.toml)
 
 
+class SandboxSpec(NamedTuple):
+    """[sandbox]: how component builds are isolated (pib.build.sandbox).
+
+    bwrap: in bubblewrap where it can run, else unisolated with a warning; required: bubblewrap or an
+    error; none: unisolated (and a different key).
+    """
+
+    mode: Literal["bwrap", "none", "required"] = "bwrap"
+    ro_paths: tuple[Path, ...] = ()  # more read-only paths a build may see
+    bwrap: str = "bwrap"  # the bubblewrap program (a name on PATH or a path)
+    where: Location | None = None
+
+
 class BootConfig(NamedTuple):
     memory: int
     timeout: float
@@ -222,6 +237,7 @@ class Config(NamedTuple):
     files: tuple[Path, ...]
     sources: Mapping[str, Location]  # dotted key -> where it was set
     data: Mapping[str, Any]  # the merged raw document, for `config show`
+    sandbox: SandboxSpec = SandboxSpec()
 
     def component(self, name: str) -> ComponentConfig:
         for c in self.components:

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Build the platform's own programs with the build environment's compiler
-# and install them into the proto area.
+# and install them into the proto area. Objects go to a copy of src in the
+# build's scratch directory: the checkout is read-only in pib's sandbox.
 set -eu
 : "${DESTDIR:?DESTDIR must name the proto area}"
 : "${CC:?CC must come from the build environment (CBE)}"
@@ -10,5 +11,8 @@ case "$(command -v "$CC" || echo "$CC")" in
 	exit 1
 	;;
 esac
-make -C src clean
-make -C src CC="$CC" DESTDIR="$DESTDIR" install
+obj=${PIB_BUILD_DIR:-$(pwd)/.build}/core
+rm -rf "$obj"
+mkdir -p "$obj"
+cp -R src/. "$obj/"
+make -C "$obj" CC="$CC" DESTDIR="$DESTDIR" install
