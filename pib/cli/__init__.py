@@ -385,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         p.print_help()
         return 2
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
+        sys.stdout.flush()  # a reader that went away shows up here, not in the interpreter's exit
+        return rc
     except BrokenPipeError:
         # The reader went away (`pib config show | head -1`): nothing more to say, and nowhere to say it.
         import os
