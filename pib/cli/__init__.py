@@ -22,6 +22,7 @@ _EXTENSIONS = {
     "pib.cli.store": ("cache", "keygen"),
     "pib.cli.image": ("image", "manifest"),
     "pib.cli.boot": ("boot",),
+    "pib.cli.media": ("media",),
     "pib.cli.fetch": ("fetch",),
 }
 _CORE = ("config", "configure", "build", "live", "ci", "publish", "status", "explain", "clobber")

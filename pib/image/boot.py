@@ -132,6 +132,8 @@ FIRMWARE = ("bios", "uefi")
 DRIVES = ("cdrom", "usb")
 # Debian's ovmf package: one file holding code and variables, then the split code image.
 OVMF_FILES = ("/usr/share/ovmf/OVMF.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd")
+# Under OVMF, GRUB's EFI Linux loader runs out of memory for a kernel and boot archive in 256 MiB.
+UEFI_MIN_MEMORY = 512
 
 
 def find_ovmf(configured: str = "") -> Path:
@@ -163,6 +165,7 @@ def media_argv(qemu: str, medium: Path, *, drive: str, firmware: str, memory: in
     if firmware == "uefi":
         if ovmf is None:
             raise PibError("UEFI boots need the OVMF firmware", reason=Reason.BOOT)
+        argv[argv.index("-m") + 1] = str(max(memory, UEFI_MIN_MEMORY))
         argv += ["-bios", str(ovmf)]
     file = f"file={_drive_file(medium)},format=raw,readonly=on,if=none,id=medium"
     if drive == "cdrom":
