@@ -135,9 +135,16 @@ def test_failed_result_check_raises_with_the_console_tail(tmp_path: Path) -> Non
 
 @pytest.fixture(scope="session")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example platform's pinned Debian kernel, fetched (and cached) by its own build script."""
+    """The example platform's pinned Debian kernel: fetched as its declared source, installed by its build script."""
+    from pib.build.sources import Sources
+    from pib.config.loader import load
+    from pib.fetch import stage
+
+    example = load(KERNEL_COMPONENT.parent.parent, local=False)
+    fetched = Sources(example).fetch(example.component("kernel").sources)
+    sources = stage(fetched.values(), tmp_path_factory.mktemp("kernel-sources"))
     proto = tmp_path_factory.mktemp("kernel-proto")
-    env = minimal_env({"DESTDIR": str(proto)})
+    env = minimal_env({"DESTDIR": str(proto), "PIB_SOURCES": str(sources)})
     for var in ("XDG_CACHE_HOME", "PIB_CACHE"):
         if var in os.environ:
             env[var] = os.environ[var]

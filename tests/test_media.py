@@ -308,3 +308,29 @@ def test_core_image_blocklist_starts_after_its_first_sector() -> None:
     struct.pack_into("<QHH", core, 500, 2, 7, 0x820)
     with pytest.raises(PibError):
         media._core_at(bytes(core), 4096)
+
+
+# --- [media] make: pib build makes the media (last: it changes the workspace's media) ---------------
+
+
+def test_build_makes_the_configured_media_and_remakes_them_only_on_change(ws: Path, made: dict[str, Any]) -> None:
+    local = ws / "pib.local.toml"
+    try:
+        local.write_text('[media]\nmake = ["usb"]\n')
+        noop = _json(pib(ws, "build", "--json", env={"SOURCE_DATE_EPOCH": EPOCH}))
+        assert noop["image"]["action"] == "up-to-date"
+        # The medium pib media made from the same platform and [media] stands.
+        assert noop["image"]["media"]["usb"]["action"] == "up-to-date"
+        assert noop["image"]["media"]["usb"]["sha256"] == made["usb"]["sha256"]
+
+        local.write_text('[media]\nmake = ["usb"]\nappend = "console=ttyS0 changed=1"\n')
+        changed = _json(pib(ws, "build", "--json", env={"SOURCE_DATE_EPOCH": EPOCH}))
+        assert changed["image"]["action"] == "up-to-date"
+        usb = changed["image"]["media"]["usb"]
+        assert usb["action"] == "built" and usb["sha256"] != made["usb"]["sha256"]
+        assert sha256_file(Path(usb["path"]))[0] == usb["sha256"]
+        again = _json(pib(ws, "build", "--json", env={"SOURCE_DATE_EPOCH": EPOCH}))
+        assert again["image"]["media"]["usb"]["action"] == "up-to-date"
+    finally:
+        local.unlink(missing_ok=True)
+        assert pib(ws, "media", "usb").returncode == 0

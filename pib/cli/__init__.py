@@ -171,6 +171,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(summary(report))
         if report.image:
             print(f"image: {report.image.get('dir')} ({report.image.get('action', 'built')})")
+            for kind, m in (report.image.get("media") or {}).items():
+                print(f"{kind}: {m['path']} ({m['action']})")
         if report.boot:
             b = report.boot
             print(f"boot: {'PASS' if b['passed'] else 'FAIL'} in {b['seconds']:.1f}s: {b['marker_line']}")

@@ -29,9 +29,7 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,9 +37,10 @@ from typing import Any, NamedTuple
 from pib.config.types import MEDIA_KINDS, Config, MediaSpec
 from pib.errors import ConfigError, PibError, Reason
 from pib.fsutil import RUN_TMP, remove_stale, remove_tree, sha256_file, write_atomic
-from pib.image.boot import locate
-from pib.image.write import stamp_epoch
 from pib.run import BASE_PATH, Log, minimal_env, run
+
+# pib.image.boot and pib.image.write are imported where media are made: `pib build` with
+# [media] make asks only whether the recorded media are current when nothing changed.
 
 MEDIA_DIR = "media"
 # The tools and the Debian packages that have them.
@@ -156,6 +155,8 @@ class _Ids:
         return self._digest(what)[:4].hex()
 
     def uuid(self, what: str) -> str:
+        import uuid
+
         return str(uuid.UUID(bytes=self._digest(what)[:16], version=4)).upper()
 
 
@@ -395,6 +396,11 @@ def _core_at(core: bytes, core_lba: int) -> bytes:
 
 def make(cfg: Config, kind: str, stamp: str | None = None) -> Medium:
     """Make the `kind` medium (iso or usb) of output/platform-<stamp> (default: the latest)."""
+    import tempfile
+
+    from pib.image.boot import locate
+    from pib.image.write import stamp_epoch
+
     if kind not in MEDIA_KINDS:
         raise PibError(f"unknown medium {kind!r}", reason=Reason.USAGE, hint=f"use one of: {', '.join(MEDIA_KINDS)}")
     spec = media_spec(cfg)
@@ -453,9 +459,29 @@ def _record(pdir: Path, kind: str, out: Path, digest: str, size: int, spec: Medi
         "bootloader": spec.bootloader or str(spec.grub_dir),
         "append": spec.append,
         "fs_uuid": fs_uuid,
+        "inputs": media_inputs(spec),
     }
     doc["media"] = media
     write_atomic(path, json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def media_inputs(spec: MediaSpec) -> str:
+    """What a medium depends on besides the platform and the bootloader's files (whose key is the image's)."""
+    import pib
+
+    text = json.dumps([spec.bootloader, str(spec.grub_dir), spec.append, spec.timeout, pib.__version__])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def current(pdir: Path, kind: str, spec: MediaSpec) -> dict[str, Any] | None:
+    """The build.json entry of the platform's `kind` medium if it is there and made with `spec`."""
+    try:
+        entry = json.loads((pdir / "build.json").read_text(encoding="utf-8"))["media"][kind]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(entry, dict) or entry.get("inputs") != media_inputs(spec) or recorded(pdir, kind) is None:
+        return None
+    return entry
 
 
 def recorded(pdir: Path, kind: str) -> Path | None:
