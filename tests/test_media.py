@@ -334,3 +334,19 @@ def test_build_makes_the_configured_media_and_remakes_them_only_on_change(ws: Pa
     finally:
         local.unlink(missing_ok=True)
         assert pib(ws, "media", "usb").returncode == 0
+
+
+def test_missing_tools_name_the_debian_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(media.TOOLS, "no-such-media-tool", "some-package")
+    with pytest.raises(PibError) as ei:
+        media.check_tools({"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+    assert ei.value.reason is Reason.IMAGE and "some-package" in ei.value.message
+    assert "apt-get install some-package" in ei.value.hint
+
+
+def test_grub_configuration_is_plain() -> None:
+    text = media.grub_cfg('odd"name$', "20260101T000000Z", "vmlinuz", "boot_archive", "console=ttyS0", 0)
+    assert 'menuentry "odd_name_ 20260101T000000Z"' in text
+    assert "\tlinux /platform/vmlinuz console=ttyS0\n\tinitrd /platform/boot_archive\n" in text
+    with pytest.raises(PibError):
+        media.grub_cfg("n", "s", "vm linuz", "boot_archive", "", 0)

@@ -181,7 +181,15 @@ def _seed(files: Sequence[Path], stamp: str) -> str:
 # --- GRUB -----------------------------------------------------------------------------
 
 
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+
 def grub_cfg(name: str, stamp: str, kernel: str, archive: str, append: str, timeout: int) -> str:
+    for f in (kernel, archive):
+        if not _PLAIN_NAME.match(f):
+            raise PibError(f"the platform file name {f!r} cannot go into GRUB's configuration unquoted",
+                           reason=Reason.IMAGE, hint="name kernels with letters, digits and ._+- only ([image] kernel)")
+    title = re.sub(r"[^A-Za-z0-9._ -]", "_", f"{name} {stamp}")
     return (
         f"# {name} platform {stamp}: made by pib\n"
         "serial --unit=0 --speed=115200\n"
@@ -189,7 +197,7 @@ def grub_cfg(name: str, stamp: str, kernel: str, archive: str, append: str, time
         "terminal_output serial console\n"
         f"set timeout={timeout}\n"
         "set default=0\n"
-        f'menuentry "{name} {stamp}" {{\n'
+        f'menuentry "{title}" {{\n'
         f"\tlinux /platform/{kernel} {append}\n"
         f"\tinitrd /platform/{archive}\n"
         "}\n"
