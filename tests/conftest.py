@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 pytest_plugins: list[str] = [
     "tests.services.nginx", "tests.services.seaweed", "tests.services.badhttp",
 ]
@@ -68,3 +70,27 @@ def pytest_unconfigure(config: object) -> None:
 
     for base in _BASE:
         shutil.rmtree(base, ignore_errors=True)
+
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "platform"
+
+
+@pytest.fixture(scope="session")
+def kernel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example platform's pinned Debian kernel: fetched as its declared source (the session's own
+    download cache), installed by the kernel component's build script, once per session."""
+    from pib.build.sources import Sources
+    from pib.config.loader import load
+    from pib.fetch import stage
+    from pib.run import minimal_env, run
+
+    example = load(EXAMPLE, local=False)
+    fetched = Sources(example).fetch(example.component("kernel").sources)
+    sources = stage(fetched.values(), tmp_path_factory.mktemp("kernel-sources"))
+    proto = tmp_path_factory.mktemp("kernel-proto")
+    env = minimal_env({"DESTDIR": str(proto), "PIB_SOURCES": str(sources)})
+    run(["./build.sh"], cwd=EXAMPLE / "components" / "kernel", env=env, timeout=600)
+    vmlinuz = proto / "boot" / "vmlinuz"
+    assert vmlinuz.is_file() and vmlinuz.stat().st_size > 1 << 20
+    return vmlinuz

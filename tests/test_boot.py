@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pib.errors import PibError, Reason
 from pib.image import boot as bootmod
 from pib.image.boot import Platform, boot, locate, qemu_argv
 from pib.image.cpio import Writer
-from pib.run import Log, minimal_env, run, run_watch
+from pib.run import Log, run_watch
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_COMPONENT = REPO / "examples" / "platform" / "components" / "kernel"
@@ -131,20 +130,6 @@ def test_failed_result_check_raises_with_the_console_tail(tmp_path: Path) -> Non
 
 
 # --- real QEMU -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def kernel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example platform's pinned Debian kernel, fetched (and cached) by its own build script."""
-    proto = tmp_path_factory.mktemp("kernel-proto")
-    env = minimal_env({"DESTDIR": str(proto)})
-    for var in ("XDG_CACHE_HOME", "PIB_CACHE"):
-        if var in os.environ:
-            env[var] = os.environ[var]
-    run(["./build.sh"], cwd=KERNEL_COMPONENT, env=env, timeout=600)
-    vmlinuz = proto / "boot" / "vmlinuz"
-    assert vmlinuz.is_file() and vmlinuz.stat().st_size > 1 << 20
-    return vmlinuz
 
 
 def _initramfs(path: Path, init_script: str) -> Path:

@@ -99,9 +99,9 @@ def story(tmp_path_factory: pytest.TempPathFactory, seaweed: Seaweed) -> dict[st
 
 def test_from_scratch_everything_is_built_and_boots(story: dict[str, Any]) -> None:
     assert {c["component"]: c["action"] for c in story["configured"]["components"]} == {
-        "kernel": "cloned", "extra": "cloned", "core": "cloned"}
+        "kernel": "cloned", "extra": "cloned", "boot": "cloned", "core": "cloned"}
     first = story["first"]
-    assert first["ok"] and actions(first) == {"kernel": "built", "extra": "built", "core": "built"}
+    assert first["ok"] and actions(first) == {"kernel": "built", "extra": "built", "boot": "built", "core": "built"}
     boot = story["boot"]
     assert boot["passed"] and boot["outcome"] == "marker"
     # The marker names exactly the keys this build produced: the image holds this build.
@@ -142,7 +142,7 @@ def test_noop_then_one_line_change_in_core(story: dict[str, Any]) -> None:
     ws: Path = story["ws"]
     first = story["first"]
     noop = pib(ws, "build")
-    assert actions(noop) == {"kernel": "up-to-date", "extra": "up-to-date", "core": "up-to-date"}
+    assert actions(noop) == {"kernel": "up-to-date", "extra": "up-to-date", "boot": "up-to-date", "core": "up-to-date"}
     assert keys(noop) == keys(first)
 
     # A one-line, uncommitted change in core's checkout.
@@ -151,7 +151,7 @@ def test_noop_then_one_line_change_in_core(story: dict[str, Any]) -> None:
     assert 'printf("uptime %.2fs\\n", up);' in text
     src.write_text(text.replace('printf("uptime %.2fs\\n", up);', 'printf("uptime (changed) %.2fs\\n", up);'))
     changed = pib(ws, "build")
-    assert actions(changed) == {"kernel": "up-to-date", "extra": "up-to-date", "core": "built"}
+    assert actions(changed) == {"kernel": "up-to-date", "extra": "up-to-date", "boot": "up-to-date", "core": "built"}
     assert keys(changed)["core"] != keys(first)["core"]
     assert {k: v for k, v in keys(changed).items() if k != "core"} == {
         k: v for k, v in keys(first).items() if k != "core"}
@@ -181,30 +181,31 @@ def _second_workspace(story: dict[str, Any], name: str, store: Path) -> tuple[di
 
 def test_first_build_published_the_prebuilt_components(story: dict[str, Any]) -> None:
     published = {c["component"]: c["published"] for c in story["first"]["components"]}
-    assert published == {"kernel": ["s3"], "extra": ["s3"], "core": []}  # core is not prebuilt
+    assert published == {"kernel": ["s3"], "extra": ["s3"], "boot": ["s3"], "core": []}  # core is not prebuilt
 
 
 def test_second_workspace_restores_from_the_warm_local_store(story: dict[str, Any]) -> None:
     built, booted = _second_workspace(story, "second", story["root"] / "store")
-    assert actions(built) == {"kernel": "restored", "extra": "restored", "core": "built"}
+    assert actions(built) == {"kernel": "restored", "extra": "restored", "boot": "restored", "core": "built"}
     assert {c["component"]: c["store"] for c in built["components"] if c["action"] == "restored"} == {
-        "kernel": "local", "extra": "local"}
+        "kernel": "local", "extra": "local", "boot": "local"}
     assert keys(built) == keys(story["first"])
     assert booted["passed"] and marker_keys(booted["marker_line"]) == keys(story["first"])
 
 
 def test_empty_local_store_restores_from_s3(story: dict[str, Any]) -> None:
     built, booted = _second_workspace(story, "third", story["root"] / "empty-store")
-    assert actions(built) == {"kernel": "restored", "extra": "restored", "core": "built"}
+    assert actions(built) == {"kernel": "restored", "extra": "restored", "boot": "restored", "core": "built"}
     assert {c["component"]: c["store"] for c in built["components"] if c["action"] == "restored"} == {
-        "kernel": "s3", "extra": "s3"}
+        "kernel": "s3", "extra": "s3", "boot": "s3"}
     assert booted["passed"] and marker_keys(booted["marker_line"]) == keys(story["first"])
 
 
 def test_first_build_mirrored_every_pinned_file_to_s3(story: dict[str, Any]) -> None:
     uploaded = set(story["first"]["sources_uploaded"]["s3"])
-    # The declared sources of kernel and extra, and the CBE's Debian packages.
+    # The declared sources of kernel, extra and boot, and the CBE's Debian packages.
     assert {"busybox_1.35.0.orig.tar.bz2", "busybox_1.35.0-4+deb12u1.debian.tar.xz"} <= uploaded
+    assert {"grub-pc-bin_2.06-13+deb12u2_amd64.deb", "grub-efi-amd64-bin_2.06-13+deb12u2_amd64.deb"} <= uploaded
     assert any(n.startswith("linux-image-6.1.0-50-amd64_") for n in uploaded)
     assert any(n.startswith("gcc-12_") for n in uploaded) and len(uploaded) > 30
 
@@ -224,7 +225,7 @@ def test_fetch_then_offline_from_scratch_with_upstream_unreachable(story: dict[s
     configured = pib(ws, "configure", "--offline")
     assert configured["cbe"].endswith(str(root / "offline-cbe" / "gcc12-1"))
     built = pib(ws, "build", "--offline")
-    assert actions(built) == {"kernel": "built", "extra": "built", "core": "built"}
+    assert actions(built) == {"kernel": "built", "extra": "built", "boot": "built", "core": "built"}
     assert not any("unreachable" in w for w in built["warnings"])  # never even asked
     assert {k: v for k, v in keys(built).items() if k != "core"} == {
         k: v for k, v in keys(story["first"]).items() if k != "core"}

@@ -22,7 +22,7 @@ from pib.errors import PibError, Reason
 from pib.image.manifest import diff
 from pib.image.resolve import ImageManifestError, ProtoArea, SizeBudgetError, resolve, size_report
 from pib.image.write import assemble, buildstamp, stamp_epoch
-from pib.run import minimal_env, run
+from pib.run import run
 
 STAMP = "20260101T120000Z"
 
@@ -436,23 +436,8 @@ def test_kernel_path_may_not_escape(ws: dict[str, Path]) -> None:
 
 # --- the kernel unpacks what assemble() writes ------------------------------------------
 
-KERNEL_COMPONENT = Path(__file__).resolve().parents[1] / "examples" / "platform" / "components" / "kernel"
-
-
-@pytest.fixture(scope="session")
-def debian_kernel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example platform's pinned Debian kernel, fetched (and cached) by its own build script."""
-    proto = tmp_path_factory.mktemp("image-kernel-proto")
-    env = minimal_env({"DESTDIR": str(proto)})
-    for var in ("XDG_CACHE_HOME", "PIB_CACHE"):
-        if var in os.environ:
-            env[var] = os.environ[var]
-    run(["./build.sh"], cwd=KERNEL_COMPONENT, env=env, timeout=600)
-    return proto / "boot" / "vmlinuz"
-
-
 @pytest.mark.integration
-def test_linux_boots_the_assembled_archive(debian_kernel: Path, tmp_path: Path) -> None:
+def test_linux_boots_the_assembled_archive(kernel: Path, tmp_path: Path) -> None:
     """Real kernel, real initramfs unpacking of the zstd archive (gzip ones boot in test_boot.py):
     owners, modes, hard links and the release file arrive intact."""
     busybox = shutil.which("busybox") or "/bin/busybox"
@@ -479,7 +464,7 @@ echo "PIB-BOOT-OK stamp=$PIB_BUILDSTAMP key=$PIB_KEY_CORE data=$($S %u:%g:%a /sr
                    component_keys={"core": "c0ffee"})
     from pib.image.boot import Platform, boot
 
-    booted = boot(Platform(STAMP, debian_kernel, res.boot_archive), log_dir=tmp_path / "log", timeout=120)
+    booted = boot(Platform(STAMP, kernel, res.boot_archive), log_dir=tmp_path / "log", timeout=120)
     assert booted.passed, booted.outcome
     line = booted.marker_line or ""
     fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)

@@ -218,6 +218,8 @@ def build(
                 _publish_cbe(ctx, report)
         if report.ok and image and cfg.image is not None and not names:
             report.image = _image(ctx, plans, report, force=opts.force)
+            if cfg.media is not None and cfg.media.make:
+                report.image["media"] = _media(cfg, report.image, force=opts.force)
         return report
 
 
@@ -358,6 +360,26 @@ def _image(ctx: BuildContext, plans: list[Plan], report: BuildReport, *, force: 
     image, made = make_image(ctx.cfg, {p.comp.name: p.key for p in plans}, lambda: _build_info(ctx, plans, report),
                              force=force)
     return {**image, "action": State.BUILT if made else State.UP_TO_DATE}
+
+
+def _media(cfg: Config, image: dict[str, Any], *, force: bool) -> dict[str, Any]:
+    """[media] make: the media of the image, made again only when the image or [media] changed."""
+    from pathlib import Path
+
+    from pib.image import media
+
+    assert cfg.media is not None
+    out: dict[str, Any] = {}
+    for kind in cfg.media.make:
+        entry = None if force else media.current(Path(image["dir"]), kind, cfg.media)
+        if entry is not None:
+            out[kind] = {"path": str(Path(image["dir"]) / entry["file"]), "sha256": entry["sha256"],
+                         "size": entry["size"], "action": State.UP_TO_DATE}
+            continue
+        m = media.make(cfg, kind, image["buildstamp"])
+        out[kind] = {"path": str(m.path), "sha256": m.sha256, "size": m.size, "seconds": round(m.seconds, 3),
+                     "action": State.BUILT}
+    return out
 
 
 def _build_info(ctx: BuildContext, plans: list[Plan], report: BuildReport) -> dict[str, Any]:

@@ -22,6 +22,7 @@ _EXTENSIONS = {
     "pib.cli.store": ("cache", "keygen"),
     "pib.cli.image": ("image", "manifest"),
     "pib.cli.boot": ("boot",),
+    "pib.cli.media": ("media",),
     "pib.cli.fetch": ("fetch",),
 }
 _CORE = ("config", "configure", "build", "live", "ci", "publish", "status", "explain", "clobber")
@@ -176,6 +177,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(summary(report))
         if report.image:
             print(f"image: {report.image.get('dir')} ({report.image.get('action', 'built')})")
+            for kind, m in (report.image.get("media") or {}).items():
+                print(f"{kind}: {m['path']} ({m['action']})")
         if report.boot:
             b = report.boot
             print(f"boot: {'PASS' if b['passed'] else 'FAIL'} in {b['seconds']:.1f}s: {b['marker_line']}")

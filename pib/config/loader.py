@@ -19,6 +19,7 @@ from pib.config.tomlloc import loads as toml_loads
 from pib.config.types import (
     CONFIG_NAME,
     DEFAULT_KEYRING,
+    MEDIA_KINDS,
     AptOrigin,
     AptSources,
     BootConfig,
@@ -29,6 +30,7 @@ from pib.config.types import (
     ImageSpec,
     KernelSpec,
     LocalStoreSpec,
+    MediaSpec,
     Overlay,
     Pinned,
     PlatformConfig,
@@ -403,8 +405,10 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
         marker=bt.text("marker", "PIB-BOOT-OK") or "PIB-BOOT-OK",
         append=bt.text("append", "console=ttyS0") or "console=ttyS0",
         qemu=bt.text("qemu", "qemu-system-x86_64") or "qemu-system-x86_64",
+        ovmf=bt.text("ovmf", "") or "",
     )
     bt.done()
+    media = _media(top, {c.name for c in components}, boot.append)
 
     apt = _apt(top)
     if apt is None:
@@ -430,6 +434,7 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
         sources=sources,
         data=doc.data,
         sandbox=sandbox,
+        media=media,
     )
 
 
@@ -802,6 +807,50 @@ def _image(root: Path, top: _Section, components: set[str]) -> ImageSpec | None:
     )
     im.done()
     return image
+
+
+# Characters GRUB's configuration language would read as syntax in a kernel command line.
+_GRUB_SYNTAX = re.compile(r"[\"'$;{}\\\n#|&<>`]")
+
+
+def _media(top: _Section, components: set[str], boot_append: str) -> MediaSpec | None:
+    if "media" not in top.data:
+        top.used.add("media")
+        return None
+    md = top.sub("media")
+    bootloader = md.text("bootloader")
+    if bootloader is not None and bootloader not in components:
+        raise ConfigError(f"media.bootloader names no component: {bootloader!r}", where=md.where("bootloader"),
+                          hint=f"components: {', '.join(sorted(components))}")
+    grub = md.text("grub_dir", "usr/lib/grub") or "usr/lib/grub"
+    if bootloader is None and not os.path.isabs(grub):
+        raise ConfigError("media.grub_dir must be absolute without media.bootloader",
+                          where=md.where("grub_dir") if "grub_dir" in md.data else md.where(),
+                          hint='name the component that delivers GRUB (bootloader = "boot"), '
+                               'or give grub_dir = "/usr/lib/grub"')
+    if bootloader is not None and (os.path.isabs(grub) or ".." in Path(grub).parts):
+        raise ConfigError(f"media.grub_dir {grub!r} must be a path inside the bootloader's proto area",
+                          where=md.where("grub_dir"), hint='e.g. grub_dir = "usr/lib/grub"')
+    append = md.text("append", boot_append) or ""
+    if _GRUB_SYNTAX.search(append):
+        raise ConfigError(f"media.append {append!r} has characters GRUB would read as syntax",
+                          where=md.where("append") if "append" in md.data else md.where(),
+                          hint="use plain words such as console=ttyS0 quiet")
+    make = md.strs("make")
+    for kind in make:
+        if kind not in MEDIA_KINDS:
+            raise ConfigError(f"media.make entry {kind!r} is not one of: {', '.join(MEDIA_KINDS)}",
+                              where=md.where("make"), hint='e.g. make = ["iso", "usb"]')
+    spec = MediaSpec(
+        bootloader=bootloader,
+        grub_dir=Path(grub),
+        append=append,
+        timeout=md.integer("timeout", 0, minimum=0),
+        make=make,
+        where=md.where(),
+    )
+    md.done()
+    return spec
 
 
 def _overlay(path: Path, manifest: Path | None) -> Overlay:

@@ -221,6 +221,21 @@ class BootConfig(NamedTuple):
     marker: str
     append: str
     qemu: str
+    ovmf: str = ""  # UEFI firmware for QEMU ("": the first of Debian's ovmf files that exists)
+
+
+MEDIA_KINDS = ("iso", "usb")
+
+
+class MediaSpec(NamedTuple):
+    """[media]: where the boot loader comes from and what its configuration says."""
+
+    bootloader: str | None  # the component whose proto area holds GRUB (None: grub_dir is absolute)
+    grub_dir: Path  # relative to that proto area, or absolute (a CBE's or the host's GRUB)
+    append: str  # kernel command line on the media
+    timeout: int = 0  # seconds GRUB's menu waits
+    make: tuple[str, ...] = ()  # media pib build makes after the image
+    where: Location | None = None
 
 
 class Config(NamedTuple):
@@ -238,6 +253,7 @@ class Config(NamedTuple):
     sources: Mapping[str, Location]  # dotted key -> where it was set
     data: Mapping[str, Any]  # the merged raw document, for `config show`
     sandbox: SandboxSpec = SandboxSpec()
+    media: MediaSpec | None = None  # [media]: bootable media of the platform
 
     def component(self, name: str) -> ComponentConfig:
         for c in self.components:

@@ -122,7 +122,103 @@ def boot(
                 hint="build the platform image first (pib build)",
             )
     argv = qemu_argv(find_qemu(qemu), platform.kernel, platform.boot_archive, memory=memory, append=append)
-    log_path = log_dir / f"boot-{platform.stamp}.log"
+    return watch(argv, log_dir / f"boot-{platform.stamp}.log", marker=marker, timeout=timeout,
+                 fail_lines=fail_lines, cancel=cancel)
+
+
+# --- bootable media ---------------------------------------------------------------------
+
+FIRMWARE = ("bios", "uefi")
+DRIVES = ("cdrom", "usb")
+# Debian's ovmf package: one file holding code and variables, then the split code image.
+OVMF_FILES = ("/usr/share/ovmf/OVMF.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd")
+# Under OVMF, GRUB's EFI Linux loader runs out of memory for a kernel and boot archive in 256 MiB.
+UEFI_MIN_MEMORY = 512
+
+
+def find_ovmf(configured: str = "") -> Path:
+    for c in ((configured,) if configured else OVMF_FILES):
+        if Path(c).is_file():
+            return Path(c)
+    raise PibError(
+        f"no UEFI firmware for QEMU at {configured or ' or '.join(OVMF_FILES)}",
+        reason=Reason.BOOT,
+        hint="install it (Debian: apt-get install ovmf) or set [boot] ovmf in pib.toml",
+    )
+
+
+def _drive_file(path: Path) -> str:
+    return str(path).replace(",", ",,")  # QEMU's option syntax doubles commas in values
+
+
+def media_argv(qemu: str, medium: Path, *, drive: str, firmware: str, memory: int,
+               ovmf: Path | None = None) -> list[str]:
+    """QEMU booting from `medium` only: as a CD-ROM or a USB stick, with SeaBIOS or OVMF."""
+    argv = [
+        qemu,
+        "-accel", "tcg",
+        "-nographic",
+        "-m", str(memory),
+        "-no-reboot",
+        "-nic", "none",
+    ]
+    if firmware == "uefi":
+        if ovmf is None:
+            raise PibError("UEFI boots need the OVMF firmware", reason=Reason.BOOT)
+        argv[argv.index("-m") + 1] = str(max(memory, UEFI_MIN_MEMORY))
+        argv += ["-bios", str(ovmf)]
+    file = f"file={_drive_file(medium)},format=raw,readonly=on,if=none,id=medium"
+    if drive == "cdrom":
+        argv += ["-drive", f"{file},media=cdrom", "-device", "ide-cd,drive=medium,bootindex=0"]
+    else:
+        argv += ["-drive", file, "-device", "qemu-xhci,id=xhci",
+                 "-device", "usb-storage,bus=xhci.0,drive=medium,bootindex=0"]
+    return argv
+
+
+def boot_medium(
+    medium: Path,
+    *,
+    stamp: str,
+    kind: str,
+    firmware: str,
+    log_dir: Path,
+    drive: str | None = None,
+    marker: str = "PIB-BOOT-OK",
+    memory: int = 256,
+    timeout: float = 120.0,
+    qemu: str = "qemu-system-x86_64",
+    ovmf: str = "",
+    fail_lines: Sequence[str] = FAIL_LINES,
+    cancel: threading.Event | None = None,
+) -> BootResult:
+    """Boot a medium (an ISO as a CD-ROM, a disk image as a USB stick, unless `drive` says) once.
+
+    The kernel command line is the medium's own: its boot loader configuration says it.
+    """
+    if not medium.is_file():
+        raise PibError(f"no {kind} medium at {medium}", reason=Reason.BOOT, hint=f"make it first: pib media {kind}")
+    if firmware not in FIRMWARE:
+        raise PibError(f"unknown firmware {firmware!r}", reason=Reason.USAGE, hint=f"use one of: {', '.join(FIRMWARE)}")
+    drive = drive or ("cdrom" if kind == "iso" else "usb")
+    if drive not in DRIVES:
+        raise PibError(f"unknown drive {drive!r}", reason=Reason.USAGE, hint=f"use one of: {', '.join(DRIVES)}")
+    argv = media_argv(find_qemu(qemu), medium, drive=drive, firmware=firmware, memory=memory,
+                      ovmf=find_ovmf(ovmf) if firmware == "uefi" else None)
+    return watch(argv, log_dir / f"boot-{stamp}-{kind}-{drive}-{firmware}.log", marker=marker, timeout=timeout,
+                 fail_lines=fail_lines, cancel=cancel)
+
+
+def watch(
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    marker: str,
+    timeout: float,
+    fail_lines: Sequence[str] = FAIL_LINES,
+    cancel: threading.Event | None = None,
+) -> BootResult:
+    """Run QEMU until the marker line, a failure line, its exit or the time-out; the console goes to log_path."""
     log_path.unlink(missing_ok=True)  # one console log per boot of a stamp, not an ever-growing one
     outcome = "exited"
 
@@ -159,7 +255,7 @@ def _clean(line: str) -> str:
     return line.strip()
 
 
-def locate(output_dir: Path, stamp: str | None = None) -> Platform:
+def locate(output_dir: Path, stamp: str | None = None, *, reason: Reason = Reason.BOOT) -> Platform:
     """The kernel and boot archive of `output/platform-<stamp>` (default: platform-latest).
 
     The image's build.json names them; without one, the conventional names are used.
@@ -168,7 +264,7 @@ def locate(output_dir: Path, stamp: str | None = None) -> Platform:
     if not pdir.is_dir():
         raise PibError(
             f"no built platform at {pdir}",
-            reason=Reason.BOOT,
+            reason=reason,
             hint="run pib build first" if stamp is None else f"pib build has not produced {stamp}; see {output_dir}",
         )
     real = pdir.resolve()
@@ -180,7 +276,7 @@ def locate(output_dir: Path, stamp: str | None = None) -> Platform:
     if kernel is None or archive is None:
         raise PibError(
             f"{real} has no {'kernel' if kernel is None else 'boot archive'}",
-            reason=Reason.BOOT,
+            reason=reason,
             hint="the image has no kernel configured ([image] kernel in pib.toml) or the build did not finish",
         )
     return Platform(found_stamp, kernel, archive)
@@ -227,4 +323,24 @@ def boot_configured(cfg: Config, platform: Platform, *, memory: int | None = Non
         timeout=timeout or bc.timeout,
         append=bc.append,
         qemu=bc.qemu,
+    )
+
+
+def boot_medium_configured(cfg: Config, medium: Path, *, stamp: str, kind: str, firmware: str,
+                           drive: str | None = None, memory: int | None = None,
+                           timeout: float | None = None) -> BootResult:
+    """Boot a medium with the workspace's [boot] settings (`pib boot --media`)."""
+    bc = cfg.boot
+    return boot_medium(
+        medium,
+        stamp=stamp,
+        kind=kind,
+        firmware=firmware,
+        drive=drive,
+        log_dir=cfg.workspace.log_dir,
+        marker=bc.marker,
+        memory=memory or bc.memory,
+        timeout=timeout or bc.timeout,
+        qemu=bc.qemu,
+        ovmf=bc.ovmf,
     )
