@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from pib import keys
 from pib.build import state
-from pib.build.checkout import SourceState, source_state
+from pib.build.checkout import SourceState, source_state, stat_digests
 from pib.build.env import BuildEnv
 from pib.config.loader import topo_order
 from pib.config.types import ComponentConfig, Config
@@ -34,9 +34,10 @@ class Plan(NamedTuple):
 def plan(cfg: Config, names: Sequence[str] | None, benv: BuildEnv) -> list[Plan]:
     comps = topo_order(cfg, tuple(names) if names else None)
     index_dir = cfg.workspace.state_dir / "index"
+    digests = dict(zip([c.name for c in comps], stat_digests([c.checkout for c in comps]), strict=True))
     sources = dict(zip(
         [c.name for c in comps],
-        parallel_map(lambda c: source_state(c.checkout, index_dir / c.name), comps),
+        parallel_map(lambda c: source_state(c.checkout, index_dir / c.name, digests[c.name]), comps),
         strict=True,
     ))
     plans: dict[str, Plan] = {}

@@ -472,7 +472,7 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
         if dir_s is not None:
             checkout = _rel(root, dir_s)
         proto = _rel(root, sec.text("proto", f"proto.{name}") or f"proto.{name}")
-        if proto.resolve() == root or root.resolve().is_relative_to(proto.resolve()):
+        if _may_contain(proto, root):
             raise ConfigError(f"component {name!r}: proto {proto} would contain the workspace", where=sec.where("proto"))
         manifest = sec.text("manifest")
         if manifest is not None and (manifest.startswith("/") or ".." in Path(manifest).parts):
@@ -511,6 +511,14 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
             )
         protos[c.proto] = c.name
     return tuple(out)
+
+
+def _may_contain(proto: Path, root: Path) -> bool:
+    """Whether the proto area is the (resolved) workspace root or one of its parents."""
+    if proto.parent == root and not proto.is_symlink():
+        return False  # the usual proto.NAME beside pib.toml: no need to resolve every path
+    real = proto.resolve()
+    return real == root or root.is_relative_to(real)
 
 
 def _check_graph(comps: list[ComponentConfig], table: _Section) -> None:
