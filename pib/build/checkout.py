@@ -264,6 +264,28 @@ def _stat_line(*paths: Path) -> str:
     return "\n".join(parts) + "\n"
 
 
+def source_states(checkouts: Sequence[tuple[Path, Path]]) -> list[SourceState]:
+    """`source_state` of each (checkout, private index), with one stat walk for all of them.
+
+    Trees the walk vouches for are answered here in turn (threads would only fight over the
+    interpreter); the others run git on a few threads.
+    """
+    digests = stat_digests([c for c, _ in checkouts])
+    out: list[SourceState | None] = [None] * len(checkouts)
+    slow: list[int] = []
+    for i, ((c, index), d) in enumerate(zip(checkouts, digests, strict=True)):
+        if _remembered_tree(index.with_name(index.name + ".stat"), d) is None:
+            slow.append(i)
+        else:
+            out[i] = source_state(c, index, d)
+
+    def one(i: int) -> None:
+        out[i] = source_state(*checkouts[i], digests[i])
+
+    parallel_map(one, slow)
+    return [s for s in out if s is not None]
+
+
 def source_state(checkout: Path, index: Path | None, stat_digest: str | None = None) -> SourceState:
     """The content of the working tree (tracked + untracked, not ignored) as a git tree id.
 
@@ -281,15 +303,15 @@ def source_state(checkout: Path, index: Path | None, stat_digest: str | None = N
         index = checkout / ".git" / "pib-index"
         if not (checkout / ".git").is_dir():
             index = Path(git(["rev-parse", "--absolute-git-dir"], checkout).strip()) / "pib-index"
-    index.parent.mkdir(parents=True, exist_ok=True)
-    real = checkout / ".git" / "index"
-    if not index.exists() and real.is_file():
-        from shutil import copyfile
-
-        copyfile(real, index)  # seeds stat data: the first hash is cheap too
     memo = index.with_name(index.name + ".stat")
     tree = _remembered_tree(memo, stat_digest)
     if tree is None:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        real = checkout / ".git" / "index"
+        if not index.exists() and real.is_file():
+            from shutil import copyfile
+
+            copyfile(real, index)  # seeds stat data: the first hash is cheap too
         env = {"GIT_INDEX_FILE": str(index)}
         git(["add", "--all", "--", "."], checkout, env=env)
         tree = _tree_of_index(checkout, index, env)
