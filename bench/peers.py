@@ -351,7 +351,8 @@ def measure(tool: object, runs: int) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    from tests.services.nginx import start_nginx, stop
+    from tests.services.nginx import start_nginx
+    from tests.services.ports import stop
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     runs = 5
