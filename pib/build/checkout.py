@@ -204,7 +204,7 @@ def stat_digests(checkouts: Sequence[Path], *, batches: int = 2) -> list[str | N
     if not checkouts:
         return out
     since = int(time.time()) - _RACY_SECONDS
-    # Ignore rules and git settings outside the walk decide what `git add -A` sees.
+    # Ignore rules, attributes (filters) and settings outside the walk decide what `git add -A` sees.
     shared = _stat_line(*_global_git_files())
     size = -(-len(checkouts) // batches)
     chunks = [list(range(i, min(i + size, len(checkouts)))) for i in range(0, len(checkouts), size)]
@@ -237,7 +237,8 @@ def stat_digests(checkouts: Sequence[Path], *, batches: int = 2) -> list[str | N
             if not git_dir.is_dir():
                 continue
             h = hashlib.sha256(f"{checkouts[i]}\n{shared}".encode())
-            h.update(_stat_line(git_dir / "config", git_dir / "info" / "exclude").encode())
+            h.update(_stat_line(git_dir / "config", git_dir / "info" / "exclude",
+                                git_dir / "info" / "attributes").encode())
             h.update(seg.encode())
             out[i] = h.hexdigest()
 
@@ -248,7 +249,7 @@ def stat_digests(checkouts: Sequence[Path], *, batches: int = 2) -> list[str | N
 def _global_git_files() -> list[Path]:
     home = Path(os.environ.get("HOME", "/nonexistent"))
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
-    files = [home / ".gitconfig", xdg / "config", xdg / "ignore", Path("/etc/gitconfig")]
+    files = [home / ".gitconfig", xdg / "config", xdg / "ignore", xdg / "attributes", Path("/etc/gitconfig")]
     files += [Path(os.environ[k]) for k in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM") if os.environ.get(k)]
     return files
 
