@@ -227,10 +227,10 @@ def main() -> None:
     runs = 3 if quick else 7
     if "--render" in sys.argv:  # re-render the rows a run printed: --render LOG "LOAD TEXT"
         i = sys.argv.index("--render")
-        rows = parse_rows(Path(sys.argv[i + 1]))
-        body = render(rows, runs, sys.argv[i + 2])
+        saved = parse_rows(Path(sys.argv[i + 1]))
+        body = render(saved, runs, sys.argv[i + 2])
         print(body)
-        plot(rows, ROOT / "docs" / "scale.png")
+        plot(saved, ROOT / "docs" / "scale.png")
         write_section("scale", ".venv/bin/python bench/scale.py", body)
         return
     sizes = (10, 100) if quick else SIZES
