@@ -112,8 +112,8 @@ def test_isolation_enters_the_key_only_when_not_the_default(tmp_path: Path) -> N
     def doc_of(extra: str) -> dict[str, object]:
         (tmp_path / "pib.toml").write_text('[components.c]\nsource = "x"\nbuild = ["true"]\n' + extra)
         cfg = load(tmp_path)
-        return keys.key_document(cfg.component("c"), workspace=tmp_path, tree="t", cbe=None, baseline=None,
-                                 dep_keys={}, isolation=key_fields(cfg, cfg.component("c")))
+        return keys.key_document(cfg.component("c"), workspace=tmp_path, tree="t", epoch=0, cbe=None,
+                                 baseline=None, dep_keys={}, isolation=key_fields(cfg, cfg.component("c")))
 
     default = doc_of("")
     assert "isolation" not in default

@@ -11,12 +11,11 @@ from typing import Any, NamedTuple
 
 from pib import keys
 from pib.build import state
-from pib.build.checkout import SourceState, source_state
+from pib.build.checkout import SourceState, source_states
 from pib.build.env import BuildEnv
 from pib.build.sandbox import key_fields
 from pib.config.loader import topo_order
 from pib.config.types import ComponentConfig, Config
-from pib.parallel import parallel_map
 
 
 class Plan(NamedTuple):
@@ -41,11 +40,8 @@ class Plan(NamedTuple):
 def plan(cfg: Config, names: Sequence[str] | None, benv: BuildEnv) -> list[Plan]:
     comps = topo_order(cfg, tuple(names) if names else None)
     index_dir = cfg.workspace.state_dir / "index"
-    sources = dict(zip(
-        [c.name for c in comps],
-        parallel_map(lambda c: source_state(c.checkout, index_dir / c.name), comps),
-        strict=True,
-    ))
+    states = source_states([(c.checkout, index_dir / c.name) for c in comps])
+    sources = {c.name: st for c, st in zip(comps, states, strict=True)}
     plans: dict[str, Plan] = {}
     for c in comps:
         doc = keys.key_document(

@@ -499,7 +499,7 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
         if dir_s is not None:
             checkout = _rel(root, dir_s)
         proto = _rel(root, sec.text("proto", f"proto.{name}") or f"proto.{name}")
-        if proto.resolve() == root or root.resolve().is_relative_to(proto.resolve()):
+        if _may_contain(proto, root):
             raise ConfigError(f"component {name!r}: proto {proto} would contain the workspace", where=sec.where("proto"))
         proto_where[name] = sec.where("proto")
         manifest = sec.text("manifest")
@@ -562,20 +562,35 @@ def _component_env(sec: _Section) -> tuple[tuple[str, str], ...]:
 
 def _check_protos(comps: list[ComponentConfig], where: dict[str, Location]) -> None:
     """A proto area is replaced wholesale by every build: it must never be, contain or lie inside the
-    git data of a checkout (its own or another component's)."""
+    git data of a checkout (its own or another component's). Linear in the components: each path is
+    resolved once and the checkouts' ancestors go into one table."""
+    checkouts: dict[Path, ComponentConfig] = {}
+    ancestors: dict[Path, ComponentConfig] = {}
+    for d in comps:
+        real = d.checkout.resolve()
+        checkouts[real] = d
+        for parent in real.parents:
+            ancestors.setdefault(parent, d)
     for c in comps:
         proto = c.proto.resolve()
         if ".git" in proto.parts:
             raise ConfigError(f"component {c.name!r}: proto {c.proto} is inside a .git directory",
                               where=where[c.name], hint=f"use a directory of its own, e.g. proto.{c.name}")
-        for d in comps:
-            checkout = d.checkout.resolve()
-            whose = "its own checkout" if d is c else f"the checkout of {d.name!r}"
-            if proto == checkout or checkout.is_relative_to(proto):
-                what = "is" if proto == checkout else "contains"
-                raise ConfigError(f"component {c.name!r}: proto {c.proto} {what} {whose} ({d.checkout}); "
-                                  "a build would delete it", where=where[c.name],
-                                  hint=f"use a directory of its own, e.g. proto.{c.name}")
+        owner = checkouts.get(proto) or ancestors.get(proto)
+        if owner is not None:
+            whose = "its own checkout" if owner is c else f"the checkout of {owner.name!r}"
+            what = "is" if proto in checkouts else "contains"
+            raise ConfigError(f"component {c.name!r}: proto {c.proto} {what} {whose} ({owner.checkout}); "
+                              "a build would delete it", where=where[c.name],
+                              hint=f"use a directory of its own, e.g. proto.{c.name}")
+
+
+def _may_contain(proto: Path, root: Path) -> bool:
+    """Whether the proto area is the (resolved) workspace root or one of its parents."""
+    if proto.parent == root and not proto.is_symlink():
+        return False  # the usual proto.NAME beside pib.toml: no need to resolve every path
+    real = proto.resolve()
+    return real == root or root.is_relative_to(real)
 
 
 def _check_graph(comps: list[ComponentConfig], table: _Section) -> None:
