@@ -114,12 +114,19 @@ def _popen(ws: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
 
 def _verify_store(store: object, keys: list[object], tmp: Path) -> int:
     n = 0
+    from pib.cbe.providers.tarball import read_prefix_metadata
+
     for e in store.list():  # type: ignore[attr-defined]
-        meta = read_metadata(store.get_meta(e.component, e.key), keys, component=e.component,  # type: ignore[attr-defined, arg-type]
-                             key=e.key)
+        raw = store.get_meta(e.component, e.key)  # type: ignore[attr-defined]
+        if e.component.startswith("cbe-"):  # a published CBE prefix, keyed by its lock digest
+            doc = read_prefix_metadata(raw, keys, e.component)  # type: ignore[arg-type]
+            sha, size = str(doc["archive_sha256"]), int(doc["archive_size"])
+        else:
+            meta = read_metadata(raw, keys, component=e.component, key=e.key)  # type: ignore[arg-type]
+            sha, size = meta.archive_sha256, meta.archive_size
         archive = tmp / f"{e.component}-{e.key}"
-        store.get_archive(e.component, e.key, meta.archive_sha256, archive, meta.archive_size)  # type: ignore[attr-defined]
-        assert sha256_file(archive) == (meta.archive_sha256, meta.archive_size)
+        store.get_archive(e.component, e.key, sha, archive, size)  # type: ignore[attr-defined]
+        assert sha256_file(archive) == (sha, size)
         n += 1
     return n
 
@@ -201,5 +208,6 @@ def test_four_builds_two_workspaces_two_cbe_versions(tmp_path: Path, nginx: Ngin
                 assert acts == {"restored"}, acts
             local_n = _verify_store(LocalStore(root / "shared-store"), [machine, publisher], root / f"chk-l{n}")
             remote_n = _verify_store(open_store(HttpStoreSpec("remote", remote)), [publisher], root / f"chk-r{n}")
-            # base differs per CBE (2 keys); app per source and CBE (4 keys).
-            assert local_n == 6 and remote_n == 6, (local_n, remote_n)
+            # base differs per CBE (2 keys); app per source and CBE (4 keys); the remote also holds each
+            # CBE version's installed prefix (2), published by the first publishing build.
+            assert local_n == 6 and remote_n == 8, (local_n, remote_n)

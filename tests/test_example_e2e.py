@@ -20,7 +20,8 @@ from tests.services.seaweed import Seaweed
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "platform"
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The first test also runs the story (CBE install, a sandboxed busybox build, a boot): minutes on 2 cores.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def _example_module() -> ModuleType:

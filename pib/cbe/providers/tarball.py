@@ -272,8 +272,13 @@ def publish_prefix(prefix: Path, lock: Lock, provider_env: dict[str, str], store
     return tuple(s.name for s in stores)
 
 
+def read_prefix_metadata(raw: bytes, keys: Sequence[signing.PublicKey], what: str) -> dict[str, Any]:
+    """The signed metadata of a published CBE prefix (signature and exact field set checked)."""
+    return read_signed(raw, keys, fields=_PREFIX_FIELDS, what=what)
+
+
 def _check_prefix_meta(raw: bytes, lock: Lock, keys: list[signing.PublicKey]) -> dict[str, Any]:
-    doc = read_signed(raw, keys, fields=_PREFIX_FIELDS, what=f"CBE prefix {component(lock.name)}/{lock.digest[:16]}")
+    doc = read_prefix_metadata(raw, keys, f"CBE prefix {component(lock.name)}/{lock.digest[:16]}")
     env = doc.get("provider_env")
     if doc.get("kind") != PREFIX_KIND or doc.get("key") != lock.digest or doc.get("name") != lock.name \
             or doc.get("version") != lock.version or doc.get("provider") != lock.provider \
