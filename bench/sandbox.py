@@ -12,6 +12,7 @@ Run: python3 bench/sandbox.py   (needs the example's CBE, which scripts/demo ins
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import statistics
@@ -106,6 +107,7 @@ def main() -> None:
     if shutil.which("bwrap") is None:
         raise SystemExit("bubblewrap is not installed (run scripts/setup)")
     tmp = Path(tempfile.mkdtemp(prefix="pib-bench-sandbox-"))
+    load = os.getloadavg()[1]
     try:
         small = trivial(tmp)
         change = example(tmp)
@@ -118,7 +120,9 @@ def main() -> None:
                 "tmpfs for /tmp and HOME) once per component build; nothing else in a build changes. "
                 "Runs of the two modes alternate within one run of this script. Build commands are timed by "
                 "pib's build log (bwrap's set-up included); `pib build` is the whole process, key computation "
-                "and proto-area swap included. The image step after a change is the same in both modes.")
+                "and proto-area swap included. The image step after a change is the same in both modes. "
+                f"Load average (5 min) {load:.1f} at the start and {os.getloadavg()[1]:.1f} at the end: "
+                "the network namespace and the mounts cost more on a busy machine.")
         print(table + "\n" + note)
         write_section("sandbox", "python3 bench/sandbox.py", table + "\n" + note)
     finally:
