@@ -147,7 +147,7 @@ def main() -> None:
         try:
             store = HttpStore(HttpStoreSpec("bench", f"{server.url}/pib"))
             store.put("bench", KEY, pib_arc, meta)
-            url = f"{server.url}/pib/bench/{KEY}.tar.zst"
+            url = f"{server.url}/pib/bench/{KEY}.{sha}.tar.zst"
             dl = tmp / "dl"
             dl.mkdir()
             base_dl, pib_dl = interleaved(

@@ -121,14 +121,12 @@ class Writer:
             os.fchmod(fd, mode)
         return fd
 
-    @staticmethod
-    def write(fd: int, data: memoryview) -> None:
+    def write(self, fd: int, data: memoryview) -> None:
         while data:
             n = os.write(fd, data)
             data = data[n:]
 
-    @staticmethod
-    def close(fd: int, mtime: int) -> None:
+    def close(self, fd: int, mtime: int) -> None:
         try:
             ns = mtime * 1_000_000_000
             os.utime(fd, ns=(ns, ns))
