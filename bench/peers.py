@@ -458,8 +458,8 @@ NOTES = """How each tool was set up (`bench/setup-peers` installs the peers from
   HTTP store (nginx on loopback, the test suite's configuration) that the first build published to with
   a signing key. (c) is a new workspace with the warm local store; (d) a new workspace with an empty
   local store and the HTTP store.
-- BuildStream 1.6.8 (Debian bookworm's `buildstream`; BuildStream 2 needs buildbox-casd and buildbox-run,
-  which Debian does not ship): `manual` elements with a `local` source each, built in its bubblewrap
+- BuildStream 1.6.8 (Debian bookworm's `buildstream`; BuildStream 2, on PyPI, needs buildbox-casd and
+  buildbox-run, for which bookworm has no package, so it was not tried): `manual` elements with a `local` source each, built in its bubblewrap
   sandbox on a busybox-static `import` element (its sandbox holds only an element's dependencies);
   `strip-binaries` emptied. (c) is `bst build` (every artifact cached) plus `bst checkout` of a `stack`
   element of all components into a new directory; (d) the same with an empty local artifact cache and
