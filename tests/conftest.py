@@ -24,6 +24,7 @@ pytest_plugins: list[str] = [
 
 # Variables of the caller that would change what pib or git does under test.
 _DROP_PREFIXES = ("PIB_", "XDG_", "GIT_", "AWS_", "SOURCE_DATE_EPOCH")
+_KEEP = {"PIB_RELIABILITY_DIR", "PIB_FUZZ_EXAMPLES"}  # the test harness's own (bench/reliability.py sets them)
 _DROP = {"CI", "SSH_AUTH_SOCK", "GNUPGHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "http_proxy", "https_proxy",
          "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"}
 
@@ -36,7 +37,8 @@ def hermetic_environ(base: Path) -> dict[str, str]:
     gitconfig = home / "gitconfig"
     gitconfig.write_text("[user]\n\tname = pib tests\n\temail = tests@pib.invalid\n"
                          "[init]\n\tdefaultBranch = main\n")
-    env = {k: v for k, v in os.environ.items() if k not in _DROP and not k.startswith(_DROP_PREFIXES)}
+    env = {k: v for k, v in os.environ.items()
+           if k in _KEEP or (k not in _DROP and not k.startswith(_DROP_PREFIXES))}
     venv_bin = str(Path(sys.executable).parent)
     path = [p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p and p != venv_bin]
     env.update({
