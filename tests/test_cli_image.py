@@ -15,7 +15,7 @@ REAL = Path(__file__).parent / "data" / "smartos-manifests"  # real SmartOS mani
 
 
 def test_manifest_check_real_files(capsys: pytest.CaptureFixture[str]) -> None:
-    files = sorted(str(p) for p in REAL.glob("*.manifest"))
+    files = sorted(str(p) for p in REAL.glob("smartos-live*.manifest"))
     assert main(["manifest", "check", *files]) == 0
     assert capsys.readouterr().out.startswith("ok: 3 manifest(s)")
 
@@ -121,3 +121,77 @@ def test_manifest_check_reports_every_bad_line(tmp_path: Path) -> None:
     r = pib(tmp_path, "manifest", "check", str(m))
     assert r.returncode == EXIT_CODES[Reason.MANIFEST]
     assert f"{m}:2:" in r.stderr and f"{m}:4:" in r.stderr
+
+
+# --- SmartOS's rule for a path given twice ------------------------------------------------
+
+ILLUMOS_EXTRA = REAL / "illumos-extra.manifest"  # gives d lib/svc/manifest/network twice (lines 12, 494)
+EXTRA_BUILD = """\
+#!/bin/sh
+set -e
+awk '$1 == "f" { print $2 }' manifest > "$PIB_BUILD_DIR/files"
+cd "$DESTDIR"
+xargs -n 200 dirname < "$PIB_BUILD_DIR/files" | sort -u | xargs mkdir -p
+xargs -n 200 touch < "$PIB_BUILD_DIR/files"
+"""
+
+
+def _smartos_workspace(tmp_path: Path, duplicates: str | None) -> Path:
+    make_repo(tmp_path / "repos" / "illumos-extra", {"build.sh": EXTRA_BUILD, "manifest": ILLUMOS_EXTRA.read_text()})
+    ws = tmp_path / "ws"
+    # The real manifest comes from a larger image: an overlay gives the parents and users it takes for granted.
+    overlay = ws / "overlay"
+    (overlay / "etc").mkdir(parents=True)
+    (overlay / "etc/passwd").write_text("root:x:0:0::/:/bin/sh\n")
+    (overlay / "etc/group").write_text("root::0:\nother::1:\nbin::2:\nsys::3:\n")
+    parents = ["etc/security", "etc/security/auth_attr.d", "etc/security/prof_attr.d", "usr/lib/mdb",
+               "usr/lib/mdb/proc", "usr/lib/mdb/proc/amd64", "var"]
+    (overlay / "manifest").write_text("d etc 0755 root sys\n" + "".join(f"d {p} 0755 root sys\n" for p in parents)
+                                      + "f etc/passwd 0644 root sys\nf etc/group 0644 root sys\n")
+    setting = f'duplicates = "{duplicates}"\n' if duplicates else ""
+    (ws / "pib.toml").write_text(f"""\
+[platform]
+min_version = "1"
+[components.illumos-extra]
+source = "../repos/illumos-extra"
+build = ["./build.sh"]
+manifest = "manifest"
+[image]
+overlays = [{{ path = "overlay", manifest = "overlay/manifest" }}]
+{setting}""")
+    assert pib(ws, "configure").returncode == 0
+    return ws
+
+
+@pytest.mark.integration
+def test_real_illumos_extra_manifest_refused_by_default(tmp_path: Path) -> None:
+    ws = _smartos_workspace(tmp_path, None)
+    check = pib(ws, "manifest", "check", "--json")
+    assert check.returncode == EXIT_CODES[Reason.MANIFEST]
+    assert json.loads(check.stdout)["error"]["where"].endswith("manifest:494")
+    r = pib(ws, "build", "--json")
+    assert r.returncode == EXIT_CODES[Reason.MANIFEST], r.stderr
+    report = json.loads(r.stdout)
+    assert report["error"]["where"].endswith("illumos-extra/manifest:494") and not report.get("image")
+    assert not list((ws / ".pib").glob("**/boot_archive.manifest"))  # no image, not even half of one
+    explicit = pib(ws, "manifest", "check", str(ILLUMOS_EXTRA))
+    assert explicit.returncode == EXIT_CODES[Reason.MANIFEST]
+
+
+@pytest.mark.integration
+def test_real_illumos_extra_manifest_accepted_with_smartos_duplicates(tmp_path: Path) -> None:
+    ws = _smartos_workspace(tmp_path, "smartos")
+    check = pib(ws, "manifest", "check", "--json")
+    assert check.returncode == 0, check.stdout
+    (warning,) = json.loads(check.stdout)["warnings"]
+    assert "illumos-extra/manifest:494" in warning and "illumos-extra/manifest:12" in warning
+    r = pib(ws, "build", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    (warning,) = [w for w in report["warnings"] if "lib/svc/manifest/network" in w]
+    assert "manifest:494" in warning and "manifest:12" in warning
+    # SmartOS's rule: the later line (494: root bin) wins, as tools/sorter keeps it.
+    records = (Path(report["image"]["dir"]) / "boot_archive.manifest").read_text().splitlines()
+    (line,) = [x for x in records if x.startswith("lib/svc/manifest/network ")]
+    assert line.split()[1:4] == ["d", "0755", "root:bin"]
+    assert pib(ws, "manifest", "check", "--duplicates", "smartos", str(ILLUMOS_EXTRA)).returncode == 0

@@ -81,6 +81,7 @@ BAD = [
     ("both branch and ref", GOOD.replace('branch = "master"', 'branch = "master"\nref = "v1"'), 12, "both branch and ref"),
     ("shared proto", GOOD.replace('prebuilt = true', 'prebuilt = true\nproto = "proto.illumos"'), 15, "share the proto"),
     ("bad size", GOOD + '\n[image]\nmax_size = "lots"\n', 23, "a size"),
+    ("bad duplicates rule", GOOD + '\n[image]\nduplicates = "loose"\n', 23, "not one of"),
     ("proto is its own checkout", GOOD.replace('prebuilt = true', 'prebuilt = true\nproto = "projects/extra"'), 20,
      "is its own checkout"),
     ("proto is another's checkout", GOOD.replace('prebuilt = true', 'prebuilt = true\nproto = "projects/illumos"'),

@@ -522,7 +522,7 @@ def test_real_smartos_manifests_assemble(tmp_path: Path) -> None:
     """The three real manifests, resolved and archived against a proto area holding their files."""
     from pib.image.manifest import parse_file
 
-    real = sorted((Path(__file__).parent / "data" / "smartos-manifests").glob("*.manifest"))
+    real = sorted((Path(__file__).parent / "data" / "smartos-manifests").glob("smartos-live*.manifest"))
     proto = tmp_path / "proto"
     names: set[str] = set()
     have: set[str] = set()

@@ -24,11 +24,30 @@ from pib.image.manifest import (
 )
 
 REAL = Path(__file__).parent / "data" / "smartos-manifests"  # real SmartOS manifests, vendored
-REAL_FILES = sorted(REAL.glob("*.manifest"))
+REAL_FILES = sorted(REAL.glob("smartos-live*.manifest"))
 
 
 def test_real_manifests_are_present() -> None:
     assert len(REAL_FILES) == 3
+
+
+def test_smartos_duplicates_the_later_line_wins_where_the_first_stood() -> None:
+    text = "d etc 0755 root sys\nf etc/motd 0644 root sys\nd etc 0750 root bin\ns etc/motd=issue\n"
+    with pytest.raises(ManifestError) as info:
+        parse_text(text, "m")
+    assert str(info.value.where) == "m:3"
+    m = parse_text(text, "m", duplicates="smartos")
+    assert [e.to_line() for e in m.entries] == ["d etc 0750 root bin", "s etc/motd=issue"]
+    assert [str(e.where) for e in m.entries] == ["m:3", "m:4"]
+    assert len(m.warnings) == 2 and "m:3" in m.warnings[0] and "m:1" in m.warnings[0]
+    # Across files too: the later manifest's line wins, and identical lines warn about nothing.
+    other = parse_text("d etc 0755 root sys\nd etc/x 0755 root sys\n", "n", duplicates="smartos")
+    warnings: list[str] = []
+    out = union([m, other], "smartos", warnings)
+    assert [e.to_line() for e in out] == ["d etc 0755 root sys", "s etc/motd=issue", "d etc/x 0755 root sys"]
+    assert len(warnings) == 3 and "n:1" in warnings[2] and "m:3" in warnings[2]
+    with pytest.raises(ManifestError):
+        union([m, other])
 
 
 @pytest.mark.parametrize("path", REAL_FILES, ids=lambda p: p.name)

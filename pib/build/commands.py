@@ -218,6 +218,7 @@ def build(
                 _publish_cbe(ctx, report)
         if report.ok and image and cfg.image is not None and not names:
             report.image = _image(ctx, plans, report, force=opts.force)
+            report.warnings.extend(report.image.get("warnings") or ())
             if cfg.media is not None and cfg.media.make:
                 report.image["media"] = _media(cfg, report.image, force=opts.force)
         return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ def register(sub: Any) -> None:
     chk = msub.add_parser("check", help="validate manifests (default: every manifest of the workspace)",
                           parents=[common])
     chk.add_argument("files", nargs="*", type=Path, help="manifest files (SmartOS syntax)")
+    chk.add_argument("--duplicates", choices=("strict", "smartos"),
+                     help="two differing lines for one path: an error (strict), or the later wins with a warning "
+                          "(smartos); default: [image] duplicates, else strict")
     chk.set_defaults(func=_cmd_check)
     d = msub.add_parser("diff", help="what changed between two images (platform dirs or manifests)",
                         parents=[common])
@@ -73,17 +77,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from pib.image.resolve import load_manifests
     from pib.image.step import image_spec, proto_areas
 
+    warnings: list[str] = []
     if args.files:
-        manifests = check(args.files)
+        manifests = check(args.files, args.duplicates or "strict", warnings)
     else:
         cfg = load_config(args)
         spec = image_spec(cfg)
+        if args.duplicates:
+            spec = spec._replace(duplicates=args.duplicates)
         manifests = load_manifests(spec, proto_areas(cfg))
-        union(manifests)
+        union(manifests, spec.duplicates, warnings)
     entries = sum(len(m.entries) for m in manifests)
     if want_json(args):
-        emit_json({"ok": True, "manifests": [m.source for m in manifests], "entries": entries})
+        emit_json({"ok": True, "manifests": [m.source for m in manifests], "entries": entries, "warnings": warnings})
     else:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
         print(f"ok: {len(manifests)} manifest(s), {entries} entries")
     return 0
 

@@ -818,6 +818,7 @@ def _image(root: Path, top: _Section, components: set[str]) -> ImageSpec | None:
         max_size=im.size("max_size"),
         archive_command=im.strs("archive_command") or None,
         release_file=im.text("release_file", "etc/pib-release") or "etc/pib-release",
+        duplicates="smartos" if im.choice("duplicates", ("strict", "smartos"), "strict") == "smartos" else "strict",
         where=im.where(),
     )
     im.done()

@@ -199,6 +199,8 @@ class ImageSpec(NamedTuple):
     max_size: int | None = None  # bytes of the boot archive file as written
     archive_command: tuple[str, ...] | None = None  # {staged} {output} {manifest} {buildstamp}
     release_file: str = "etc/pib-release"
+    # Two differing manifest lines for one path: "strict" refuses, "smartos" keeps the later (with a warning).
+    duplicates: Literal["strict", "smartos"] = "strict"
     where: Location | None = None  # where the image settings were written (pib.toml)
 
 

@@ -7,7 +7,11 @@
     # comment
 
 pib is stricter than SmartOS's builder: every malformed line is an error
-naming file:line, and two lines for the same path must agree.
+naming file:line, and two lines for the same path must agree. With
+duplicates = "smartos" ([image] in pib.toml) pib applies SmartOS's own rule
+instead: its build pipes the concatenated manifests through tools/sorter,
+which keeps the last line given for a path (builder.c, given both, would
+also end with the last line's owner and mode); pib warns naming both lines.
 """
 
 from __future__ import annotations
@@ -16,10 +20,15 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pib.errors import Location, ManifestError
 
 MAX_MODE = 0o7777
+
+# How two differing lines for one path are taken: strict (an error) or smartos (the later line wins).
+Duplicates = Literal["strict", "smartos"]
+DUPLICATES: tuple[Duplicates, ...] = ("strict", "smartos")
 
 
 class Kind(enum.Enum):
@@ -58,6 +67,7 @@ class Manifest:
     source: str
     component: str
     entries: tuple[Entry, ...]
+    warnings: tuple[str, ...] = ()  # differing duplicates taken by the smartos rule
 
     def to_text(self) -> str:
         return "".join(e.to_line() + "\n" for e in self.entries)
@@ -133,43 +143,54 @@ def parse_line(line: str, where: Location, component: str = "") -> Entry | None:
 
 
 class _Merger:
-    """Adds entries path by path: identical duplicates merge, conflicting ones fail."""
+    """Adds entries path by path: identical duplicates merge; differing ones fail, or the later wins.
 
-    def __init__(self) -> None:
+    `by_path` keeps each path where it first appeared, holding the entry that won.
+    """
+
+    def __init__(self, duplicates: Duplicates = "strict") -> None:
         self.by_path: dict[str, Entry] = {}
+        self.duplicates = duplicates
+        self.warnings: list[str] = []
 
-    def add(self, entry: Entry) -> bool:
+    def add(self, entry: Entry) -> None:
         old = self.by_path.get(entry.path)
-        if old is None:
+        if old is None or old == entry:
+            self.by_path.setdefault(entry.path, entry)
+            return
+        if self.duplicates == "smartos":
+            self.warnings.append(
+                f"{entry.where}: {entry.path!r} is also given at {old.where}: {entry.to_line()!r} replaces "
+                f"{old.to_line()!r} (the later line wins, as in SmartOS's build)"
+            )
             self.by_path[entry.path] = entry
-            return True
-        if old == entry:
-            return False
+            return
         raise ManifestError(
             f"{entry.path!r} conflicts with {old.where}: {old.to_line()!r} vs {entry.to_line()!r}",
             where=entry.where,
-            hint="make both lines identical or remove one of them",
+            hint='make both lines identical or remove one of them (or, for a SmartOS tree, set [image] '
+                 'duplicates = "smartos" in pib.toml: the later line wins)',
         )
 
 
 def parse_text(text: str, source: str, component: str = "", *,
-               errors: list[ManifestError] | None = None) -> Manifest:
+               errors: list[ManifestError] | None = None, duplicates: Duplicates = "strict") -> Manifest:
     """Parse a manifest; with `errors`, every bad line is appended there and parsing goes on."""
-    merger = _Merger()
-    entries: list[Entry] = []
+    merger = _Merger(duplicates)
     for number, line in enumerate(text.splitlines(), 1):
         try:
             entry = parse_line(line, Location(source, number), component)
-            if entry is not None and merger.add(entry):
-                entries.append(entry)
+            if entry is not None:
+                merger.add(entry)
         except ManifestError as exc:
             if errors is None:
                 raise
             errors.append(exc)
-    return Manifest(source, component, tuple(entries))
+    return Manifest(source, component, tuple(merger.by_path.values()), tuple(merger.warnings))
 
 
-def parse_file(path: Path, component: str = "", *, errors: list[ManifestError] | None = None) -> Manifest:
+def parse_file(path: Path, component: str = "", *, errors: list[ManifestError] | None = None,
+               duplicates: Duplicates = "strict") -> Manifest:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -180,16 +201,22 @@ def parse_file(path: Path, component: str = "", *, errors: list[ManifestError] |
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ManifestError("manifest is not UTF-8", where=Location(str(path), line), hint="re-encode it as UTF-8") from exc
-    return parse_text(text, str(path), component, errors=errors)
+    return parse_text(text, str(path), component, errors=errors, duplicates=duplicates)
 
 
-def union(manifests: Iterable[Manifest]) -> tuple[Entry, ...]:
-    """The image's manifest: every entry once, first occurrence kept, conflicts are errors."""
-    merger = _Merger()
-    out: list[Entry] = []
+def union(manifests: Iterable[Manifest], duplicates: Duplicates = "strict",
+          warnings: list[str] | None = None) -> tuple[Entry, ...]:
+    """The image's manifest: every entry once, where it first appeared; differing duplicates follow
+    `duplicates`. The smartos rule's warnings (each file's own, then across files) go to `warnings`."""
+    merger = _Merger(duplicates)
     for manifest in manifests:
-        out.extend(e for e in manifest.entries if merger.add(e))
-    return tuple(out)
+        if warnings is not None:
+            warnings.extend(manifest.warnings)
+        for e in manifest.entries:
+            merger.add(e)
+    if warnings is not None:
+        warnings.extend(merger.warnings)
+    return tuple(merger.by_path.values())
 
 
 # --- image manifests (boot_archive.manifest) and diffs ---------------------------------
@@ -325,13 +352,14 @@ def format_diff(changes: Sequence[Change]) -> str:
 
 
 
-def check(paths: Sequence[Path]) -> tuple[Manifest, ...]:
+def check(paths: Sequence[Path], duplicates: Duplicates = "strict",
+          warnings: list[str] | None = None) -> tuple[Manifest, ...]:
     """`pib manifest check`: parse each manifest, then their union (conflicts across files).
 
     Every bad line of every file is reported at once: the first names the error, the detail lists them all.
     """
     errors: list[ManifestError] = []
-    manifests = tuple(parse_file(p, errors=errors) for p in paths)
+    manifests = tuple(parse_file(p, errors=errors, duplicates=duplicates) for p in paths)
     if errors:
         first = errors[0]
         raise ManifestError(
@@ -340,5 +368,5 @@ def check(paths: Sequence[Path]) -> tuple[Manifest, ...]:
             hint=first.hint,
             detail="\n".join(f"{e.where}: {e.message}" for e in errors),
         )
-    union(manifests)
+    union(manifests, duplicates, warnings)
     return manifests

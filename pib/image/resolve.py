@@ -90,7 +90,7 @@ def search_path(spec: ImageSpec, areas: Sequence[ProtoArea]) -> tuple[tuple[str,
 
 def load_manifests(spec: ImageSpec, areas: Sequence[ProtoArea]) -> tuple[Manifest, ...]:
     sources = [(o.name, o.manifest) for o in spec.overlays] + [(a.name, a.manifest) for a in areas]
-    return tuple(parse_file(path, name) for name, path in sources if path is not None)
+    return tuple(parse_file(path, name, duplicates=spec.duplicates) for name, path in sources if path is not None)
 
 
 def release_text(buildstamp: str, component_keys: Mapping[str, str]) -> bytes:
@@ -173,7 +173,8 @@ def resolve(
     strict=False returns the problems in the Resolution instead of raising (for reports).
     """
     manifests = load_manifests(spec, areas)
-    entries = list(union(manifests))
+    warnings: list[str] = []
+    entries = list(union(manifests, spec.duplicates, warnings))
     problems: list[Problem] = []
     release: Entry | None = None
     if spec.release_file:
@@ -188,7 +189,6 @@ def resolve(
             entries.append(release)
     by_path = {e.path: e for e in entries}
     search = search_path(spec, areas)
-    warnings: list[str] = []
     found: dict[str, tuple[str, str, int]] = {}
     # One listing per (area, directory) instead of a failed stat per area per file.
     roots = [(name, os.fspath(root)) for name, root in search]
