@@ -51,7 +51,7 @@ def test_live_view_on_a_terminal(tmp_path: Path) -> None:
     _, status = os.waitpid(pid, 0)
     text = out.decode("utf-8", "replace")
     assert os.waitstatus_to_exitcode(status) == 0, text
-    assert "\x1b[2K" in text  # lines redrawn in place
+    assert "\x1b[1F\x1b[J" in text  # lines redrawn in place
     assert "building" in text and "built" in text
     assert "1 built in" in text
 

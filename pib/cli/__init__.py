@@ -125,7 +125,7 @@ def _cmd_configure(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     from pib.build import commands
     from pib.build.runner import BuildOptions, State
-    from pib.cli.ui import Progress, summary
+    from pib.cli.ui import Progress, summary, terminal_size
     from pib.config.loader import topo_order
     from pib.errors import PibError
 
@@ -174,7 +174,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     else:
         for w in report.warnings:
             print(f"warning: {w}", file=sys.stderr)
-        print(summary(report))
+        print(summary(report, terminal_size(sys.stdout)[0] if sys.stdout.isatty() else None))
         if report.image:
             print(f"image: {report.image.get('dir')} ({report.image.get('action', 'built')})")
             for kind, m in (report.image.get("media") or {}).items():

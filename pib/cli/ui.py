@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -16,6 +18,40 @@ _SYMBOL = {
     State.SKIPPED: "-",
 }
 _ACTIVE = {State.BUILDING, State.RESTORING, State.PUBLISHING}
+_ATTENTION = _ACTIVE | {State.FAILED, State.STOPPED}  # shown first when not every line fits
+
+
+def _cells(ch: str) -> int:
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def fit(text: str, width: int) -> str:
+    """`text` in at most `width` terminal cells: control characters become spaces, a cut ends in '…'.
+
+    A line wider than the terminal wraps, and the live view's cursor movements then miss.
+    """
+    clean = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
+    if sum(_cells(ch) for ch in clean) <= width:
+        return clean
+    out, used = [], 0
+    for ch in clean:
+        n = _cells(ch)
+        if used + n > width - 1:
+            break
+        out.append(ch)
+        used += n
+    return "".join(out) + "…" if width > 0 else ""
+
+
+def terminal_size(stream: TextIO) -> tuple[int, int]:
+    """Columns and rows of the terminal `stream` writes to (80x24 when it cannot tell)."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return 80, 24
+    return size.columns or 80, size.lines or 24
 
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
@@ -98,9 +134,28 @@ class Progress:
 
     def _draw(self) -> None:
         now = time.monotonic()
-        width = max((len(n) for n in self.names), default=8)
+        cols, rows = terminal_size(self.stream)
+        # The last column stays empty: writing there leaves some terminals waiting to wrap.
+        avail = max(cols - 1, 10)
+        names = self.names
+        more = ""
+        if len(names) > max(rows - 1, 2):
+            # Lines that scrolled off the top cannot be redrawn: show what needs attention, then a count.
+            room = max(rows - 2, 1)
+            first = [n for n in names if self.state[n] in _ATTENTION][:room]
+            rest = [n for n in names if n not in first]
+            shown = set(first + rest[: room - len(first)])
+            hidden = [n for n in names if n not in shown]
+            names = [n for n in names if n in shown]
+            counts: dict[str, int] = {}
+            for n in hidden:
+                counts[self.state[n]] = counts.get(self.state[n], 0) + 1
+            more = f" … {len(hidden)} more: " + ", ".join(f"{c} {st}" for st, c in counts.items())
+        # Names get what the fixed columns leave, keeping room for some detail on a wide terminal.
+        longest = max((len(n) for n in self.names), default=8)
+        width = min(longest, max(8, avail - 26 - 20))
         lines = []
-        for n in self.names:
+        for n in names:
             st = self.state[n]
             if st in _ACTIVE:
                 t = seconds(now - self.started.get(n, now))
@@ -108,25 +163,37 @@ class Progress:
                 t = seconds(self.finished[n])
             else:
                 t = ""
-            detail = self.detail.get(n, "").splitlines()[0][:60] if self.detail.get(n) else ""
-            lines.append(f" {_SYMBOL.get(st, '?')} {n.ljust(width)}  {st:<11} {t:>7}  {detail}".rstrip())
-        out = ""
-        if self._drawn:
-            out += f"\x1b[{self._drawn}F"
-        out += "".join(f"\x1b[2K{line}\n" for line in lines)
+            detail = self.detail.get(n, "").strip().split("\n", 1)[0]
+            line = f" {_SYMBOL.get(st, '?')} {fit(n, width).ljust(width)}  {st:<11} {t:>7}  {detail}"
+            lines.append(fit(line.rstrip(), avail))
+        if more:
+            lines.append(fit(more, avail))
+        out = f"\x1b[{self._drawn}F" if self._drawn else ""
+        # Erase below: the view may have fewer lines than last time.
+        out += "\x1b[J" + "".join(f"{line}\n" for line in lines)
         self.stream.write(out)
         self.stream.flush()
         self._drawn = len(lines)
 
 
-def summary(report: BuildReport) -> str:
+def summary(report: BuildReport, width: int | None = None) -> str:
+    """The table of outcomes; with `width` (a terminal's columns) no line is wider than the terminal."""
     rows = []
     for o in report.outcomes:
         extra = (o.store and f"from {o.store}") or (", ".join(f"published to {s}" for s in o.published))
         if o.action in NOT_DONE and o.detail:
-            extra = o.detail.splitlines()[0]
-        rows.append([o.component, o.action, seconds(o.seconds) if o.seconds else "-", o.key[:12] + ("+dirty" if o.dirty else ""), extra])
-    text = table(rows, ["component", "action", "time", "key", "note"])
+            extra = o.detail.strip().split("\n", 1)[0]
+        name = o.component if width is None else fit(o.component, max(12, width // 3))
+        rows.append([name, o.action, seconds(o.seconds) if o.seconds else "-", o.key[:12] + ("+dirty" if o.dirty else ""), extra])
+    header = ["component", "action", "time", "key", "note"]
+    if width is not None:
+        # The note takes what the other columns leave; a terminal too narrow even for those cuts lines.
+        fixed = sum(max(len(r[i]) for r in [header, *rows]) + 2 for i in range(4))
+        for r in rows:
+            r[4] = fit(r[4], max(width - 1 - fixed, 4))
+    text = table(rows, header)
+    if width is not None:
+        text = "\n".join(fit(line, max(width - 1, 10)) for line in text.split("\n"))
     counts: dict[str, int] = {}
     for o in report.outcomes:
         counts[o.action] = counts.get(o.action, 0) + 1
