@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
+from pib.artifacts.metadata import sign
+from pib.artifacts.signing import load_signer
 from pib.build.output import output_digest
+from pib.store import META_SUFFIX
 from tests.gitutil import commit, make_repo, pib, write
+from tests.services.nginx import Nginx
 
 LIB_BUILD = """\
 #!/bin/sh
@@ -119,3 +124,89 @@ def test_a_non_reproducible_dependency_is_reported(tmp_path: Path) -> None:
     assert _actions(data) == {"lib": "built"}
     # Its dependent follows the new output: built again, never silently kept.
     assert _actions(_build(ws)) == {"lib": "up-to-date", "core": "built"}
+
+
+# ---------------------------------------------------------------- equivalences shared through a store
+
+STORE_TOML = """\
+[platform]
+min_version = "1"
+[components.lib]
+source = "../repos/lib"
+build = ["./build.sh"]
+prebuilt = true
+[components.core]
+source = "../repos/core"
+build = ["./build.sh"]
+depends = ["lib"]
+prebuilt = true
+[local_store]
+path = "../store-{name}"
+[[store]]
+name = "ci"
+type = "http"
+url = "{url}"
+timeout = 5
+retries = 1
+[trust]
+public_keys = ["{pub}"]
+signing_key_env = "CI_SIGNING_KEY"
+"""
+
+
+def _machines(tmp_path: Path, url: str) -> tuple[Path, Path, dict[str, str], dict[str, str]]:
+    """Workspace a publishes as CI; workspace b (own local store, no state) only restores."""
+    make_repo(tmp_path / "repos" / "lib", {"build.sh": LIB_BUILD})
+    make_repo(tmp_path / "repos" / "core", {"build.sh": CORE_BUILD, "manifest": MANIFEST})
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    assert pib(tmp_path, "keygen", str(keys / "ci.key"), env=env).returncode == 0
+    out = []
+    for name in ("a", "b"):
+        ws = tmp_path / name
+        ws.mkdir()
+        (ws / "pib.toml").write_text(STORE_TOML.format(name=name, url=url, pub=keys / "ci.key.pub"))
+        assert pib(ws, "configure", env=env).returncode == 0
+        out.append(ws)
+    r = pib(out[0], "ci", "--json", env={**env, "CI": "true", "CI_SIGNING_KEY": str(keys / "ci.key")})
+    assert r.returncode == 0, r.stderr
+    published = {c["component"]: c for c in json.loads(r.stdout)["components"]}
+    assert {n: c["published"] for n, c in published.items()} == {"lib": ["ci"], "core": ["ci"]}
+    return out[0], out[1], env, {n: c["key"] for n, c in published.items()}
+
+
+def test_an_empty_machine_keys_dependents_through_signed_equivalences(tmp_path: Path, nginx: Nginx) -> None:
+    _a, b, env, keys = _machines(tmp_path, f"{nginx.url}/cutoff-{uuid.uuid4().hex[:8]}")
+
+    # Before anything is restored, b knows core's key through lib's signed equivalence.
+    ex = json.loads(pib(b, "explain", "core", "--json", env=env).stdout)
+    assert ex["key"] == keys["core"] and ex["depends"] == {"lib": "equivalence from store ci"}
+    assert not (b / "proto.lib").exists()
+
+    r = pib(b, "build", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    got = {c["component"]: c for c in json.loads(r.stdout)["components"]}
+    assert {n: (c["action"], c["key"]) for n, c in got.items()} == {
+        "lib": ("restored", keys["lib"]), "core": ("restored", keys["core"])}
+    assert got["lib"]["output"] == output_digest(b / "proto.lib")
+
+
+def test_an_equivalence_the_artifact_does_not_match_is_refused(tmp_path: Path, nginx: Nginx) -> None:
+    prefix = f"cutoff-{uuid.uuid4().hex[:8]}"
+    _a, b, env, keys = _machines(tmp_path, f"{nginx.url}/{prefix}")
+    # lib's metadata, validly signed by the CI key, claims another output than its archive holds.
+    [meta] = list((nginx.root / prefix).rglob(f"{keys['lib']}{META_SUFFIX}"))
+    doc = json.loads(meta.read_bytes())
+    del doc["signature"]
+    doc["output_digest"] = "o1:" + "0" * 64
+    meta.write_bytes(sign(doc, load_signer(tmp_path / "keys" / "ci.key")))
+
+    r = pib(b, "build", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    got = {c["component"]: c for c in data["components"]}
+    # lib is built here instead; core is keyed by what lib really holds, so the published core still fits.
+    assert got["lib"]["action"] == "built" and got["core"]["action"] == "restored"
+    assert got["core"]["key"] == keys["core"]
+    assert any("verify" in w and "lib" in w for w in data["warnings"]), data["warnings"]
