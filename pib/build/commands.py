@@ -9,7 +9,7 @@ then make the image from the keys just planned (pib.image.step).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pib.build import state
@@ -19,7 +19,7 @@ from pib.build.env import build_env
 from pib.build.plan import Plan, plan
 from pib.build.runner import Artifacts, Builder, BuildOptions, BuildReport, Event, State, sweep
 from pib.config.loader import topo_order
-from pib.config.types import Config, Pinned
+from pib.config.types import ComponentConfig, Config, Pinned
 from pib.errors import PibError, Reason
 from pib.flock import FileLock
 from pib.fsutil import discard_tree, remove_stale, remove_tree
@@ -109,6 +109,11 @@ class ComponentStatus(NamedTuple):
     last_action: str | None
     prebuilt: bool
     next: str = ""  # what a build would do: "" (nothing), "build", "restore from local", "build or restore"
+    depends: Mapping[str, str] = {}  # dependency -> how its output digest is known (pib.build.plan)
+
+    @property
+    def pending(self) -> bool:
+        return not self.key
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,26 +127,30 @@ class ComponentStatus(NamedTuple):
             "last_action": self.last_action,
             "prebuilt": self.prebuilt,
             "next": self.next,
+            "key_pending": self.pending,
+            "depends": dict(self.depends),
         }
 
 
 def status(cfg: Config, names: Sequence[str] | None = None) -> list[ComponentStatus]:
     _require_checkouts(cfg, names)
     benv = build_env(cfg, install=False)
-    plans = plan(cfg, names, benv)
+    from pib.build.prebuilt import lookup_without_building
+
+    plans = plan(cfg, names, benv, lookup=lookup_without_building(cfg, remotes=False))
     local = _local_hits(cfg, plans)
     out: list[ComponentStatus] = []
     for p in plans:
         out.append(ComponentStatus(
             p.comp.name, p.up_to_date, p.reasons, p.key, p.source.dirty, p.source.branch, p.source.head,
-            p.record.action if p.record else None, p.comp.prebuilt, _next(cfg, p, local),
+            p.record.action if p.record else None, p.comp.prebuilt, _next(cfg, p, local), dict(p.via),
         ))
     return out
 
 
 def _local_hits(cfg: Config, plans: Sequence[Plan]) -> set[tuple[str, str]]:
     """Which stale prebuilt components the machine's local store holds (no network: a status stays cheap)."""
-    wanted = [(p.comp.name, p.key) for p in plans if p.comp.prebuilt and not p.up_to_date]
+    wanted = [(p.comp.name, p.key) for p in plans if p.comp.prebuilt and not p.up_to_date and p.key]
     if not wanted:
         return set()
     from pib.artifacts.policy import local_store
@@ -202,10 +211,22 @@ def build(
         _sweep_leftovers(cfg)
         _require_checkouts(cfg, names)
         ctx = BuildContext(cfg, build_env(cfg, install=False), floor)
-        plans = plan(cfg, names, ctx.benv)
+        opened: list[Artifacts | None] = []
+
+        def stores() -> Artifacts | None:
+            if not opened:
+                opened.append(_artifacts(ctx, offline=offline, require_prebuilt=opts.require_prebuilt))
+            return opened[0]
+
+        def lookup(comp: ComponentConfig, key: str) -> tuple[str, str] | None:
+            # Asked only for a stale prebuilt dependency, which opens the stores anyway.
+            found = stores()
+            return found.equivalence(comp, key) if found is not None else None
+
+        plans = plan(cfg, names, ctx.benv, lookup=lookup)
         # The stores are opened only when something may be restored or published.
         needed = opts.publish or any(p.comp.prebuilt and (opts.forces(p.comp.name) or not p.up_to_date) for p in plans)
-        artifacts = _artifacts(ctx, offline=offline, require_prebuilt=opts.require_prebuilt) if needed else None
+        artifacts = stores() if needed or opened else None
         report = Builder(ctx, opts, artifacts=artifacts, sources=_sources(ctx, plans, opts, offline=offline),
                          on_event=on_event).run(plans)
         if floor.overridden:
@@ -357,8 +378,9 @@ def _image(ctx: BuildContext, plans: list[Plan], report: BuildReport, *, force: 
     """The image of the keys just planned, with what this build did for build.json."""
     from pib.image.step import make_image
 
-    image, made = make_image(ctx.cfg, {p.comp.name: p.key for p in plans}, lambda: _build_info(ctx, plans, report),
-                             force=force)
+    done = {o.component: o for o in report.outcomes}
+    image, made = make_image(ctx.cfg, {n: o.key for n, o in done.items()}, lambda: _build_info(ctx, plans, report),
+                             outputs={n: o.output or "" for n, o in done.items()}, force=force)
     return {**image, "action": State.BUILT if made else State.UP_TO_DATE}
 
 
@@ -393,7 +415,8 @@ def _build_info(ctx: BuildContext, plans: list[Plan], report: BuildReport) -> di
         "components": [
             {
                 "name": p.comp.name,
-                "key": p.key,
+                "key": by_name[p.comp.name].key if p.comp.name in by_name else p.key,
+                "output": by_name[p.comp.name].output if p.comp.name in by_name else None,
                 "action": by_name[p.comp.name].action if p.comp.name in by_name else State.UP_TO_DATE,
                 "seconds": round(by_name[p.comp.name].seconds, 3) if p.comp.name in by_name else 0.0,
                 "dirty": p.source.dirty,
@@ -471,10 +494,15 @@ def explain(cfg: Config, name: str) -> dict[str, Any]:
 
     _require_checkouts(cfg, [name])
     benv = build_env(cfg, install=False)
-    p = next(x for x in plan(cfg, [name], benv) if x.comp.name == name)
+    from pib.build.prebuilt import lookup_without_building
+
+    p = next(x for x in plan(cfg, [name], benv, lookup=lookup_without_building(cfg, remotes=True))
+             if x.comp.name == name)
     out: dict[str, Any] = {
         "component": name,
         "key": p.key,
+        "key_pending": not p.key,
+        "depends": dict(p.via),
         "document": p.doc,
         "up_to_date": p.up_to_date,
         "reasons": list(p.reasons),
@@ -522,7 +550,7 @@ class Published(NamedTuple):
 def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = False, ci: bool = False) -> list[Published]:
     """Upload signed artifacts of up-to-date, clean prebuilt components (all of them, or those named)."""
     from pib.artifacts.policy import check_publish_policy, remote_stores
-    from pib.build.prebuilt import publish_one
+    from pib.build.prebuilt import publish_one, recorded_output
     from pib.run import Log
 
     floor = check_floor(cfg.platform)
@@ -555,6 +583,7 @@ def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = F
             for n in chosen:
                 p = plans[n]
                 warnings: list[str] = []
-                stores = publish_one(ctx, p, p.comp.proto, log, remotes, warn=warnings.append)
+                stores = publish_one(ctx, p, p.comp.proto, log, remotes,
+                                     recorded_output(cfg.workspace.state_dir, p), warn=warnings.append)
                 out.append(Published(n, p.key, stores, tuple(warnings)))
         return out

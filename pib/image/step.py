@@ -62,10 +62,11 @@ def build_image(cfg: Config, keys: Mapping[str, str], info: Mapping[str, Any] | 
         )
 
 
-def image_inputs(cfg: Config, keys: Mapping[str, str]) -> str:
+def image_inputs(cfg: Config, outputs: Mapping[str, str]) -> str:
     """A digest of everything the image is made from, to skip remaking an unchanged image.
 
-    Overlays are fingerprinted by path, mode, size and mtime: any edit shows.
+    Components count by the output digests of their proto areas (a component rebuilt into the same
+    bytes keeps the image); overlays by path, mode, size and mtime: any edit shows.
     """
     import pib
     from pib import keys as keymod
@@ -86,7 +87,7 @@ def image_inputs(cfg: Config, keys: Mapping[str, str]) -> str:
             entries.append((str(o.manifest), st.st_mode, st.st_size, st.st_mtime_ns))
         overlays[str(o.path)] = entries
     doc = {
-        "components": dict(keys),
+        "components": dict(outputs),
         "image": repr(im),
         "overlays": overlays,
         "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
@@ -110,15 +111,16 @@ def _record_image(cfg: Config, inputs: str, image: dict[str, Any]) -> None:
 
 
 def make_image(cfg: Config, keys: Mapping[str, str], info: Callable[[], Mapping[str, Any]], *,
-               force: bool = False) -> tuple[dict[str, Any], bool]:
-    """The image step of `pib build`: the image of the components as built under `keys`.
+               outputs: Mapping[str, str], force: bool = False) -> tuple[dict[str, Any], bool]:
+    """The image step of `pib build`: the image of the components as built under `keys`, whose proto
+    areas have the output digests `outputs`.
 
     `info` gives what build.json records about the build; it is asked for
     only when an image is made. When no input of the image changed since the
     last one and it is still there, it is not made again (a no-op build stays
     a no-op). Returns the image's facts and whether it was made now.
     """
-    inputs = image_inputs(cfg, keys)
+    inputs = image_inputs(cfg, outputs)
     last = _last_image(cfg)
     if (not force and last is not None and last.get("inputs") == inputs
             and Path(last["image"]["boot_archive"]).is_file()):
