@@ -344,10 +344,12 @@ def _artifacts(ctx: BuildContext, *, offline: bool, require_prebuilt: bool = Fal
 
 def _image(ctx: BuildContext, plans: list[Plan], report: BuildReport, *, force: bool) -> dict[str, Any]:
     """The image of the keys just planned, with what this build did for build.json."""
+    from pib.build.trace import Built, image_trace
     from pib.image.step import make_image
 
+    built = [Built(p.comp, p.key, p.source.tree, p.source.head, p.source.dirty) for p in plans]
     image, made = make_image(ctx.cfg, {p.comp.name: p.key for p in plans}, lambda: _build_info(ctx, plans, report),
-                             force=force)
+                             force=force, trace=lambda: image_trace(ctx.cfg, built, str(ctx.floor.host), ctx.benv.key))
     return {**image, "action": State.BUILT if made else State.UP_TO_DATE}
 
 

@@ -422,7 +422,7 @@ class Builder:
         state.save(self.cfg.workspace.state_dir, state.Record(
             component=p.comp.name, key=p.key, doc=p.doc, action=action, finished=state.now(),
             seconds=time.monotonic() - start, proto=state.ProtoFingerprint.of(p.comp.proto),
-            dirty=p.source.dirty, store=store, files=state.scan(p.comp.proto),
+            dirty=p.source.dirty, store=store, files=state.scan(p.comp.proto), head=p.source.head,
         ))
 
 

@@ -66,6 +66,7 @@ class Record(NamedTuple):
     dirty: bool = False
     store: str | None = None
     files: Files | None = None  # None in records written before pib recorded the files
+    head: str | None = None  # the commit built (None: unknown, in records written before pib kept it)
 
     def proto_changes(self, proto: Path) -> list[str] | None:
         """Paths that differ from what the proto area held when recorded ([]: intact, None: missing)."""

@@ -23,6 +23,7 @@ _EXTENSIONS = {
     "pib.cli.image": ("image", "manifest"),
     "pib.cli.boot": ("boot",),
     "pib.cli.fetch": ("fetch",),
+    "pib.cli.verify": ("verify", "rebuild"),
 }
 _CORE = ("config", "configure", "build", "live", "ci", "publish", "status", "explain", "clobber")
 

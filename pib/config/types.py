@@ -122,6 +122,7 @@ class ComponentConfig(NamedTuple):
     prebuilt: bool
     where: Location
     sources: tuple[Pinned, ...] = ()  # declared downloads, fetched before the build
+    license: str | None = None  # an SPDX license expression, for the SBOM
 
 
 # Artifact stores: the machine's local store ([local_store]) and each [[store]].
