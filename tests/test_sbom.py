@@ -211,3 +211,53 @@ def test_bad_license_expression_names_the_line(tmp_path: Path) -> None:
         assert r.returncode == 3, bad
         err = json.loads(r.stdout)["error"]
         assert err["reason"] == "config" and "pib.toml:4" in r.stderr, (bad, r.stderr)
+
+
+GOOD = """\
+#!/bin/sh
+set -e
+mkdir -p "$DESTDIR/bin"
+printf 'built at %s\\n' "$SOURCE_DATE_EPOCH" > "$DESTDIR/bin/stamp"
+ln -s stamp "$DESTDIR/bin/link"
+"""
+BAD = """\
+#!/bin/sh
+set -e
+mkdir -p "$DESTDIR/bin"
+echo same > "$DESTDIR/bin/a"
+date +%s%N > "$DESTDIR/bin/when"
+"""
+
+
+@pytest.mark.parametrize("prebuilt", [False, True])
+def test_rebuild_check(tmp_path: Path, prebuilt: bool) -> None:
+    make_repo(tmp_path / "repos" / "good", {"build.sh": GOOD})
+    make_repo(tmp_path / "repos" / "bad", {"build.sh": BAD})
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "pib.toml").write_text(f"""\
+[platform]
+min_version = "1"
+[components.good]
+source = "../repos/good"
+build = ["./build.sh"]
+prebuilt = {str(prebuilt).lower()}
+[components.bad]
+source = "../repos/bad"
+build = ["./build.sh"]
+prebuilt = {str(prebuilt).lower()}
+""")
+    assert pib(ws, "configure").returncode == 0
+    assert pib(ws, "rebuild", "--check", "good", "--json").returncode != 0  # nothing built yet
+    r = pib(ws, "build", "--json")
+    assert r.returncode == 0, r.stderr
+    r = pib(ws, "rebuild", "--check", "good", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["identical"] and rep["files"] == 3
+    assert rep["compared_with"] == ("store local" if prebuilt else "proto area")
+    r = pib(ws, "rebuild", "--check", "bad", "--json")
+    assert r.returncode == 12, r.stderr
+    assert json.loads(r.stdout)["differences"] == [{"path": "bin/when", "what": "content differs"}]
+    # Nothing of the check is left beside the proto areas, and the proto area is the build's.
+    assert sorted(p.name for p in ws.iterdir() if "proto" in p.name) == ["proto.bad", "proto.good"]

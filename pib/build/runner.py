@@ -24,7 +24,7 @@ from pib.build.plan import Plan
 from pib.config.types import ComponentConfig
 from pib.errors import PibError, Reason
 from pib.fsutil import aside, remove_tree, replace_dir, symlink_atomic
-from pib.run import Cancelled, Log, run
+from pib.run import Cancelled, Log, Result, run
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -379,11 +379,27 @@ class Builder:
                                hint="publish one from CI, or build without --require-prebuilt")
         self._emit(c.name, State.BUILDING, start, note)
         new = proto_tmp(c.proto)
-        remove_tree(new)
+        res = self.build_into(p, new, log, start)
+        replace_dir(new, c.proto)
+        published: tuple[str, ...] = ()
+        if c.prebuilt and self.artifacts is not None:
+            self.artifacts.keep(p, c.proto, log)
+            if self.opts.publish:
+                self._emit(c.name, State.PUBLISHING, start)
+                published = self.artifacts.publish(p, c.proto, log)
+        self._finish(p, State.BUILT, start)
+        self._emit(c.name, State.BUILT, start, note)
+        return Outcome(c.name, State.BUILT, time.monotonic() - start, p.key, p.source.dirty, str(log.path),
+                       detail=note, published=published, command_seconds=res.seconds)
+
+    def build_into(self, p: Plan, dest: Path, log: Log, start: float) -> Result:
+        """Run the build of `p` into a fresh directory `dest` (the next proto area, or a scratch one)."""
+        c = p.comp
+        remove_tree(dest)
         try:
-            new.mkdir(parents=True)
+            dest.mkdir(parents=True)
         except OSError as exc:
-            raise PibError(f"cannot create {new}: {exc.strerror or exc}", reason=Reason.BUILD,
+            raise PibError(f"cannot create {dest}: {exc.strerror or exc}", reason=Reason.BUILD,
                            hint="free space (or fix permissions) where the proto area lives") from exc
         staged = None
         if c.sources:
@@ -391,7 +407,7 @@ class Builder:
                 raise PibError(f"{c.name} declares sources but this build fetches none", reason=Reason.INTERNAL)
             self._emit(c.name, State.BUILDING, start, "fetching sources")
             staged = self.sources.stage(c.name, c.sources, log)
-        env = component_env(self.cfg, p, self.ctx.benv, new, sources_dir=staged)
+        env = component_env(self.cfg, p, self.ctx.benv, dest, sources_dir=staged)
         res = run(list(c.build), cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
                   what=f"build of {c.name}")
         # The key names the content the build was planned for; if that is not what it read, nothing is kept.
@@ -406,17 +422,7 @@ class Builder:
                 hint="put build products in .gitignore, and do not change a checkout while it builds; "
                      "then build again",
             )
-        replace_dir(new, c.proto)
-        published: tuple[str, ...] = ()
-        if c.prebuilt and self.artifacts is not None:
-            self.artifacts.keep(p, c.proto, log)
-            if self.opts.publish:
-                self._emit(c.name, State.PUBLISHING, start)
-                published = self.artifacts.publish(p, c.proto, log)
-        self._finish(p, State.BUILT, start)
-        self._emit(c.name, State.BUILT, start, note)
-        return Outcome(c.name, State.BUILT, time.monotonic() - start, p.key, p.source.dirty, str(log.path),
-                       detail=note, published=published, command_seconds=res.seconds)
+        return res
 
     def _finish(self, p: Plan, action: State, start: float, store: str | None = None) -> None:
         state.save(self.cfg.workspace.state_dir, state.Record(

@@ -21,6 +21,15 @@ def register(sub: Any) -> None:
                    help="also trust this public key (file or pib-ed25519:... text); repeatable")
     v.set_defaults(func=_cmd_verify)
 
+    r = sub.add_parser("rebuild", help="build a component again and compare it with what its key made",
+                       parents=[common])
+    r.add_argument("component")
+    r.add_argument("--check", action="store_true", required=True,
+                   help="compare byte for byte with the stored artifact of the same key (or the proto area)")
+    r.add_argument("--offline", action="store_true", help="the local store only")
+    r.add_argument("--wait", action="store_true", help="wait for a build of this workspace to end")
+    r.set_defaults(func=_cmd_rebuild)
+
 
 def _trusted(args: argparse.Namespace) -> list[Any]:
     """[trust] public_keys and the machine key, as for artifacts; outside a workspace, the machine key."""
@@ -57,3 +66,23 @@ def _cmd_verify(args: argparse.Namespace) -> int:
               f"sha256 {f.sha256}")
         print(f"  built by {f.builder}")
     return 0
+
+
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    from pib.build.commands import rebuild_check
+    from pib.cli.common import emit_json, load_config, want_json
+    from pib.errors import EXIT_CODES, Reason
+
+    rep = rebuild_check(load_config(args), args.component, wait_for_lock=args.wait, offline=args.offline)
+    code = 0 if rep.identical else EXIT_CODES[Reason.VERIFY]
+    if want_json(args):
+        emit_json(rep.to_json())
+        return code
+    if rep.identical:
+        print(f"{rep.component} {rep.key[:12]}: reproducible ({rep.files} entries identical to the {rep.compared_with})")
+        return 0
+    print(f"{rep.component} {rep.key[:12]}: NOT reproducible: {len(rep.differences)} of {rep.files} entries differ "
+          f"from the {rep.compared_with}")
+    for path, what in rep.differences[:10]:
+        print(f"  {path}: {what}")
+    return code
