@@ -376,11 +376,14 @@ def _artifacts(ctx: BuildContext, *, offline: bool, require_prebuilt: bool = Fal
 
 def _image(ctx: BuildContext, plans: list[Plan], report: BuildReport, *, force: bool) -> dict[str, Any]:
     """The image of the keys just planned, with what this build did for build.json."""
+    from pib.build.trace import Built, image_trace
     from pib.image.step import make_image
 
     done = {o.component: o for o in report.outcomes}
+    built = [Built(p.comp, p.key, p.source.tree, p.source.head, p.source.dirty) for p in plans]
     image, made = make_image(ctx.cfg, {n: o.key for n, o in done.items()}, lambda: _build_info(ctx, plans, report),
-                             outputs={n: o.output or "" for n, o in done.items()}, force=force)
+                             outputs={n: o.output or "" for n, o in done.items()}, force=force,
+                             trace=lambda: image_trace(ctx.cfg, built, str(ctx.floor.host), ctx.benv.key))
     return {**image, "action": State.BUILT if made else State.UP_TO_DATE}
 
 
@@ -587,3 +590,75 @@ def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = F
                                      recorded_output(cfg.workspace.state_dir, p), warn=warnings.append)
                 out.append(Published(n, p.key, stores, tuple(warnings)))
         return out
+
+
+# --------------------------------------------------------------------------
+# rebuild --check
+
+
+class RebuildCheck(NamedTuple):
+    component: str
+    key: str
+    compared_with: str  # "store NAME" or "proto area"
+    differences: tuple[tuple[str, str], ...]  # (path, what differs), in path order; empty: identical
+    files: int
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+    def to_json(self) -> dict[str, Any]:
+        return {"component": self.component, "key": self.key, "compared_with": self.compared_with,
+                "identical": self.identical, "files": self.files,
+                "differences": [{"path": p, "what": w} for p, w in self.differences]}
+
+
+def rebuild_check(cfg: Config, name: str, *, wait_for_lock: bool = False, offline: bool = False) -> RebuildCheck:
+    """Build `name` again into a scratch proto area and compare it, byte for byte, with what its key made:
+    the stored artifact of that key (local store, then the remotes), else the proto area the last build of
+    that key left."""
+    from pib.artifacts import policy, transfer
+    from pib.build.runner import proto_tmp
+    from pib.fsutil import tree_differences, tree_entries
+    from pib.run import Log
+
+    comp = cfg.component(name)
+    floor = check_floor(cfg.platform, allow_old=True)
+    with workspace_lock(cfg) as lock:
+        lock.acquire(wait=wait_for_lock)
+        _require_checkouts(cfg, [name])
+        ctx = BuildContext(cfg, build_env(cfg, install=False), floor)
+        plans = plan(cfg, [name], ctx.benv)
+        stale = [p.comp.name for p in plans if p.comp.name != name and not p.up_to_date]
+        if stale:
+            raise PibError(f"dependencies of {name} are not built for their current inputs: {', '.join(stale)}",
+                           reason=Reason.BUILD, hint=f"run pib build {' '.join(stale)} first")
+        p = next(x for x in plans if x.comp.name == name)
+        ref = comp.proto.with_name(f".{comp.proto.name}.check-ref")
+        scratch = proto_tmp(comp.proto)
+        sweep(comp)
+        remove_tree(ref)
+        try:
+            with Log(cfg.workspace.log_dir / f"{name}.rebuild-check.log") as log:
+                stores = [] if offline else policy.remote_stores(cfg)
+                keys = [*policy.trusted_keys(cfg, machine=False), policy.machine_signer()[1]]
+                got = transfer.restore(name, p.key, stores, keys, ref, log, local_store=policy.local_store(cfg))
+                if got.hit:
+                    reference, against = ref, f"store {got.store}"
+                elif p.record is not None and p.record.key == p.key and p.record.proto_changes(comp.proto) == []:
+                    reference, against = comp.proto, "proto area"
+                else:
+                    raise PibError(f"nothing built under {name}'s key {p.key[:12]} to compare with",
+                                   reason=Reason.BUILD, hint=f"run pib build {name} first")
+                sources = None
+                if comp.sources:
+                    from pib.build.sources import Sources
+
+                    sources = Sources(cfg, offline=offline)
+                Builder(ctx, BuildOptions(), sources=sources).build_into(p, scratch, log, time.monotonic())
+                diffs = tree_differences(reference, scratch)
+                files = len(tree_entries(scratch))
+        finally:
+            remove_tree(ref)
+            remove_tree(scratch)
+        return RebuildCheck(name, p.key, against, tuple(diffs), files)

@@ -28,7 +28,7 @@ from pib.build.sandbox import Sandbox
 from pib.config.types import ComponentConfig
 from pib.errors import PibError, Reason
 from pib.fsutil import aside, remove_tree, replace_dir, symlink_atomic
-from pib.run import Cancelled, Log, run
+from pib.run import Cancelled, Log, Result, run
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -428,34 +428,7 @@ class Builder:
                                hint="publish one from CI, or build without --require-prebuilt")
         self._emit(c.name, State.BUILDING, start, note)
         new = proto_tmp(c.proto)
-        remove_tree(new)
-        try:
-            new.mkdir(parents=True)
-        except OSError as exc:
-            raise PibError(f"cannot create {new}: {exc.strerror or exc}", reason=Reason.BUILD,
-                           hint="free space (or fix permissions) where the proto area lives") from exc
-        staged = None
-        if c.sources:
-            if self.sources is None:
-                raise PibError(f"{c.name} declares sources but this build fetches none", reason=Reason.INTERNAL)
-            self._emit(c.name, State.BUILDING, start, "fetching sources")
-            staged = self.sources.stage(c.name, c.sources, log)
-        env = component_env(self.cfg, p, self.ctx.benv, new, sources_dir=staged)
-        argv, env = self.sandbox.wrap(p, c.build, env, destdir=new)
-        res = run(argv, cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
-                  what=f"build of {c.name}")
-        # The key names the content the build was planned for; if that is not what it read, nothing is kept.
-        after = source_state(c.checkout, self.cfg.workspace.state_dir / "index" / c.name)
-        if after.tree != p.source.tree or after.head != p.source.head:
-            changed = changed_files(c.checkout, p.source.tree, after.tree)
-            listed = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-            raise PibError(
-                f"the sources of {c.name} changed during its build ({listed or 'HEAD moved'}); "
-                "the build was not recorded, kept or published",
-                reason=Reason.SOURCE,
-                hint="put build products in .gitignore, and do not change a checkout while it builds; "
-                     "then build again",
-            )
+        res = self.build_into(p, new, log, start)
         replace_dir(new, c.proto)
         # Hashed in place, after the build: the very bytes that are recorded, kept and published.
         digest = output.output_digest(c.proto)
@@ -472,6 +445,39 @@ class Builder:
         return Outcome(c.name, State.BUILT, time.monotonic() - start, p.key, p.source.dirty, str(log.path),
                        detail=note, published=published, command_seconds=res.seconds, output=digest)
 
+    def build_into(self, p: Plan, dest: Path, log: Log, start: float) -> Result:
+        """Run the build of `p` into a fresh directory `dest` (the next proto area, or a scratch one)."""
+        c = p.comp
+        remove_tree(dest)
+        try:
+            dest.mkdir(parents=True)
+        except OSError as exc:
+            raise PibError(f"cannot create {dest}: {exc.strerror or exc}", reason=Reason.BUILD,
+                           hint="free space (or fix permissions) where the proto area lives") from exc
+        staged = None
+        if c.sources:
+            if self.sources is None:
+                raise PibError(f"{c.name} declares sources but this build fetches none", reason=Reason.INTERNAL)
+            self._emit(c.name, State.BUILDING, start, "fetching sources")
+            staged = self.sources.stage(c.name, c.sources, log)
+        env = component_env(self.cfg, p, self.ctx.benv, dest, sources_dir=staged)
+        argv, env = self.sandbox.wrap(p, c.build, env, destdir=dest)
+        res = run(argv, cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
+                  what=f"build of {c.name}")
+        # The key names the content the build was planned for; if that is not what it read, nothing is kept.
+        after = source_state(c.checkout, self.cfg.workspace.state_dir / "index" / c.name)
+        if after.tree != p.source.tree or after.head != p.source.head:
+            changed = changed_files(c.checkout, p.source.tree, after.tree)
+            listed = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise PibError(
+                f"the sources of {c.name} changed during its build ({listed or 'HEAD moved'}); "
+                "the build was not recorded, kept or published",
+                reason=Reason.SOURCE,
+                hint="put build products in .gitignore, and do not change a checkout while it builds; "
+                     "then build again",
+            )
+        return res
+
     def _check_reproducible(self, p: Plan, digest: str, how: str) -> None:
         """Say loudly when one input key gave two outputs: the component is not reproducible."""
         rec = p.record
@@ -485,6 +491,7 @@ class Builder:
             component=p.comp.name, key=p.key, doc=p.doc, action=action, finished=state.now(),
             seconds=time.monotonic() - start, proto=state.ProtoFingerprint.of(p.comp.proto),
             dirty=p.source.dirty, store=store, files=state.scan(p.comp.proto), output=digest,
+            head=p.source.head,
         ))
 
 

@@ -68,6 +68,7 @@ class Record(NamedTuple):
     store: str | None = None
     files: Files | None = None  # None in records written before pib recorded the files
     output: str | None = None  # output digest of the proto area (pib.build.output); None in older records
+    head: str | None = None  # the commit built (None: unknown, in records written before pib kept it)
 
     def proto_changes(self, proto: Path) -> list[str] | None:
         """Paths that differ from what the proto area held when recorded ([]: intact, None: missing)."""

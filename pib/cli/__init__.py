@@ -24,6 +24,7 @@ _EXTENSIONS = {
     "pib.cli.boot": ("boot",),
     "pib.cli.media": ("media",),
     "pib.cli.fetch": ("fetch",),
+    "pib.cli.verify": ("verify", "rebuild"),
 }
 _CORE = ("config", "configure", "build", "live", "ci", "publish", "status", "explain", "clobber")
 
