@@ -508,6 +508,28 @@ def test_a_refused_ci_run_leaves_no_stale_report(tmp_path: Path) -> None:
     assert not stale.exists()
 
 
+def test_ci_outside_ci_says_when_it_publishes_nothing(tmp_path: Path) -> None:
+    """pib ci is CI by definition; where it would publish nothing it says so, or refuses before building."""
+    ws = one(tmp_path, TWO_FILES)
+    assert pib(ws, "keygen", str(ws / "k.key")).returncode == 0
+    toml = ws / "pib.toml"
+    toml.write_text(toml.read_text() + '[trust]\npublic_keys = ["k.key.pub"]\nsigning_key = "k.key"\n')
+    env = {"CI": ""}
+    r = pib(ws, "ci", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert any(w.startswith("nothing is published") for w in json.loads(r.stdout)["warnings"])
+    assert "warning: nothing is published" in pib(ws, "ci", env=env).stderr
+    # A prebuilt component and no store to publish to: refused before building, built or up to date alike.
+    (ws / "pib.local.toml").write_text("[components.x]\nprebuilt = true\n")
+    report = ws / "output" / "ci-report.json"
+    for args in (("--force",), ()):
+        r = pib(ws, "ci", "--json", *args, env=env)
+        assert r.returncode == EXIT_CODES[Reason.PUBLISH], r.stdout
+        assert json.loads(r.stdout)["error"]["reason"] == "publish"
+        assert not report.exists()
+    assert json.loads(pib(ws, "status", "--json").stdout)["components"][0]["state"] == "up-to-date"
+
+
 def test_require_prebuilt_with_a_store_down_does_not_promise_a_local_build(tmp_path: Path) -> None:
     ws = one(tmp_path, TWO_FILES, extra='prebuilt = true\n[[store]]\nname = "ci"\nurl = "http://127.0.0.1:9/x"\n'
              'timeout = 2\nretries = 0\n')

@@ -224,11 +224,14 @@ def build(
             return found.equivalence(comp, key) if found is not None else None
 
         plans = plan(cfg, names, ctx.benv, lookup=lookup)
+        nothing_published = _check_publishing(cfg, plans) if opts.publish else None
         # The stores are opened only when something may be restored or published.
         needed = opts.publish or any(p.comp.prebuilt and (opts.forces(p.comp.name) or not p.up_to_date) for p in plans)
         artifacts = stores() if needed or opened else None
         report = Builder(ctx, opts, artifacts=artifacts, sources=_sources(ctx, plans, opts, offline=offline),
                          on_event=on_event).run(plans)
+        if nothing_published:
+            report.warnings.append(nothing_published)
         if floor.overridden:
             report.warnings.insert(0, f"host platform {floor.host.version} is older than the oldest supported "
                                       f"{floor.minimum} (--allow-old-platform): builds may not run on supported "
@@ -365,6 +368,24 @@ def _sweep_leftovers(cfg: Config) -> None:
     for c in cfg.components:
         sweep(c)
     remove_stale(cfg.workspace.output_dir)
+
+
+def _check_publishing(cfg: Config, plans: Sequence[Plan]) -> str | None:
+    """Before building: a publishing run (pib ci, --publish) fails if its artifacts have nowhere to go, and says
+    so when it has nothing to publish, instead of succeeding as if it had published."""
+    from pib.artifacts.policy import may_publish
+
+    publishable = [p.comp.name for p in plans if p.comp.prebuilt and not p.local_only]
+    if not publishable:
+        return ("nothing is published: no component of this build is prebuilt "
+                "(set prebuilt = true on the components CI should publish)")
+    if not any(may_publish(cfg, s.name) for s in cfg.stores):
+        raise PibError(
+            f"nowhere to publish {', '.join(publishable)}: no remote store takes published artifacts",
+            reason=Reason.PUBLISH,
+            hint="add a [[store]] (http or s3) to pib.toml or pib.local.toml",
+        )
+    return None
 
 
 def _artifacts(ctx: BuildContext, *, offline: bool, require_prebuilt: bool = False) -> Artifacts | None:
