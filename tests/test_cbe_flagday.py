@@ -134,8 +134,10 @@ def test_cli_verify_catches_a_hand_edit_and_install_update_repairs(tmp_path: Pat
     key, pub = _keys(tmp_path)
     ws = _workspace(tmp_path, 1, root, store, key, pub)
     env = dict(os.environ)
-    assert _run(ws, "cbe", "install", env=env).returncode == 0
-    assert _run(ws, "cbe", "verify", env=env).returncode == 0
+    r = _run(ws, "cbe", "install", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["installed"] is True
+    r = _run(ws, "cbe", "verify", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["check"] == "cheap"
     tool = root / "1" / "bin" / "tool"
     st = tool.stat()
     tool.write_text(tool.read_text().replace("v1", "v9"))  # same size

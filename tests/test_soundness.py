@@ -553,6 +553,33 @@ def test_status_says_what_a_build_would_do_and_explain_names_changed_files(tmp_p
     assert ex["last_build"]["changed_files"] == ["data/a.dat", "data/new.dat"]
 
 
+def test_status_remote_says_which_store_a_build_would_restore_from(tmp_path: Path, nginx: Nginx) -> None:
+    make_repo(tmp_path / "repos" / "x", TWO_FILES)
+    url = f"{nginx.url}/status-{uuid.uuid4().hex[:8]}"
+    assert pib(tmp_path, "keygen", str(tmp_path / "ci.key")).returncode == 0
+    body = (f'[components.x]\nsource = "../repos/x"\nbuild = ["./build.sh"]\nprebuilt = true\n'
+            '[[store]]\nname = "down"\ntype = "http"\nurl = "http://127.0.0.1:9/x"\ntimeout = 2\nretries = 0\n'
+            'publish = false\n'
+            f'[[store]]\nname = "ci"\ntype = "http"\nurl = "{url}"\n'
+            f'[trust]\npublish = "always"\npublic_keys = ["{tmp_path / "ci.key.pub"}"]\n')
+    a = workspace(tmp_path, body + '[local_store]\npath = "../store-a"\n', name="a")
+    b = workspace(tmp_path, body + '[local_store]\npath = "../store-b"\n', name="b")
+    configured(a)
+    configured(b)
+    assert build(a, "--publish", env={"PIB_SIGNING_KEY": str(tmp_path / "ci.key")})["_rc"] == 0
+    assert status(b)["x"]["next"] == "build, unless a remote store has it"  # no network without --remote
+    r = pib(b, "status", "--remote", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["components"][0]["next"] == "restore from ci"  # the store that is down: skipped
+    assert "will restore from ci" in pib(b, "status", "--remote").stdout
+    done = build(b)
+    assert actions(done) == {"x": "restored"} and done["components"][0]["store"] == "ci"  # type: ignore[index]
+    write(tmp_path / "repos" / "x", {"extra": "new\n"})
+    commit(tmp_path / "repos" / "x", "more")
+    configured(b, "--update")
+    assert json.loads(pib(b, "status", "--remote", "--json").stdout)["components"][0]["next"] == "build"
+
+
 def test_json_is_honoured_by_keygen_and_cache_rm(tmp_path: Path) -> None:
     r = pib(tmp_path, "keygen", str(tmp_path / "k.key"), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["public_key"] == str(tmp_path / "k.key.pub")

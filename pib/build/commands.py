@@ -29,6 +29,7 @@ from pib.parallel import parallel_map
 if TYPE_CHECKING:
     from pib.build.sources import Sources
     from pib.fetch import Fetched
+    from pib.store import Store
 
 
 def workspace_lock(cfg: Config) -> FileLock:
@@ -108,7 +109,7 @@ class ComponentStatus(NamedTuple):
     head: str | None
     last_action: str | None
     prebuilt: bool
-    next: str = ""  # what a build would do: "" (nothing), "build", "restore from local", "build or restore"
+    next: str = ""  # what a build would do: "" (nothing), "build", "restore from STORE", "build, unless ..."
     depends: Mapping[str, str] = {}  # dependency -> how its output digest is known (pib.build.plan)
 
     @property
@@ -132,41 +133,76 @@ class ComponentStatus(NamedTuple):
         }
 
 
-def status(cfg: Config, names: Sequence[str] | None = None) -> list[ComponentStatus]:
+def status(cfg: Config, names: Sequence[str] | None = None, *, remote: bool = False) -> list[ComponentStatus]:
+    """Each component: up to date or stale and why, and what a build would do.
+
+    remote: also ask the remote stores (network) which stale prebuilt components they hold."""
     _require_checkouts(cfg, names)
     benv = build_env(cfg, install=False)
     from pib.build.prebuilt import lookup_without_building
 
-    plans = plan(cfg, names, benv, lookup=lookup_without_building(cfg, remotes=False))
-    local = _local_hits(cfg, plans)
+    plans = plan(cfg, names, benv, lookup=lookup_without_building(cfg, remotes=remote))
+    hits = _local_hits(cfg, plans)
+    if remote:
+        hits = {**_remote_hits(cfg, plans, set(hits)), **hits}  # the local store is tried first
     out: list[ComponentStatus] = []
     for p in plans:
         out.append(ComponentStatus(
             p.comp.name, p.up_to_date, p.reasons, p.key, p.source.dirty, p.source.branch, p.source.head,
-            p.record.action if p.record else None, p.comp.prebuilt, _next(cfg, p, local), dict(p.via),
+            p.record.action if p.record else None, p.comp.prebuilt, _next(cfg, p, hits, remote=remote),
+            dict(p.via),
         ))
     return out
 
 
-def _local_hits(cfg: Config, plans: Sequence[Plan]) -> set[tuple[str, str]]:
+def _restorable(plans: Sequence[Plan]) -> list[tuple[str, str]]:
+    return [(p.comp.name, p.key) for p in plans if p.comp.prebuilt and not p.up_to_date and p.key]
+
+
+def _remote_hits(cfg: Config, plans: Sequence[Plan], known: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Which stale prebuilt components each remote store holds, first store in config order (as a build asks)."""
+    wanted = [w for w in _restorable(plans) if w not in known]
+    if not wanted or not cfg.stores:
+        return {}
+    from pib.artifacts.policy import remote_stores
+
+    def ask(store: Store) -> set[tuple[str, str]]:
+        try:
+            return set(store.has_many(wanted))
+        except (PibError, OSError):
+            return set()  # a store that does not answer holds nothing a build could restore now
+
+    try:
+        stores = remote_stores(cfg)
+    except PibError:
+        return {}
+    out: dict[tuple[str, str], str] = {}
+    for store, have in zip(stores, parallel_map(ask, stores), strict=True):
+        for item in have:
+            out.setdefault(item, store.name)
+    return out
+
+
+def _local_hits(cfg: Config, plans: Sequence[Plan]) -> dict[tuple[str, str], str]:
     """Which stale prebuilt components the machine's local store holds (no network: a status stays cheap)."""
-    wanted = [(p.comp.name, p.key) for p in plans if p.comp.prebuilt and not p.up_to_date and p.key]
+    wanted = _restorable(plans)
     if not wanted:
-        return set()
+        return {}
     from pib.artifacts.policy import local_store
 
     try:
-        return local_store(cfg).has_many(wanted)
+        return dict.fromkeys(local_store(cfg).has_many(wanted), cfg.local_store.name)
     except PibError:
-        return set()
+        return {}
 
 
-def _next(cfg: Config, p: Plan, local: set[tuple[str, str]]) -> str:
+def _next(cfg: Config, p: Plan, hits: Mapping[tuple[str, str], str], *, remote: bool) -> str:
     if p.up_to_date:
         return ""
-    if (p.comp.name, p.key) in local:
-        return f"restore from {cfg.local_store.name}"
-    if p.comp.prebuilt and cfg.stores and not p.source.dirty:
+    store = hits.get((p.comp.name, p.key))
+    if store is not None:
+        return f"restore from {store}"
+    if p.comp.prebuilt and cfg.stores and not p.source.dirty and not remote:
         return "build, unless a remote store has it"
     return "build"
 

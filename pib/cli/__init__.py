@@ -216,7 +216,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from pib.cli.ui import table
 
     cfg = load_config(args)
-    rows = commands.status(cfg, tuple(args.components) or None)
+    rows = commands.status(cfg, tuple(args.components) or None, remote=args.remote)
     if want_json(args):
         emit_json({"components": [r.to_json() for r in rows]})
         return 0
@@ -344,6 +344,8 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="up to date or stale, and why", parents=[common])
     s.add_argument("components", nargs="*", metavar="COMPONENT")
+    s.add_argument("--remote", action="store_true",
+                   help="also ask the remote stores which stale components a build would restore (network)")
     s.set_defaults(func=_cmd_status)
 
     e = sub.add_parser("explain", help="show a component's key document and what changed", parents=[common])
