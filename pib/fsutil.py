@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,35 @@ def sha256_file(path: Path) -> tuple[str, int]:
             h.update(view[:n])
             size += n
     return h.hexdigest(), size
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """The bytes of a small regular file (a key, a record), refusing anything else.
+
+    Opened without blocking (a fifo gives no writer's data, and would hold the reader forever),
+    refused unless it is a regular file, and read to at most `limit` bytes: /dev/zero or a huge
+    file is an error, not an endless read. Raises OSError (EINVAL, EFBIG) for what is refused.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        chunks: list[bytes] = []
+        got = 0
+        while got <= limit:
+            chunk = os.read(fd, limit + 1 - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got > limit:  # it grew while read
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def canonical_json(doc: Any) -> bytes:
