@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +24,7 @@ from typing import IO, Any
 # compression modules, a noticeable share of a no-op build's start-up.
 
 READ_SIZE = 1 << 20
+RECORD_DEPTH = 64  # pib's own records nest a few levels
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -65,6 +67,40 @@ def read_small(path: Path, limit: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_json_record(path: Path, limit: int) -> Any:
+    """A JSON record pib wrote (state, image): FileNotFoundError when there is none, ValueError when
+    it is not a JSON document of at most `limit` bytes (truncated, nested past the parser's stack, a
+    directory or a fifo in its place). Its fields are the caller's to check."""
+    try:
+        raw = read_small(path, limit)
+    except (IsADirectoryError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError) or exc.errno not in (errno.EINVAL, errno.EFBIG, errno.EISDIR):
+            raise
+        raise ValueError(exc.strerror or str(exc)) from None
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise ValueError(f"not JSON: {exc}") from None
+    # What parsed may still nest deeper than the recursive code that reads it can follow.
+    todo: list[tuple[int, Any]] = [(0, data)]
+    while todo:
+        depth, value = todo.pop()
+        if depth > RECORD_DEPTH:
+            raise ValueError("nested too deeply")
+        if isinstance(value, dict | list):
+            todo += [(depth + 1, v) for v in (value.values() if isinstance(value, dict) else value)]
+    return data
+
+
+def set_aside(path: Path) -> Path:
+    """Move a corrupt record out of the way, kept for a post-mortem: NAME.corrupt-<UTC time>."""
+    dest = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    os.rename(path, dest)
+    return dest
 
 
 def canonical_json(doc: Any) -> bytes:
