@@ -294,7 +294,9 @@ class Builder:
             msg = f"{first.component} failed" + (f"; stopped: {', '.join(others)}" if others else "")
             reason = Reason.WORKSPACE if first.reason is Reason.WORKSPACE else \
                 Reason.PREBUILT_MISSING if first.detail.startswith("no prebuilt") else Reason.BUILD
-            report.error = PibError(msg, reason=reason, detail=first.detail)
+            # pib's own files (not the build) were the problem: what to do is the failure's hint.
+            hint = first.detail.partition("\n  hint: ")[2].partition("\n")[0] if reason is Reason.WORKSPACE else ""
+            report.error = PibError(msg, reason=reason, detail=first.detail, hint=hint)
         return report
 
     def _publish_rest(self, plans: Sequence[Plan], outcomes: dict[str, Outcome]) -> PibError | None:
