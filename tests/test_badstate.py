@@ -64,7 +64,7 @@ def _deep(n: int) -> str:
     return "[" * n + "]" * n
 
 
-CORRUPT: dict[str, Callable[[Path], None]] = {
+CORRUPT: dict[str, Callable[[Path], object]] = {
     "truncated": lambda p: p.write_bytes(p.read_bytes()[:37]),
     "a JSON array, not an object": lambda p: p.write_text("[1, 2, 3]"),
     "nested past the parser's stack": lambda p: p.write_text("[" * 100_000),
@@ -72,8 +72,8 @@ CORRUPT: dict[str, Callable[[Path], None]] = {
     "every field of the wrong type": lambda p: p.write_text(json.dumps({k: [[]] for k in json.loads(p.read_text())})),
     "a 5,000-digit number": lambda p: p.write_text('{"key": ' + "7" * 5000 + "}"),
     "not UTF-8": lambda p: p.write_bytes(b'{"key": "\xff\xfe"}'),
-    "a directory in its place": lambda p: (p.unlink(), p.mkdir(), (p / "x").write_text("x")),  # type: ignore[func-returns-value]
-    "a fifo in its place": lambda p: (p.unlink(), os.mkfifo(p)),  # type: ignore[func-returns-value]
+    "a directory in its place": lambda p: (p.unlink(), p.mkdir(), (p / "x").write_text("x")),
+    "a fifo in its place": lambda p: (p.unlink(), os.mkfifo(p)),
 }
 
 
@@ -135,7 +135,7 @@ def test_image_record_pointing_at_a_path_with_a_nul(kit: Kit) -> None:
 # --------------------------------------------------------------------------
 # The workspace's own files of the wrong type
 
-def _replace(path: Path, make: Callable[[Path], None]) -> None:
+def _replace(path: Path, make: Callable[[Path], object]) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -143,7 +143,7 @@ def _replace(path: Path, make: Callable[[Path], None]) -> None:
     make(path)
 
 
-WRONG_TYPE: dict[str, tuple[str, Callable[[Path], None]]] = {
+WRONG_TYPE: dict[str, tuple[str, Callable[[Path], object]]] = {
     ".pib is a file": (".pib", lambda p: p.write_text("not a directory\n")),
     ".pib/lock is a directory": (".pib/lock", lambda p: p.mkdir()),
     ".pib/lock is a fifo": (".pib/lock", os.mkfifo),
@@ -178,7 +178,7 @@ def test_workspace_file_of_the_wrong_type(kit: Kit, case: str) -> None:
 # --------------------------------------------------------------------------
 # Read-only, full, or without a free inode
 
-def _mount(target: Path, kind: str) -> Callable[[], None]:
+def _mount(target: Path, kind: str) -> Callable[[], object]:
     target.mkdir(parents=True, exist_ok=True)
     if kind == "read-only":
         cmds = [["mount", "--bind", str(target), str(target)], ["mount", "-o", "remount,bind,ro", str(target)]]
@@ -201,12 +201,12 @@ def _mount(target: Path, kind: str) -> Callable[[], None]:
             pass
         finally:
             os.close(fd)
-    return lambda: subprocess.run(["umount", "-l", str(target)], check=False) and None
+    return lambda: subprocess.run(["umount", "-l", str(target)], check=False)
 
 
 @pytest.fixture
-def mounts() -> Iterator[list[Callable[[], None]]]:
-    undo: list[Callable[[], None]] = []
+def mounts() -> Iterator[list[Callable[[], object]]]:
+    undo: list[Callable[[], object]] = []
     yield undo
     for u in reversed(undo):
         u()
@@ -218,7 +218,7 @@ PLACES = {".pib": WORKSPACE, ".pib/state": WORKSPACE, "log": WORKSPACE, "output"
 @pytest.mark.parametrize("kind", ["read-only", "full", "no free inode"])
 @pytest.mark.parametrize("place", list(PLACES))
 def test_unwritable_workspace_directory(kit: Kit, place: str, kind: str,
-                                        mounts: list[Callable[[], None]]) -> None:
+                                        mounts: list[Callable[[], object]]) -> None:
     with tally("bad state", f"{place} {kind}: clear error, recovers"):
         ws = _fresh(kit, "mnt-" + _slug(f"{place}-{kind}"))
         target = ws / place
@@ -240,7 +240,7 @@ def test_unwritable_workspace_directory(kit: Kit, place: str, kind: str,
         _recovers(kit, ws)
 
 
-def test_no_free_inode_for_the_pack_scratch_directory(kit: Kit, mounts: list[Callable[[], None]]) -> None:
+def test_no_free_inode_for_the_pack_scratch_directory(kit: Kit, mounts: list[Callable[[], object]]) -> None:
     with tally("bad state", "no free inode for the pack scratch directory: warned, built, recovers"):
         ws = new_ws(kit, "pack-inodes", base_proto="small/proto.base")
         assert pib(kit, ws, "configure").returncode == 0
@@ -253,7 +253,7 @@ def test_no_free_inode_for_the_pack_scratch_directory(kit: Kit, mounts: list[Cal
                             capture_output=True, text=True)
         if r0.returncode != 0:
             pytest.skip(f"cannot mount here ({r0.stderr.strip()})")
-        mounts.append(lambda: subprocess.run(["umount", "-l", str(small)], check=False) and None)
+        mounts.append(lambda: subprocess.run(["umount", "-l", str(small)], check=False))
         r = pib(kit, ws, "build", "--json")
         assert r.returncode == 0, r.stderr
         data = _json(r)
