@@ -178,7 +178,7 @@ def test_workspace_file_of_the_wrong_type(kit: Kit, case: str) -> None:
 # --------------------------------------------------------------------------
 # Read-only, full, or without a free inode
 
-def _mount(target: Path, kind: str) -> Callable[[], object]:
+def _mount(target: Path, kind: str, undo: list[Callable[[], object]]) -> Callable[[], object]:
     target.mkdir(parents=True, exist_ok=True)
     if kind == "read-only":
         cmds = [["mount", "--bind", str(target), str(target)], ["mount", "-o", "remount,bind,ro", str(target)]]
@@ -192,6 +192,8 @@ def _mount(target: Path, kind: str) -> Callable[[], object]:
             if i:
                 subprocess.run(["umount", "-l", str(target)], check=False)
             pytest.skip(f"cannot mount here ({r.stderr.strip()})")
+    umount = lambda: subprocess.run(["umount", "-l", str(target)], check=False)  # noqa: E731
+    undo.append(umount)
     if kind == "full":  # every byte of it taken
         fd = os.open(target / "filler", os.O_WRONLY | os.O_CREAT)
         try:
@@ -201,7 +203,7 @@ def _mount(target: Path, kind: str) -> Callable[[], object]:
             pass
         finally:
             os.close(fd)
-    return lambda: subprocess.run(["umount", "-l", str(target)], check=False)
+    return umount
 
 
 @pytest.fixture
@@ -227,8 +229,7 @@ def test_unwritable_workspace_directory(kit: Kit, place: str, kind: str,
         shutil.rmtree(ws / "output")
         if target.exists():
             shutil.rmtree(target)
-        umount = _mount(target, kind)
-        mounts.append(umount)
+        umount = _mount(target, kind, mounts)
         r = pib(kit, ws, "build", "--json")
         assert r.returncode == PLACES[place], r.stderr
         err = _json(r)["error"]
