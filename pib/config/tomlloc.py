@@ -110,7 +110,8 @@ def loads(text: str, path: str, error: type[PibError], *, what: str, hint: str) 
     if bad is not None:
         keypath, problem = bad
         fix = "remove the NUL (\\u0000)" if "NUL" in problem else f"flatten it (at most {MAX_NESTING} levels)"
-        raise error(f"{what}: {'.'.join(map(str, keypath)) or 'a key'} {problem}",
+        dotted = ".".join(str(k).replace("\0", "\\u0000") for k in keypath)
+        raise error(f"{what}: {dotted or 'a key'} {problem}",
                     where=Locator(path, text).at(keypath), hint=fix)
     return data
 
