@@ -133,7 +133,7 @@ def test_image_record_loader() -> None:
         "warnings": [], "timings": {"total": 0.5}}}
 
     class Cfg:  # the one field _last_image reads
-        class workspace:  # noqa: N801
+        class workspace:
             state_dir = d
 
     with tally("fuzz", "image record loader (.pib/image.json)") as t:
