@@ -272,7 +272,7 @@ TARGETS: dict[str, Callable[[Path], Path]] = {
     "state/a.json": lambda ws: ws / ".pib" / "state" / "a.json",
     "image.json": lambda ws: ws / ".pib" / "image.json",
     "index/a.trees": lambda ws: ws / ".pib" / "index" / "a.trees",
-    "index/a.stat": lambda ws: ws / ".pib" / "index" / "a.stat",
+    "index/a.tree": lambda ws: ws / ".pib" / "index" / "a.tree",
     "index/a (the private git index)": lambda ws: ws / ".pib" / "index" / "a",
 }
 
