@@ -7,6 +7,8 @@ Only pib.cli catches it; the reason picks the exit code.
 from __future__ import annotations
 
 import enum
+import errno
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -24,6 +26,7 @@ class Reason(enum.Enum):
     IMAGE = "image"                  # image assembly failed (size budget, ...)
     BOOT = "boot"                    # QEMU boot did not reach the marker
     LOCKED = "locked"                # another pib holds the workspace lock
+    WORKSPACE = "workspace"          # the workspace's own files (.pib, log, output) unusable: type, room, read-only
     INTERRUPTED = "interrupted"      # SIGINT/SIGTERM
     USAGE = "usage"                  # bad command line
     INTERNAL = "internal"            # a bug in pib
@@ -44,6 +47,7 @@ EXIT_CODES: dict[Reason, int] = {
     Reason.IMAGE: 15,
     Reason.BOOT: 16,
     Reason.LOCKED: 17,
+    Reason.WORKSPACE: 18,
     Reason.INTERRUPTED: 130,
     Reason.INTERNAL: 70,
 }
@@ -122,3 +126,27 @@ class VerifyError(PibError):
 
 class CbeError(PibError):
     reason = Reason.CBE
+
+
+class WorkspaceError(PibError):
+    reason = Reason.WORKSPACE
+
+
+def local_error(path: Path, exc: OSError, what: str) -> WorkspaceError:
+    """An OSError on one of the workspace's own files, as the error a user can act on."""
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # something that is not a directory where one must be
+        for d in path.parents:
+            if d.exists() and not d.is_dir():
+                return WorkspaceError(f"cannot {what} {path}: {d} is not a directory",
+                                      hint=f"remove or move {d} (pib makes it again), then run pib again")
+    name = exc.filename2 or exc.filename  # of a copy: where it was going
+    if name and str(name) != str(path):
+        why += f" ({name})"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free space (or inodes) on that file system, then run pib again"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = "make it writable (it is on a read-only file system, or not yours), or point pib.toml elsewhere"
+    else:
+        hint = "remove or fix it (pib makes it again), then run pib again"
+    return WorkspaceError(f"cannot {what} {path}: {why}", hint=hint)

@@ -11,12 +11,13 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-from pib.errors import PibError, Reason
+from pib.errors import PibError, Reason, WorkspaceError, local_error
 
 
 def take(fd: int, *, shared: bool = False, wait: float | None = None, poll: float = 0.05) -> bool:
@@ -41,7 +42,8 @@ def take(fd: int, *, shared: bool = False, wait: float | None = None, poll: floa
 
 def open_lock_file(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # O_NONBLOCK: a fifo put in its place must not hold the opener.
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
 
 
 @contextlib.contextmanager
@@ -67,7 +69,14 @@ class FileLock:
 
     def acquire(self, *, wait: bool, timeout: float | None = None,
                 on_wait: Callable[[str], None] | None = None) -> None:
-        fd = open_lock_file(self.path)
+        try:
+            fd = open_lock_file(self.path)
+        except OSError as exc:
+            raise local_error(self.path, exc, f"use the lock of {self.what} at") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise WorkspaceError(f"{self.path} is not a regular file, so it cannot lock {self.what}",
+                                 hint=f"remove {self.path} (pib makes it again), then run pib again")
         if not take(fd, wait=0):
             if wait and on_wait is not None:
                 on_wait(self.holder())
@@ -79,9 +88,11 @@ class FileLock:
                     reason=Reason.LOCKED,
                     hint="wait for it to finish, or pass --wait to queue behind it",
                 )
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "since": time.time()}).encode())
         self._fd = fd
+        # Who holds it is for "in use by" messages only: a full disk must not stop the build here.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "since": time.time()}).encode())
 
     def holder(self) -> str:
         try:

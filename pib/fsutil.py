@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +24,7 @@ from typing import IO, Any
 # compression modules, a noticeable share of a no-op build's start-up.
 
 READ_SIZE = 1 << 20
+RECORD_DEPTH = 64  # pib's own records nest a few levels
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -36,6 +38,69 @@ def sha256_file(path: Path) -> tuple[str, int]:
             h.update(view[:n])
             size += n
     return h.hexdigest(), size
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """The bytes of a small regular file (a key, a record), refusing anything else.
+
+    Opened without blocking (a fifo gives no writer's data, and would hold the reader forever),
+    refused unless it is a regular file, and read to at most `limit` bytes: /dev/zero or a huge
+    file is an error, not an endless read. Raises OSError (EINVAL, EFBIG) for what is refused.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        chunks: list[bytes] = []
+        got = 0
+        while got <= limit:
+            chunk = os.read(fd, limit + 1 - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got > limit:  # it grew while read
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_json_record(path: Path, limit: int) -> Any:
+    """A JSON record pib wrote (state, image): FileNotFoundError when there is none, ValueError when
+    it is not a JSON document of at most `limit` bytes (truncated, nested past the parser's stack, a
+    directory or a fifo in its place). Its fields are the caller's to check."""
+    try:
+        raw = read_small(path, limit)
+    except (IsADirectoryError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError) or exc.errno not in (errno.EINVAL, errno.EFBIG, errno.EISDIR):
+            raise
+        raise ValueError(exc.strerror or str(exc)) from None
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise ValueError(f"not JSON: {exc}") from None
+    # What parsed may still nest deeper than the recursive code that reads it can follow.
+    todo: list[tuple[int, Any]] = [(0, data)]
+    while todo:
+        depth, value = todo.pop()
+        if depth > RECORD_DEPTH:
+            raise ValueError("nested too deeply")
+        if isinstance(value, dict | list):
+            todo += [(depth + 1, v) for v in (value.values() if isinstance(value, dict) else value)]
+    return data
+
+
+def set_aside(path: Path) -> Path:
+    """Move a corrupt record out of the way, kept for a post-mortem: NAME.corrupt-<UTC time>."""
+    dest = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    os.rename(path, dest)
+    return dest
 
 
 def canonical_json(doc: Any) -> bytes:

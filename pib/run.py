@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from pib.errors import PibError, Reason
+from pib.errors import PibError, Reason, local_error
 
 # What a child gets when the caller does not say: enough for git and coreutils,
 # nothing from the user's shell.
@@ -43,12 +43,22 @@ class Log:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by close()
+        self._failed = False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh: IO[str] = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise local_error(path, exc, "write the log") from None
 
     def write(self, text: str) -> None:
-        self._fh.write(text)
-        self._fh.flush()
+        if self._failed:
+            return  # said once (a full disk, say); the lines that follow cannot be kept either
+        try:
+            self._fh.write(text)
+            self._fh.flush()
+        except OSError as exc:
+            self._failed = True
+            raise local_error(self.path, exc, "write the log") from None
 
     def line(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
@@ -73,7 +83,8 @@ class Log:
         return self._fh.tell()
 
     def close(self) -> None:
-        self._fh.close()
+        with contextlib.suppress(OSError):  # a write that failed has said so already
+            self._fh.close()
 
     def __enter__(self) -> Log:
         return self

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.gitutil import make_repo, pib
 
 
@@ -59,3 +61,28 @@ def test_live_view_on_a_terminal(tmp_path: Path) -> None:
 def test_help_and_no_command() -> None:
     r = subprocess.run([sys.executable, "-m", "pib"], capture_output=True, text=True)
     assert r.returncode == 2 and "configure" in r.stdout
+
+
+def test_an_unexpected_exception_is_a_short_internal_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # The last line only: a bug (here planted in `pib status`) says "internal error" and where its
+    # traceback went, instead of printing the traceback.
+    from pib.build import commands
+    from pib.cli import main
+    from pib.errors import EXIT_CODES, Reason
+
+    ws = _ws(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setattr(commands, "status", bug)
+    rc = main(["-C", str(ws), "status", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == EXIT_CODES[Reason.INTERNAL]
+    assert "Traceback" not in err and "internal error" in err
+    assert json.loads(out)["error"]["reason"] == "internal"
+    log = tmp_path / "cache" / "pib" / "internal-errors.log"
+    assert str(log) in err
+    assert "ZeroDivisionError: planted" in log.read_text() and "Traceback" in log.read_text()

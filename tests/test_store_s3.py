@@ -105,3 +105,23 @@ def test_archive_downloads_end_at_the_signed_size_and_a_deadline(badhttp: BadHtt
         assert not isinstance(exc.value, NotFound) and exc.value.reason is Reason.STORE
         assert time.monotonic() - start < 8
         assert not dest.exists() and list(dest.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("call", ["has", "get_meta", "get_archive"])
+def test_dripped_headers_time_out(badhttp: BadHttp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  call: str) -> None:
+    # Headers a byte every 0.2 s, without end: botocore's read time-out restarts on every byte, so
+    # only an overall deadline ends the existence check or the GET (before it: about 13,000 s).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with tally("transfer", f"S3 headers dripped: {call}"):
+        store = open_store(S3StoreSpec("bad", "dripheaders", "", badhttp.url, "us-east-1", None, 1.0, 0))
+        dest = tmp_path / "dl" / "a.tar.zst"
+        args = ("illumos", K1, "0" * 64, dest, 554) if call == "get_archive" else ("illumos", K1)
+        start = time.monotonic()
+        with pytest.raises(StoreError) as exc:
+            getattr(store, call)(*args)
+        assert not isinstance(exc.value, NotFound) and exc.value.reason is Reason.STORE
+        assert time.monotonic() - start < 4
+        assert not dest.exists()

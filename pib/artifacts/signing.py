@@ -23,10 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from pib.errors import ConfigError, PibError, Reason, VerifyError
-from pib.fsutil import write_atomic
+from pib.fsutil import read_small, write_atomic
 
 PRIVATE_PREFIX = "pib-ed25519-private:"
 PUBLIC_PREFIX = "pib-ed25519:"
+KEY_FILE_LIMIT = 4096  # a key file is one line of about 60 bytes
 
 
 def key_id(public_raw: bytes) -> str:
@@ -82,9 +83,12 @@ def _key_text(path_or_value: str | Path, prefix: str, what: str, hint: str) -> t
         return text, f"the {what} value"
     path = Path(text)
     try:
-        return path.read_text(encoding="ascii").strip(), str(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc}", hint=hint) from exc
+        # A key file is a line of text; a device, fifo or huge file is refused, not read without end.
+        return read_small(path, KEY_FILE_LIMIT).decode("ascii").strip(), str(path)
+    except ValueError as exc:  # a NUL in the path, or not ASCII
+        raise ConfigError(f"cannot read {what} {path!r}: {exc}", hint=hint) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}", hint=hint) from exc
 
 
 def load_signer(path_or_value: str | Path) -> Signer:

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 from pib.artifacts.archive import Limits, pack, unpack
 from pib.artifacts.metadata import ArtifactInfo, Metadata, make_metadata, parse_document, read_metadata
 from pib.artifacts.signing import PublicKey, Signer
-from pib.errors import PibError, Reason, StoreError, VerifyError
+from pib.errors import PibError, Reason, StoreError, VerifyError, local_error
 from pib.fsutil import remove_tree, sha256_file
 from pib.run import Log
 from pib.store import NotFound, Store, check_names
@@ -49,6 +49,15 @@ class RestoreOutcome:
     @property
     def hit(self) -> bool:
         return self.status == "hit"
+
+
+def scratch_dir(proto_dir: Path, what: str) -> Path:
+    """A private scratch directory beside a proto area (swept by the next build if a run is killed); one
+    that cannot be made (no space, no free inode, read-only) is a workspace error naming the place."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{proto_dir.name}.{what}-", dir=proto_dir.parent))
+    except OSError as exc:
+        raise local_error(proto_dir.parent, exc, f"make a scratch directory ({what}) in") from None
 
 
 def restore(
@@ -199,9 +208,12 @@ def publish(
     if not targets:
         raise PibError(f"cannot publish {component}: no store to publish to", reason=Reason.PUBLISH,
                        hint="configure a local or remote artifact store")
-    work = Path(tempfile.mkdtemp(prefix=f".{proto_dir.name}.publish-", dir=proto_dir.parent))
+    work = scratch_dir(proto_dir, "publish")
     try:
-        packed = pack(proto_dir, work / f"{key}.tar.zst", epoch=epoch, log=log)
+        try:
+            packed = pack(proto_dir, work / f"{key}.tar.zst", epoch=epoch, log=log)
+        except OSError as exc:
+            raise local_error(work, exc, f"pack {component} in") from None
         meta = make_metadata(info, packed.sha256, packed.size, signer)
         published: list[str] = []
         problems: list[StoreProblem] = []

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pib.config.types import ComponentConfig
-from pib.errors import Location, PibError, Reason
+from pib.errors import Location, PibError, Reason, local_error
 from pib.flock import held
 from pib.fsutil import remove_tree, write_atomic
 from pib.parallel import parallel_map
@@ -385,6 +385,16 @@ def source_states(checkouts: Sequence[tuple[Path, Path]]) -> list[SourceState]:
 
 
 def source_state(checkout: Path, index: Path | None, stat_digest: str | None = None) -> SourceState:
+    """The content of the working tree: see _source_state. The private index and its memos live under
+    the workspace's state directory: a full or read-only one is the error a user can act on."""
+    try:
+        return _source_state(checkout, index, stat_digest)
+    except OSError as exc:
+        raise local_error(index if index is not None else checkout, exc,
+                          f"keep the private index of {checkout} at") from None
+
+
+def _source_state(checkout: Path, index: Path | None, stat_digest: str | None = None) -> SourceState:
     """The content of the working tree (tracked + untracked, not ignored) as a git tree id.
 
     `index` is a private index file kept between runs so unchanged files are not re-hashed.

@@ -261,6 +261,7 @@ def build(
 
         plans = plan(cfg, names, ctx.benv, lookup=lookup)
         nothing_published = _check_publishing(cfg, plans) if opts.publish else None
+        set_aside = state.set_aside_corrupt(cfg.workspace.state_dir)  # before the rebuilds record afresh
         # The stores are opened only when something may be restored or published.
         needed = opts.publish or any(p.comp.prebuilt and (opts.forces(p.comp.name) or not p.up_to_date) for p in plans)
         artifacts = stores() if needed or opened else None
@@ -268,6 +269,7 @@ def build(
                          on_event=on_event).run(plans)
         if nothing_published:
             report.warnings.append(nothing_published)
+        report.warnings[:0] = set_aside
         if floor.overridden:
             report.warnings.insert(0, f"host platform {floor.host.version} is older than the oldest supported "
                                       f"{floor.minimum} (--allow-old-platform): builds may not run on supported "
@@ -279,6 +281,7 @@ def build(
         if report.ok and image and cfg.image is not None and not names:
             report.image = _image(ctx, plans, report, force=opts.force)
             report.warnings.extend(report.image.get("warnings") or ())
+            report.warnings += report.image.pop("set_aside", [])
             if cfg.media is not None and cfg.media.make:
                 report.image["media"] = _media(cfg, report.image, force=opts.force)
         return report

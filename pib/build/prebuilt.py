@@ -17,7 +17,6 @@ restored, checked against the restored proto area before it is believed.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -161,7 +160,7 @@ class StoreArtifacts:
             if not lacking or p.source.dirty or p.local_only:
                 continue
             names = ", ".join(s.name for s in lacking)
-            work = Path(tempfile.mkdtemp(prefix=f".{p.comp.proto.name}.publish-", dir=p.comp.proto.parent))
+            work = transfer.scratch_dir(p.comp.proto, "publish")
             try:
                 copied = transfer.copy_verified(p.comp.name, p.key, self.local, lacking, publishers, work)
             except PibError as exc:

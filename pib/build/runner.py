@@ -79,6 +79,7 @@ class Outcome(NamedTuple):
     published: tuple[str, ...] = ()
     command_seconds: float = 0.0
     output: str | None = None  # output digest of the proto area (for a component that is ready)
+    reason: Reason = Reason.BUILD  # why a failed one failed (WORKSPACE: pib could not write its own files)
 
 
 class BuildReport:
@@ -291,8 +292,11 @@ class Builder:
             first = failed[0]
             others = [o.component for o in report.outcomes if o.action == State.STOPPED]
             msg = f"{first.component} failed" + (f"; stopped: {', '.join(others)}" if others else "")
-            report.error = PibError(msg, reason=Reason.PREBUILT_MISSING if first.detail.startswith("no prebuilt")
-                                    else Reason.BUILD, detail=first.detail)
+            reason = Reason.WORKSPACE if first.reason is Reason.WORKSPACE else \
+                Reason.PREBUILT_MISSING if first.detail.startswith("no prebuilt") else Reason.BUILD
+            # pib's own files (not the build) were the problem: what to do is the failure's hint.
+            hint = first.detail.partition("\n  hint: ")[2].partition("\n")[0] if reason is Reason.WORKSPACE else ""
+            report.error = PibError(msg, reason=reason, detail=first.detail, hint=hint)
         return report
 
     def _publish_rest(self, plans: Sequence[Plan], outcomes: dict[str, Outcome]) -> PibError | None:
@@ -408,7 +412,7 @@ class Builder:
                 detail = exc.message + (f"\n  hint: {exc.hint}" if exc.hint else "") + \
                     (f"\n{exc.detail}" if exc.detail else "")
                 return Outcome(c.name, State.FAILED, time.monotonic() - start, p.key, p.source.dirty, str(log_path),
-                               detail=detail)
+                               detail=detail, reason=exc.reason)
 
     def _restore_or_build(self, p: Plan, log: Log, start: float) -> Outcome:
         c = p.comp

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pib.fsutil import write_atomic
+from pib.errors import local_error
+from pib.fsutil import read_json_record, set_aside, write_atomic
 
 
 class ProtoFingerprint(NamedTuple):
@@ -87,20 +89,88 @@ def _path(state_dir: Path, name: str) -> Path:
     return state_dir / "state" / f"{name}.json"
 
 
+RECORD_LIMIT = 256 << 20  # a record lists every path of a proto area: large, but not without bound
+
+# Corrupt records seen by load(), set aside by the next set_aside_corrupt() (a build, which holds the
+# workspace lock; read-only commands only treat them as "not built").
+_corrupt: dict[Path, str] = {}
+_corrupt_lock = threading.Lock()
+
+
 def load(state_dir: Path, name: str) -> Record | None:
+    path = _path(state_dir, name)
     try:
-        data = json.loads(_path(state_dir, name).read_text(encoding="utf-8"))
-        fp = data.pop("proto", None)
-        return Record(**data, proto=ProtoFingerprint(**fp) if fp else None)
-    except (OSError, ValueError, TypeError):
+        return _record(read_json_record(path, RECORD_LIMIT))
+    except OSError:
         return None  # a missing or unreadable record means "not built"
+    except ValueError as exc:
+        with _corrupt_lock:
+            _corrupt[path] = str(exc)
+        return None
+
+
+def set_aside_corrupt(state_dir: Path) -> list[str]:
+    """Set aside the corrupt records load() met under `state_dir` (the components are then simply
+    built again); one warning each."""
+    out: list[str] = []
+    with _corrupt_lock:
+        mine = [p for p in _corrupt if p.is_relative_to(state_dir)]
+        found = [(p, _corrupt.pop(p)) for p in mine]
+    for path, why in found:
+        try:
+            dest = set_aside(path)
+        except OSError as exc:
+            out.append(f"build record {path} is corrupt ({why}) and could not be set aside ({exc.strerror})")
+            continue
+        out.append(f"build record {path} was corrupt ({why}); set aside as {dest.name}, so "
+                   f"{path.stem} is built again")
+    return out
+
+
+_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {  # name -> (types, may be null)
+    "component": (str, False), "key": (str, False), "doc": (dict, False), "action": (str, False),
+    "finished": ((int, float), False), "seconds": ((int, float), False), "proto": (dict, True),
+    "dirty": (bool, False), "store": (str, True), "files": (dict, True), "output": (str, True),
+    "head": (str, True),
+}
+
+
+def _record(data: Any) -> Record:
+    """A record from its JSON, every field checked (ValueError): what pib wrote, or nothing."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    for k, v in data.items():
+        if k not in _FIELDS:
+            raise ValueError(f"unknown field {k!r}")
+        types, nullable = _FIELDS[k]
+        if (v is None and not nullable) or (v is not None and (not isinstance(v, types) or
+                                                                isinstance(v, bool) is not (types is bool))):
+            raise ValueError(f"field {k!r} has the wrong type")
+    missing = [k for k in ("component", "key", "doc", "action", "finished", "seconds") if k not in data]
+    if missing:
+        raise ValueError(f"missing field {missing[0]!r}")
+    fp = data.get("proto")
+    files = data.get("files")
+    if fp is not None and (set(fp) != set(ProtoFingerprint._fields) or not all(_is_int(x) for x in fp.values())):
+        raise ValueError("field 'proto' is malformed")
+    if files is not None and not all(isinstance(v, list) and len(v) == 3 and all(_is_int(x) for x in v)
+                                     for v in files.values()):
+        raise ValueError("field 'files' is malformed")
+    return Record(**{**data, "proto": ProtoFingerprint(**fp) if fp else None})
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def save(state_dir: Path, rec: Record) -> None:
     path = _path(state_dir, rec.component)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps({**rec._asdict(), "proto": rec.proto._asdict() if rec.proto else None},
-                                  indent=1, sort_keys=True))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({**rec._asdict(), "proto": rec.proto._asdict() if rec.proto else None},
+                                      indent=1, sort_keys=True))
+    except OSError as exc:
+        raise local_error(path, exc, "record the build in") from None
 
 
 def forget(state_dir: Path, name: str) -> None:

@@ -418,3 +418,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pib: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last line only: expected failures are PibErrors above
+        return _internal_error(args, exc)
+
+
+def _internal_error(args: argparse.Namespace, exc: Exception) -> int:
+    """A bug in pib: a short message and where the traceback went, not the traceback itself."""
+    import os
+    import time
+    import traceback
+
+    from pib.errors import EXIT_CODES, PibError, Reason
+
+    text = "".join(traceback.format_exception(exc))
+    if getattr(args, "debug", False):
+        print(text, file=sys.stderr, end="")
+    log = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pib" / "internal-errors.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pib {' '.join(sys.argv[1:])}\n{text}")
+        where = f"the traceback is in {log}"
+    except OSError as why:
+        where = f"its traceback could not be kept ({why.strerror}); run again with --debug to see it"
+    err = PibError(f"internal error (a bug in pib): {type(exc).__name__}: {str(exc)[:200]}", reason=Reason.INTERNAL,
+                   hint=f"{where}; please report it")
+    if want_json(args):
+        emit_json({"error": err.to_json()})
+    print(f"pib: error: {err}", file=sys.stderr)
+    return EXIT_CODES[Reason.INTERNAL]

@@ -8,8 +8,10 @@ afterwards. Every value remembers the file and line it came from, so errors
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,16 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_+%~][A-Za-z0-9._+%~:-]{0,254}$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+
+# The range of every numeric setting (README.md, "Configuration"): a value outside is a config error at
+# file:line, so no setting can ask for a million retries, a time-out of inf or an exabyte.
+MAX_JOBS = 1024
+MAX_EPOCH = (1 << 32) - 1
+MAX_TIMEOUT = 86400.0            # seconds: store requests, boot
+MAX_RETRIES = 20
+MAX_SIZE = 1 << 50               # bytes: quotas, image budgets, declared source sizes
+MAX_BOOT_MEMORY = 1 << 20        # MiB
+MAX_MENU_TIMEOUT = 3600          # seconds
 
 
 # --------------------------------------------------------------------------
@@ -155,7 +167,7 @@ class _Section:
     def _type_error(self, key: str, want: str) -> ConfigError:
         value = self.data[key]
         return ConfigError(
-            f"{_dotted((*self.path, key))} must be {want}, not {type(value).__name__} {value!r}",
+            f"{_dotted((*self.path, key))} must be {want}, not {type(value).__name__} {_short(value)}",
             where=self.where(key),
             hint="see the config reference in README.md",
         )
@@ -178,28 +190,35 @@ class _Section:
             )
         return v
 
-    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
+    def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
+        """An integer in [minimum, maximum]: every numeric setting has a documented range (README.md)."""
         v = self._get(key)
         if v is None:
             return default
         if isinstance(v, bool) or not isinstance(v, int):
             raise self._type_error(key, "an integer")
-        if minimum is not None and v < minimum:
-            raise ConfigError(
-                f"{_dotted((*self.path, key))} must be at least {minimum}, not {v}",
-                where=self.where(key),
-            )
+        if not minimum <= v <= maximum:
+            raise self._range_error(key, v, minimum, maximum)
         return v
 
-    def number(self, key: str, default: float) -> float:
+    def number(self, key: str, default: float, minimum: float, maximum: float) -> float:
+        """A finite number in (minimum, maximum] (a time-out of 0, inf or nan is no time-out at all)."""
         v = self._get(key)
         if v is None:
             return default
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise self._type_error(key, "a number")
-        if v <= 0:
-            raise ConfigError(f"{_dotted((*self.path, key))} must be positive", where=self.where(key))
+        if not (isinstance(v, int) or math.isfinite(v)) or not minimum < v <= maximum:
+            raise self._range_error(key, v, minimum, maximum, above=True)
         return float(v)
+
+    def _range_error(self, key: str, v: float, minimum: float, maximum: float, *, above: bool = False) -> ConfigError:
+        low = f"more than {minimum:g}" if above else f"at least {minimum:g}"
+        return ConfigError(
+            f"{_dotted((*self.path, key))} must be {low} and at most {maximum:g}, not {_short(v)}",
+            where=self.where(key),
+            hint=f"set {key} to a value in that range (see the config reference in README.md)",
+        )
 
     def flag(self, key: str, default: bool) -> bool:
         v = self._get(key)
@@ -234,15 +253,20 @@ class _Section:
         v = self._get(key)
         if v is None:
             return None
+        n: float | None = None
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-        if isinstance(v, str):
+            n = v
+        elif isinstance(v, str) and len(v) <= 40:
             m = _SIZE_RE.match(v)
             if m:
                 unit = (m.group(2) or "B").upper().rstrip("B").rstrip("I")
                 mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
-                return int(float(m.group(1)) * mult)
-        raise self._type_error(key, 'a size such as 64M, 2G or a number of bytes')
+                n = float(m.group(1)) * mult
+        if n is None:
+            raise self._type_error(key, 'a size such as 64M, 2G or a number of bytes')
+        if not 0 < n <= MAX_SIZE:
+            raise self._range_error(key, n, 0, MAX_SIZE, above=True)
+        return int(n)
 
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         v = self.text(key, default)
@@ -288,6 +312,14 @@ class _Section:
             )
 
 
+def _short(value: Any) -> str:
+    """A value for a message: a 4,300-digit integer or a deep array is cut, not printed whole."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 40:
+        return f"(an integer of {len(str(abs(value)))} digits)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _dotted(path: tuple[str | int, ...]) -> str:
     out = ""
     for p in path:
@@ -328,8 +360,8 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
         log_dir=_rel(root, ws.text("log_dir", "log") or "log"),
         output_dir=_rel(root, ws.text("output_dir", "output") or "output"),
         state_dir=_rel(root, ws.text("state_dir", ".pib") or ".pib"),
-        jobs=ws.integer("jobs", max(1, os.cpu_count() or 1), minimum=1),
-        source_date_epoch=ws.integer("source_date_epoch", 315532800, minimum=0),
+        jobs=ws.integer("jobs", max(1, os.cpu_count() or 1), minimum=1, maximum=MAX_JOBS),
+        source_date_epoch=ws.integer("source_date_epoch", 315532800, minimum=0, maximum=MAX_EPOCH),
     )
     ws.done()
 
@@ -400,8 +432,8 @@ def _build(root: Path, top: _Section, doc: _Doc, files: tuple[Path, ...], source
 
     bt = top.sub("boot")
     boot = BootConfig(
-        memory=bt.integer("memory", 256, minimum=32),
-        timeout=bt.number("timeout", 120.0),
+        memory=bt.integer("memory", 256, minimum=32, maximum=MAX_BOOT_MEMORY),
+        timeout=bt.number("timeout", 120.0, minimum=0, maximum=MAX_TIMEOUT),
         marker=bt.text("marker", "PIB-BOOT-OK") or "PIB-BOOT-OK",
         append=bt.text("append", "console=ttyS0") or "console=ttyS0",
         qemu=bt.text("qemu", "qemu-system-x86_64") or "qemu-system-x86_64",
@@ -687,7 +719,7 @@ def _pinned_sources(comp: _Section) -> tuple[Pinned, ...]:
                               where=sec.where(), hint='e.g. { url = "https://...", sha256 = "..." }')
         kind = kinds[0]
         value = sec.req_str(kind)
-        size = sec.integer("size", 0, minimum=1) if "size" in sec.data else None
+        size = sec.integer("size", 0, minimum=1, maximum=MAX_SIZE) if "size" in sec.data else None
         if kind == "apt-source":
             name, version = _name_version(sec, kind, value)
             files = sec._get("files")
@@ -761,6 +793,8 @@ def _stores(root: Path, top: _Section, doc: _Doc) -> tuple[StoreSpec, ...]:
         if kind == "http" and url and not re.match(r"^https?://[^/\s]+", url):
             raise ConfigError(f"store {name!r}: url {url!r} is not an http:// or https:// URL", where=sec.where("url"),
                               hint='write it as url = "https://host/path"')
+        for k in ("url", "endpoint_url"):
+            _check_port(sec, k)
         if kind == "s3" and not bucket:
             raise ConfigError(f"store {name!r} (s3) needs bucket", where=sec.where(), hint='add bucket = "my-artifacts"')
         if kind == "local" and not path_s:
@@ -775,8 +809,8 @@ def _stores(root: Path, top: _Section, doc: _Doc) -> tuple[StoreSpec, ...]:
                 )
         # Every key is read whatever the type, so each is known (and shown by `config show`) for all of them.
         s3 = (sec.text("prefix", "") or "", sec.text("endpoint_url"), sec.text("region"), sec.text("profile"))
-        timeout = sec.number("timeout", 10.0)
-        retries = sec.integer("retries", 2, minimum=0)
+        timeout = sec.number("timeout", 10.0, minimum=0, maximum=MAX_TIMEOUT)
+        retries = sec.integer("retries", 2, minimum=0, maximum=MAX_RETRIES)
         publish = sec.flag("publish", True)
         if kind == "local":
             assert path_s is not None
@@ -794,6 +828,18 @@ def _stores(root: Path, top: _Section, doc: _Doc) -> tuple[StoreSpec, ...]:
         if names.count(n) > 1:
             raise ConfigError(f"two stores are named {n!r}", where=doc.where(("store",)), hint="give each [[store]] its own name")
     return tuple(out)
+
+
+def _check_port(sec: _Section, key: str) -> None:
+    """A URL's port must be one a socket can use (urllib says so only when it is first used)."""
+    url = sec.data.get(key)
+    if not isinstance(url, str):
+        return
+    try:
+        _ = urllib.parse.urlsplit(url).port
+    except ValueError as exc:
+        raise ConfigError(f"{_dotted((*sec.path, key))}: {url!r} is not a usable URL: {exc}", where=sec.where(key),
+                          hint="a port is a number from 1 to 65535, e.g. https://host:8443/pib") from None
 
 
 def _image(root: Path, top: _Section, components: set[str]) -> ImageSpec | None:
@@ -878,7 +924,7 @@ def _media(top: _Section, components: set[str], boot_append: str) -> MediaSpec |
         bootloader=bootloader,
         grub_dir=Path(grub),
         append=append,
-        timeout=md.integer("timeout", 0, minimum=0),
+        timeout=md.integer("timeout", 0, minimum=0, maximum=MAX_MENU_TIMEOUT),
         make=make,
         where=md.where(),
     )

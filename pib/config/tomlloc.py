@@ -81,11 +81,72 @@ class Locator:
         return Location(self.path, self.line_of(path))
 
 
+MAX_NESTING = 32  # arrays and tables inside each other; no pib setting needs more than a few
+
+
 def loads(text: str, path: str, error: type[PibError], *, what: str, hint: str) -> dict[str, Any]:
-    """tomllib.loads, with a syntax error turned into `error` at file:line."""
+    """tomllib.loads, with every failure turned into `error` at file:line.
+
+    tomllib decides what the document is; when it gives up on hostile input (nesting deep enough to
+    exhaust the stack, an integer past Python's 4,300-digit limit) the line is found for the message
+    only. What it returns is checked for nesting depth and NUL bytes, which no path, argument or
+    variable can carry.
+    """
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         raise error(f"{what} is not valid TOML: {exc}", where=Location(path, int(m.group(1)) if m else 0),
                     hint=hint) from None
+    except RecursionError:
+        raise error(f"{what} nests arrays or tables too deeply", where=Location(path, _deepest_line(text)),
+                    hint=f"{hint} (at most {MAX_NESTING} levels)") from None
+    except ValueError:  # int() past sys.get_int_max_str_digits()
+        m = re.search(r"\d{1000,}", text)
+        line = text.count("\n", 0, m.start()) + 1 if m else 0
+        raise error(f"{what} holds a number too large to be a setting", where=Location(path, line),
+                    hint=hint) from None
+    bad = _check(data)
+    if bad is not None:
+        keypath, problem = bad
+        fix = "remove the NUL (\\u0000)" if "NUL" in problem else f"flatten it (at most {MAX_NESTING} levels)"
+        dotted = ".".join(str(k).replace("\0", "\\u0000") for k in keypath)
+        raise error(f"{what}: {dotted or 'a key'} {problem}",
+                    where=Locator(path, text).at(keypath), hint=fix)
+    return data
+
+
+def _check(data: dict[str, Any]) -> tuple[Path_, str] | None:
+    """The key path of the first value nested too deeply or holding a NUL byte (iterative: the
+    depth is what is being checked)."""
+    todo: list[tuple[Path_, Any]] = [((), data)]
+    while todo:
+        keypath, value = todo.pop()
+        if isinstance(value, str):
+            if "\0" in value:
+                return keypath, "holds a NUL byte"
+            continue
+        if len(keypath) > MAX_NESTING:
+            return keypath[:MAX_NESTING], f"nests arrays or tables more than {MAX_NESTING} deep"
+        items: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for k, v in items:
+            if isinstance(k, str) and "\0" in k:
+                return (*keypath, k), "has a NUL byte in its name"
+            todo.append(((*keypath, k), v))
+    return None
+
+
+def _deepest_line(text: str) -> int:
+    """The line where brackets nest deepest (for the message only; strings are not skipped)."""
+    depth = best = 0
+    line = best_line = 1
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            if depth > best:
+                best, best_line = depth, line
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "\n":
+            line += 1
+    return best_line

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pib.config.types import Config, ImageSpec
 from pib.errors import ConfigError
-from pib.fsutil import remove_stale, write_atomic
+from pib.fsutil import read_json_record, remove_stale, set_aside, write_atomic
 from pib.run import Log
 
 if TYPE_CHECKING:
@@ -103,12 +103,39 @@ def image_inputs(cfg: Config, outputs: Mapping[str, str]) -> str:
     return keymod.digest(doc)
 
 
-def _last_image(cfg: Config) -> dict[str, Any] | None:
+def _last_image(cfg: Config, notes: list[str]) -> dict[str, Any] | None:
+    """The record of the last image; a corrupt one is set aside (the image is made again) with a note."""
+    path = cfg.workspace.state_dir / "image.json"
     try:
-        data: dict[str, Any] = json.loads((cfg.workspace.state_dir / "image.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json_record(path, 64 << 20)
+        if not (isinstance(data, dict) and isinstance(data.get("inputs"), str) and _is_image(data.get("image"))):
+            raise ValueError("not an image record")
+    except OSError:
+        return None
+    except ValueError as exc:
+        try:
+            notes.append(f"image record {path} was corrupt ({exc}); set aside as {set_aside(path).name}, "
+                         "so the image is made again")
+        except OSError as err:
+            notes.append(f"image record {path} is corrupt ({exc}) and could not be set aside ({err.strerror})")
         return None
     return data
+
+
+def _is_image(image: Any) -> bool:
+    """Whether `image` has the fields image_json writes, each of its type (a record is used as it is)."""
+    def strs(x: Any) -> bool:
+        return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+    def table(x: Any, kind: type | tuple[type, ...]) -> bool:
+        return isinstance(x, dict) and all(isinstance(v, kind) and not isinstance(v, bool) for v in x.values())
+
+    return (isinstance(image, dict)
+            and all(isinstance(image.get(k), str) and "\0" not in image[k]
+                    for k in ("dir", "buildstamp", "boot_archive", "sha256", "tarball"))
+            and all(isinstance(image.get(k), int) and not isinstance(image[k], bool) for k in ("size", "entries"))
+            and strs(image.get("kernels")) and strs(image.get("warnings"))
+            and table(image.get("outputs"), str) and table(image.get("timings"), (int, float)))
 
 
 def _record_image(cfg: Config, inputs: str, image: dict[str, Any]) -> None:
@@ -129,7 +156,8 @@ def make_image(cfg: Config, keys: Mapping[str, str], info: Callable[[], Mapping[
     a no-op). Returns the image's facts and whether it was made now.
     """
     inputs = image_inputs(cfg, outputs)
-    last = _last_image(cfg)
+    notes: list[str] = []
+    last = _last_image(cfg, notes)
     if (not force and last is not None and last.get("inputs") == inputs
             and Path(last["image"]["boot_archive"]).is_file()):
         # A run killed while it replaced an image left the old one whole, and its temporaries.
@@ -139,6 +167,8 @@ def make_image(cfg: Config, keys: Mapping[str, str], info: Callable[[], Mapping[
     res = build_image(cfg, keys, info(), bill=bill, attest=attest)
     out = image_json(res)
     _record_image(cfg, inputs, out)
+    if notes:
+        out["set_aside"] = notes
     return out, True
 
 

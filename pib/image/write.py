@@ -465,6 +465,12 @@ def _format_argv(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
     return out
 
 
+def _cannot_write(output_root: Path, exc: OSError) -> PibError:
+    """A full disk or an unwritable output directory: a user's problem, not a bug."""
+    return PibError(f"cannot write the image under {output_root}: {exc.strerror or exc}", reason=Reason.IMAGE,
+                    hint="free space there, make it writable (or set workspace.output_dir), then run pib build again")
+
+
 def assemble(
     spec: ImageSpec,
     areas: Sequence[ProtoArea],
@@ -484,10 +490,13 @@ def assemble(
     resolution = resolve(spec, areas, buildstamp=buildstamp, component_keys=component_keys)
     timings["resolve"] = time.monotonic() - t0
 
-    output_root.mkdir(parents=True, exist_ok=True)
-    remove_stale(output_root)
     name = f"platform-{buildstamp}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"{RUN_TMP}{os.getpid()}-", dir=output_root))
+    try:
+        output_root.mkdir(parents=True, exist_ok=True)
+        remove_stale(output_root)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{RUN_TMP}{os.getpid()}-", dir=output_root))
+    except OSError as exc:
+        raise _cannot_write(output_root, exc) from exc
     tgz_tmp = tmp.with_name(tmp.name + ".tgz")
     try:
         pdir = tmp / name
@@ -595,10 +604,7 @@ def assemble(
         with contextlib.suppress(FileNotFoundError):
             tgz_tmp.unlink()
         if isinstance(exc, OSError):
-            # A full disk or an unwritable output directory: a user's problem, not a bug.
-            raise PibError(f"cannot write the image under {output_root}: {exc.strerror or exc}",
-                           reason=Reason.IMAGE,
-                           hint="free space there (or set workspace.output_dir), then run pib build again") from exc
+            raise _cannot_write(output_root, exc) from exc
         raise
     remove_tree(tmp)
     timings["total"] = time.monotonic() - t0

@@ -95,6 +95,34 @@ class S3Store:
                              hint=f"check that {self.spec.endpoint_url or 'S3'} is reachable; "
                                   "pib builds locally meanwhile") from exc
 
+    def _answer(self, what: str, fn: Callable[[], T]) -> T:
+        """fn() (a request up to its headers) within an overall deadline.
+
+        botocore's time-outs apply to each socket read, so a server dripping its headers a byte at a
+        time would hold the caller for hours, and botocore gives no socket a watchdog could shut down.
+        So the request runs in a daemon thread of its own; past the deadline (every attempt botocore
+        may make) it is abandoned, to end with its connection, and the caller gets a store error.
+        """
+        seconds = deadline(self.spec.timeout) * (self.spec.retries + 1)
+        box: list[tuple[bool, Any]] = []
+
+        def run() -> None:
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:  # handed to the caller's thread as it is
+                box.append((False, exc))
+
+        worker = threading.Thread(target=run, name=f"pib-s3-{self.name}", daemon=True)
+        worker.start()
+        worker.join(seconds)
+        if not box:
+            raise StoreError(f"store {self.name}: {what}: no answer within {seconds:.0f}s",
+                             hint=f"check that {self.spec.endpoint_url or 'S3'} is healthy; pib builds locally meanwhile")
+        ok, value = box[0]
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
     # ------------------------------------------------------------ protocol
 
     def has(self, component: str, key: str) -> bool:
@@ -109,7 +137,7 @@ class S3Store:
         obj = self._key(component, key + META_SUFFIX)
 
         def fetch() -> bytes:
-            resp = self._s3.get_object(Bucket=self.spec.bucket, Key=obj)
+            resp = self._answer(f"GET {obj}", lambda: self._s3.get_object(Bucket=self.spec.bucket, Key=obj))
             size = int(resp.get("ContentLength", 0))
             if size > MAX_META:
                 raise StoreError(f"store {self.name}: {obj} is {size} bytes, too large for metadata")
@@ -157,7 +185,7 @@ class S3Store:
 
     def _download(self, obj: str, dest: Path, max_size: int) -> None:
         """Stream an object into dest (atomically), within the deadline and at most max_size bytes."""
-        resp = self._s3.get_object(Bucket=self.spec.bucket, Key=obj)
+        resp = self._answer(f"GET {obj}", lambda: self._s3.get_object(Bucket=self.spec.bucket, Key=obj))
         expected = int(resp.get("ContentLength", -1))
         if expected > max_size:
             raise StoreError(f"store {self.name}: {obj} is {expected} bytes, more than the {max_size} expected")
@@ -192,7 +220,8 @@ class S3Store:
 
     def _exists(self, obj: str) -> bool:
         try:
-            self._call(f"HEAD {obj}", lambda: self._s3.head_object(Bucket=self.spec.bucket, Key=obj))
+            self._call(f"HEAD {obj}", lambda: self._answer(
+                f"HEAD {obj}", lambda: self._s3.head_object(Bucket=self.spec.bucket, Key=obj)))
         except NotFound:
             return False
         return True
