@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -232,3 +233,48 @@ def human_size(n: float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def tree_entries(root: Path) -> dict[str, tuple[str, int, str]]:
+    """A canonical walk of a tree: relative path -> (type, permission bits, link target or content SHA-256).
+
+    Owners and times are left out: proto areas are compared by what a build decides.
+    """
+    out: dict[str, tuple[str, int, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            perm = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("symlink", 0, os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", perm, "")
+            elif stat.S_ISREG(st.st_mode):
+                out[rel] = ("file", perm, sha256_file(Path(full))[0])
+            else:
+                out[rel] = ("special", perm, f"{st.st_mode:o}:{st.st_rdev}")
+    return out
+
+
+def tree_differences(old: Path, new: Path) -> list[tuple[str, str]]:
+    """Paths where two trees differ, in path order, with what differs."""
+    a, b = tree_entries(old), tree_entries(new)
+    out: list[tuple[str, str]] = []
+    for path in sorted(set(a) | set(b)):
+        x, y = a.get(path), b.get(path)
+        if x == y:
+            continue
+        if x is None:
+            out.append((path, "only in the rebuild"))
+        elif y is None:
+            out.append((path, "missing from the rebuild"))
+        elif x[0] != y[0]:
+            out.append((path, f"was a {x[0]}, is a {y[0]}"))
+        elif x[1] != y[1]:
+            out.append((path, f"mode {x[1]:04o} -> {y[1]:04o}"))
+        else:
+            out.append((path, "link target differs" if x[0] == "symlink" else "content differs"))
+    return out

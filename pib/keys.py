@@ -1,6 +1,9 @@
 """Input keys: a canonical JSON document of everything that can change a
 component's output, and its SHA-256.
 
+A dependency enters the document by its output digest, so a dependency
+rebuilt into the same bytes leaves its dependents' keys as they were.
+
 The document never holds absolute paths, host names, users or times, so two
 machines with the same inputs compute the same key. FORMAT changes whenever
 the document's shape changes; golden tests pin it.
@@ -21,7 +24,8 @@ if TYPE_CHECKING:
     from pib.config.types import ComponentConfig
 
 # 2: epoch (the SOURCE_DATE_EPOCH every build gets) and cbe.system_path joined the document.
-FORMAT = 2
+# 3: depends holds each dependency's output digest (pib.build.output), not its input key.
+FORMAT = 3
 
 
 def digest(doc: Mapping[str, Any]) -> str:
@@ -36,7 +40,7 @@ def key_document(
     epoch: int,
     cbe: Mapping[str, str] | None,
     baseline: str | None,
-    dep_keys: Mapping[str, str],
+    dep_outputs: Mapping[str, str | None],  # None: not known yet (the key is pending)
     isolation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     key_files: dict[str, str] = {}
@@ -62,7 +66,7 @@ def key_document(
         "cbe": dict(cbe) if cbe else None,
         "platform": {"baseline": baseline},
         "key_files": key_files,
-        "depends": {d: dep_keys[d] for d in sorted(comp.depends)},
+        "depends": {d: dep_outputs[d] for d in sorted(comp.depends)},
     }
     if comp.sources:
         # Declared downloads by name and content, never by origin: a mirror or a new URL for the

@@ -13,7 +13,7 @@ from pib.config.loader import load
 from tests.gitutil import commit, make_repo, write
 
 GOLDEN_DOC = {
-    "format": 2,
+    "format": 3,
     "component": "extra",
     "source": {"tree": "4b825dc642cb6eb9a060e54bf8d69288fbee4904"},
     "epoch": 1700000000,
@@ -21,12 +21,12 @@ GOLDEN_DOC = {
     "cbe": {"name": "smartos-cbe", "version": "2", "lock": "ab" * 32, "system_path": "/usr/bin:/bin"},
     "platform": {"baseline": "20180329T002515Z"},
     "key_files": {"compat/illumos-hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
-    "depends": {"illumos": "cd" * 32},
+    "depends": {"illumos": "o1:" + "cd" * 32},
 }
 # Changing this value means every existing artifact in every store is orphaned (format 2 did, on purpose:
-# the build epoch and cbe.system_path became inputs):
+# the build epoch and cbe.system_path became inputs; format 3 too: dependencies count by output digest):
 # bump keys.FORMAT and say so in the release notes.
-GOLDEN_KEY = "79fc06ebe62ed0c7fe9534b2b59a34ba90cdce130343e7aaa146968e42d449cd"
+GOLDEN_KEY = "9e8b25b253b003e6fb042a0078d21f9967505a458433de0eadc51dd92f53a901"
 
 
 def test_golden_key_document(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_golden_key_document(tmp_path: Path) -> None:
         cfg.component("extra"), workspace=tmp_path, tree="4b825dc642cb6eb9a060e54bf8d69288fbee4904",
         epoch=1700000000, cbe={"name": "smartos-cbe", "version": "2", "lock": "ab" * 32, "system_path": "/usr/bin:/bin"},
         baseline="20180329T002515Z",
-        dep_keys={"illumos": "cd" * 32},
+        dep_outputs={"illumos": "o1:" + "cd" * 32},
     )
     assert doc == GOLDEN_DOC
     assert keys.canonical(doc).startswith(b'{"cbe":{"lock":"abab')
@@ -113,7 +113,7 @@ def test_isolation_enters_the_key_only_when_not_the_default(tmp_path: Path) -> N
         (tmp_path / "pib.toml").write_text('[components.c]\nsource = "x"\nbuild = ["true"]\n' + extra)
         cfg = load(tmp_path)
         return keys.key_document(cfg.component("c"), workspace=tmp_path, tree="t", epoch=0, cbe=None,
-                                 baseline=None, dep_keys={}, isolation=key_fields(cfg, cfg.component("c")))
+                                 baseline=None, dep_outputs={}, isolation=key_fields(cfg, cfg.component("c")))
 
     default = doc_of("")
     assert "isolation" not in default

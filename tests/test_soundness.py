@@ -230,7 +230,7 @@ def test_builds_get_the_workspace_epoch_and_it_is_in_the_key(tmp_path: Path) -> 
     assert actions(data) == {"x": "built"}, data["_stderr"]
     assert (ws / "proto.x" / "share" / "epoch").read_text().strip() == "315532800"
     doc = json.loads(pib(ws, "explain", "x", "--json").stdout)["document"]
-    assert doc["epoch"] == 315532800 and doc["format"] == 2
+    assert doc["epoch"] == 315532800 and doc["format"] == 3
     toml = ws / "pib.toml"
     toml.write_text(toml.read_text().replace('min_version = "1"\n', 'min_version = "1"\n[workspace]\n'
                                              'source_date_epoch = 1700000000\n'))

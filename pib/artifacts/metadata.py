@@ -9,7 +9,10 @@ this one reader; only their field sets differ.
 
 A component artifact's document says what was built (component, key and key
 document), what the archive is (SHA-256 and size), and who built it with what
-(builder platform, CBE, pib version, dirty flag).
+(builder platform, CBE, pib version, dirty flag), and, in artifacts written
+since pib keyed dependents by output, the output digest of the proto area it
+holds: the signed equivalence (input key -> output digest) that lets another
+machine key the dependents before restoring it.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class ArtifactInfo(NamedTuple):
     dirty: bool
     builder_platform: str
     cbe: CbeInfo | None
+    output_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class Metadata:
     pib_version: str
     dirty: bool
     signer: str
+    output_digest: str | None = None  # absent in artifacts written before it was recorded
 
 
 def timestamp(when: dt.datetime | None = None) -> str:
@@ -118,10 +123,12 @@ def parse_document(raw: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-def read_signed(raw: bytes, trusted_keys: Iterable[PublicKey], *, fields: Collection[str], what: str) -> dict[str, Any]:
+def read_signed(raw: bytes, trusted_keys: Iterable[PublicKey], *, fields: Collection[str], what: str,
+                optional: Collection[str] = ()) -> dict[str, Any]:
     """Parse signed metadata bytes, verify the signature, and check the format and the exact field set.
 
-    `what` names the artifact in errors. Returns the document without its signature.
+    `optional` fields may be there or not; no other field may. `what` names the artifact in errors.
+    Returns the document without its signature.
     """
     doc = parse_document(raw, what)
     signature = doc.pop("signature", None)
@@ -134,7 +141,7 @@ def read_signed(raw: bytes, trusted_keys: Iterable[PublicKey], *, fields: Collec
         raise VerifyError(f"metadata of {what} cannot be checked ({type(exc).__name__})",
                           hint="the artifact is corrupt") from None
     verify(signed, signature, trusted_keys)
-    if doc.get("format") != META_FORMAT or sorted(doc) != sorted(fields):
+    if doc.get("format") != META_FORMAT or sorted(k for k in doc if k not in optional) != sorted(fields):
         raise VerifyError(f"metadata of {what} has an unknown format",
                           hint="it was written by another pib version; it will be rebuilt locally")
     return doc
@@ -144,6 +151,7 @@ def make_metadata(info: ArtifactInfo, archive_sha256: str, archive_size: int, si
                   created: dt.datetime | None = None) -> bytes:
     """The signed metadata document of a component artifact, as the bytes to store."""
     cbe = info.cbe
+    extra = {} if info.output_digest is None else {"output_digest": info.output_digest}
     return sign({
         "format": META_FORMAT,
         "component": info.component,
@@ -157,12 +165,13 @@ def make_metadata(info: ArtifactInfo, archive_sha256: str, archive_size: int, si
         "pib_version": pib.__version__,
         "dirty": bool(info.dirty),
         "signer": signer.key_id,
+        **extra,
     }, signer)
 
 
 def read_metadata(raw: bytes, trusted_keys: Iterable[PublicKey], *, component: str, key: str) -> Metadata:
     """Parse and verify metadata bytes for the artifact (component, key)."""
-    doc = read_signed(raw, trusted_keys, fields=_FIELDS, what=f"{component}/{key}")
+    doc = read_signed(raw, trusted_keys, fields=_FIELDS, what=f"{component}/{key}", optional=("output_digest",))
     if doc["component"] != component or doc["key"] != key:
         raise VerifyError(
             f"metadata names {doc['component']}/{doc['key']}, not the requested {component}/{key}",
@@ -179,6 +188,7 @@ def read_metadata(raw: bytes, trusted_keys: Iterable[PublicKey], *, component: s
         created=doc["created"], builder_platform=doc["builder_platform"],
         cbe=None if cbe is None else CbeInfo(cbe["name"], cbe["version"], cbe["lock_digest"]),
         pib_version=doc["pib_version"], dirty=doc["dirty"], signer=doc["signer"],
+        output_digest=doc.get("output_digest"),
     )
 
 
@@ -199,4 +209,7 @@ def _bad_fields(doc: Mapping[str, Any]) -> list[str]:
     if cbe is not None and not (isinstance(cbe, dict) and sorted(cbe) == ["lock_digest", "name", "version"]
                                 and all(isinstance(v, str) for v in cbe.values())):
         bad.append("cbe")
+    out = doc.get("output_digest")
+    if out is not None and not (isinstance(out, str) and len(out) <= 200):
+        bad.append("output_digest")
     return bad

@@ -9,7 +9,7 @@ then make the image from the keys just planned (pib.image.step).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pib.build import state
@@ -19,7 +19,7 @@ from pib.build.env import build_env
 from pib.build.plan import Plan, plan
 from pib.build.runner import Artifacts, Builder, BuildOptions, BuildReport, Event, State, sweep
 from pib.config.loader import topo_order
-from pib.config.types import Config, Pinned
+from pib.config.types import ComponentConfig, Config, Pinned
 from pib.errors import PibError, Reason
 from pib.flock import FileLock
 from pib.fsutil import discard_tree, remove_stale, remove_tree
@@ -109,6 +109,11 @@ class ComponentStatus(NamedTuple):
     last_action: str | None
     prebuilt: bool
     next: str = ""  # what a build would do: "" (nothing), "build", "restore from local", "build or restore"
+    depends: Mapping[str, str] = {}  # dependency -> how its output digest is known (pib.build.plan)
+
+    @property
+    def pending(self) -> bool:
+        return not self.key
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,26 +127,30 @@ class ComponentStatus(NamedTuple):
             "last_action": self.last_action,
             "prebuilt": self.prebuilt,
             "next": self.next,
+            "key_pending": self.pending,
+            "depends": dict(self.depends),
         }
 
 
 def status(cfg: Config, names: Sequence[str] | None = None) -> list[ComponentStatus]:
     _require_checkouts(cfg, names)
     benv = build_env(cfg, install=False)
-    plans = plan(cfg, names, benv)
+    from pib.build.prebuilt import lookup_without_building
+
+    plans = plan(cfg, names, benv, lookup=lookup_without_building(cfg, remotes=False))
     local = _local_hits(cfg, plans)
     out: list[ComponentStatus] = []
     for p in plans:
         out.append(ComponentStatus(
             p.comp.name, p.up_to_date, p.reasons, p.key, p.source.dirty, p.source.branch, p.source.head,
-            p.record.action if p.record else None, p.comp.prebuilt, _next(cfg, p, local),
+            p.record.action if p.record else None, p.comp.prebuilt, _next(cfg, p, local), dict(p.via),
         ))
     return out
 
 
 def _local_hits(cfg: Config, plans: Sequence[Plan]) -> set[tuple[str, str]]:
     """Which stale prebuilt components the machine's local store holds (no network: a status stays cheap)."""
-    wanted = [(p.comp.name, p.key) for p in plans if p.comp.prebuilt and not p.up_to_date]
+    wanted = [(p.comp.name, p.key) for p in plans if p.comp.prebuilt and not p.up_to_date and p.key]
     if not wanted:
         return set()
     from pib.artifacts.policy import local_store
@@ -202,10 +211,22 @@ def build(
         _sweep_leftovers(cfg)
         _require_checkouts(cfg, names)
         ctx = BuildContext(cfg, build_env(cfg, install=False), floor)
-        plans = plan(cfg, names, ctx.benv)
+        opened: list[Artifacts | None] = []
+
+        def stores() -> Artifacts | None:
+            if not opened:
+                opened.append(_artifacts(ctx, offline=offline, require_prebuilt=opts.require_prebuilt))
+            return opened[0]
+
+        def lookup(comp: ComponentConfig, key: str) -> tuple[str, str] | None:
+            # Asked only for a stale prebuilt dependency, which opens the stores anyway.
+            found = stores()
+            return found.equivalence(comp, key) if found is not None else None
+
+        plans = plan(cfg, names, ctx.benv, lookup=lookup)
         # The stores are opened only when something may be restored or published.
         needed = opts.publish or any(p.comp.prebuilt and (opts.forces(p.comp.name) or not p.up_to_date) for p in plans)
-        artifacts = _artifacts(ctx, offline=offline, require_prebuilt=opts.require_prebuilt) if needed else None
+        artifacts = stores() if needed or opened else None
         report = Builder(ctx, opts, artifacts=artifacts, sources=_sources(ctx, plans, opts, offline=offline),
                          on_event=on_event).run(plans)
         if floor.overridden:
@@ -355,10 +376,14 @@ def _artifacts(ctx: BuildContext, *, offline: bool, require_prebuilt: bool = Fal
 
 def _image(ctx: BuildContext, plans: list[Plan], report: BuildReport, *, force: bool) -> dict[str, Any]:
     """The image of the keys just planned, with what this build did for build.json."""
+    from pib.build.trace import Built, image_trace
     from pib.image.step import make_image
 
-    image, made = make_image(ctx.cfg, {p.comp.name: p.key for p in plans}, lambda: _build_info(ctx, plans, report),
-                             force=force)
+    done = {o.component: o for o in report.outcomes}
+    built = [Built(p.comp, p.key, p.source.tree, p.source.head, p.source.dirty) for p in plans]
+    image, made = make_image(ctx.cfg, {n: o.key for n, o in done.items()}, lambda: _build_info(ctx, plans, report),
+                             outputs={n: o.output or "" for n, o in done.items()}, force=force,
+                             trace=lambda: image_trace(ctx.cfg, built, str(ctx.floor.host), ctx.benv.key))
     return {**image, "action": State.BUILT if made else State.UP_TO_DATE}
 
 
@@ -393,7 +418,8 @@ def _build_info(ctx: BuildContext, plans: list[Plan], report: BuildReport) -> di
         "components": [
             {
                 "name": p.comp.name,
-                "key": p.key,
+                "key": by_name[p.comp.name].key if p.comp.name in by_name else p.key,
+                "output": by_name[p.comp.name].output if p.comp.name in by_name else None,
                 "action": by_name[p.comp.name].action if p.comp.name in by_name else State.UP_TO_DATE,
                 "seconds": round(by_name[p.comp.name].seconds, 3) if p.comp.name in by_name else 0.0,
                 "dirty": p.source.dirty,
@@ -471,10 +497,15 @@ def explain(cfg: Config, name: str) -> dict[str, Any]:
 
     _require_checkouts(cfg, [name])
     benv = build_env(cfg, install=False)
-    p = next(x for x in plan(cfg, [name], benv) if x.comp.name == name)
+    from pib.build.prebuilt import lookup_without_building
+
+    p = next(x for x in plan(cfg, [name], benv, lookup=lookup_without_building(cfg, remotes=True))
+             if x.comp.name == name)
     out: dict[str, Any] = {
         "component": name,
         "key": p.key,
+        "key_pending": not p.key,
+        "depends": dict(p.via),
         "document": p.doc,
         "up_to_date": p.up_to_date,
         "reasons": list(p.reasons),
@@ -522,7 +553,7 @@ class Published(NamedTuple):
 def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = False, ci: bool = False) -> list[Published]:
     """Upload signed artifacts of up-to-date, clean prebuilt components (all of them, or those named)."""
     from pib.artifacts.policy import check_publish_policy, remote_stores
-    from pib.build.prebuilt import publish_one
+    from pib.build.prebuilt import publish_one, recorded_output
     from pib.run import Log
 
     floor = check_floor(cfg.platform)
@@ -555,6 +586,79 @@ def publish(cfg: Config, names: Sequence[str] | None, *, wait_for_lock: bool = F
             for n in chosen:
                 p = plans[n]
                 warnings: list[str] = []
-                stores = publish_one(ctx, p, p.comp.proto, log, remotes, warn=warnings.append)
+                stores = publish_one(ctx, p, p.comp.proto, log, remotes,
+                                     recorded_output(cfg.workspace.state_dir, p), warn=warnings.append)
                 out.append(Published(n, p.key, stores, tuple(warnings)))
         return out
+
+
+# --------------------------------------------------------------------------
+# rebuild --check
+
+
+class RebuildCheck(NamedTuple):
+    component: str
+    key: str
+    compared_with: str  # "store NAME" or "proto area"
+    differences: tuple[tuple[str, str], ...]  # (path, what differs), in path order; empty: identical
+    files: int
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+    def to_json(self) -> dict[str, Any]:
+        return {"component": self.component, "key": self.key, "compared_with": self.compared_with,
+                "identical": self.identical, "files": self.files,
+                "differences": [{"path": p, "what": w} for p, w in self.differences]}
+
+
+def rebuild_check(cfg: Config, name: str, *, wait_for_lock: bool = False, offline: bool = False) -> RebuildCheck:
+    """Build `name` again into a scratch proto area and compare it, byte for byte, with what its key made:
+    the stored artifact of that key (local store, then the remotes), else the proto area the last build of
+    that key left."""
+    from pib.artifacts import policy, transfer
+    from pib.build.runner import proto_tmp
+    from pib.fsutil import tree_differences, tree_entries
+    from pib.run import Log
+
+    comp = cfg.component(name)
+    floor = check_floor(cfg.platform, allow_old=True)
+    with workspace_lock(cfg) as lock:
+        lock.acquire(wait=wait_for_lock)
+        _require_checkouts(cfg, [name])
+        ctx = BuildContext(cfg, build_env(cfg, install=False), floor)
+        plans = plan(cfg, [name], ctx.benv)
+        stale = [p.comp.name for p in plans if p.comp.name != name and not p.up_to_date]
+        if stale:
+            raise PibError(f"dependencies of {name} are not built for their current inputs: {', '.join(stale)}",
+                           reason=Reason.BUILD, hint=f"run pib build {' '.join(stale)} first")
+        p = next(x for x in plans if x.comp.name == name)
+        ref = comp.proto.with_name(f".{comp.proto.name}.check-ref")
+        scratch = proto_tmp(comp.proto)
+        sweep(comp)
+        remove_tree(ref)
+        try:
+            with Log(cfg.workspace.log_dir / f"{name}.rebuild-check.log") as log:
+                stores = [] if offline else policy.remote_stores(cfg)
+                keys = [*policy.trusted_keys(cfg, machine=False), policy.machine_signer()[1]]
+                got = transfer.restore(name, p.key, stores, keys, ref, log, local_store=policy.local_store(cfg))
+                if got.hit:
+                    reference, against = ref, f"store {got.store}"
+                elif p.record is not None and p.record.key == p.key and p.record.proto_changes(comp.proto) == []:
+                    reference, against = comp.proto, "proto area"
+                else:
+                    raise PibError(f"nothing built under {name}'s key {p.key[:12]} to compare with",
+                                   reason=Reason.BUILD, hint=f"run pib build {name} first")
+                sources = None
+                if comp.sources:
+                    from pib.build.sources import Sources
+
+                    sources = Sources(cfg, offline=offline)
+                Builder(ctx, BuildOptions(), sources=sources).build_into(p, scratch, log, time.monotonic())
+                diffs = tree_differences(reference, scratch)
+                files = len(tree_entries(scratch))
+        finally:
+            remove_tree(ref)
+            remove_tree(scratch)
+        return RebuildCheck(name, p.key, against, tuple(diffs), files)

@@ -8,10 +8,15 @@ when this run built it. An artifact this run did not build (up to date, or
 restored) is published only as the entry it is, signed by a key trusted for
 publishing (trust.public_keys, never the machine key): the machine key's
 trust is never laundered into the publishing key's.
+
+Every artifact's signed metadata carries the output digest of what it holds:
+the equivalence the plan uses to key dependents before the artifact is
+restored, checked against the restored proto area before it is believed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -19,16 +24,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pib.artifacts import policy, transfer
-from pib.artifacts.metadata import ArtifactInfo, CbeInfo
+from pib.artifacts.metadata import ArtifactInfo, CbeInfo, read_metadata
+from pib.artifacts.signing import PublicKey, load_public_key
+from pib.build import output, state
 from pib.errors import PibError, Reason
-from pib.fsutil import remove_tree
+from pib.fsutil import discard_tree, remove_tree
 from pib.parallel import parallel_map
 from pib.run import Log
-from pib.store import Store
+from pib.store import NotFound, Store
 
 if TYPE_CHECKING:
     from pib.build.context import BuildContext
-    from pib.build.plan import Plan
+    from pib.build.plan import Lookup, Plan
+    from pib.config.types import ComponentConfig, Config
 
 
 class StoreArtifacts:
@@ -43,6 +51,7 @@ class StoreArtifacts:
         self.trusted = [*policy.trusted_keys(ctx.cfg, machine=False), machine_pub]
         self.warnings: list[str] = []
         self._known: dict[str, set[tuple[str, str]]] = {}  # remote name -> entries it has
+        self._asked: set[tuple[str, str]] = set()  # entries prepare() asked the remotes about
         self._down: set[str] = set()
         self._lock = threading.Lock()
         self._require = require_prebuilt
@@ -57,6 +66,7 @@ class StoreArtifacts:
         wanted = [(p.comp.name, p.key) for p in plans if p.comp.prebuilt and not p.local_only]
         if not wanted or not self.remotes:
             return
+        self._asked.update(wanted)
 
         def ask(store: Store) -> tuple[str, set[tuple[str, str]] | None, str]:
             try:
@@ -81,31 +91,50 @@ class StoreArtifacts:
             if s.name in self._down:
                 continue
             known = self._known.get(s.name)
-            if known is not None and (plan.comp.name, plan.key) not in known:
+            # A key settled after prepare() (it waited for a dependency) was not asked about: try the store.
+            if known is not None and (plan.comp.name, plan.key) in self._asked and \
+                    (plan.comp.name, plan.key) not in known:
                 continue
             out.append(s)
         return out
 
-    def restore(self, plan: Plan, proto: Path, log: Log) -> tuple[str | None, str]:
+    def equivalence(self, comp: ComponentConfig, key: str) -> tuple[str, str] | None:
+        """The signed output digest of (comp, key) and where it was found: local store first."""
+        return equivalence([self.local, *(s for s in self.remotes if s.name not in self._down)], self.trusted,
+                           comp.name, key, warn=self._warn)
+
+    def restore(self, plan: Plan, proto: Path, log: Log) -> tuple[str | None, str, str | None]:
         outcome = transfer.restore(
             plan.comp.name, plan.key, self._candidates(plan), self.trusted, proto, log, local_store=self.local,
         )
         for prob in outcome.problems:
             self._warn(f"store {prob.store}: {plan.comp.name}: {prob.reason.value}: {prob.message}")
         if outcome.hit:
-            return outcome.store, f"{outcome.bytes} bytes in {outcome.seconds:.1f}s"
+            # The signed equivalence is believed only when the bytes unpacked have that output digest.
+            got = output.output_digest(proto)
+            said = outcome.metadata.output_digest if outcome.metadata else None
+            if output.is_current(said) and said != got:
+                discard_tree(proto)
+                with contextlib.suppress(PibError):
+                    self.local.delete(plan.comp.name, plan.key)
+                why = (f"artifact {plan.comp.name}/{plan.key[:12]} from {outcome.store} holds output {got[:15]}, "
+                       f"its signed metadata says {str(said)[:15]}: refused")
+                self._warn(f"store {outcome.store}: {plan.comp.name}: {Reason.VERIFY.value}: {why}")
+                log.line(f"pib: {why}")
+                return None, why, None
+            return outcome.store, f"{outcome.bytes} bytes in {outcome.seconds:.1f}s", got
         if outcome.status == "error":
             return None, "artifact rejected or store failed: " + "; ".join(
-                f"{p.store}: {p.message}" for p in outcome.problems)
+                f"{p.store}: {p.message}" for p in outcome.problems), None
         where = ", ".join(["local", *(s.name for s in self._candidates(plan))])
         return None, f"no artifact for this key in {where}" + (
             " (dirty tree: local store only)" if plan.source.dirty else
-            " (network build: local store only)" if plan.local_only else "")
+            " (network build: local store only)" if plan.local_only else ""), None
 
-    def keep(self, plan: Plan, proto: Path, log: Log) -> None:
+    def keep(self, plan: Plan, proto: Path, log: Log, output_digest: str) -> None:
         try:
-            out = transfer.publish(artifact_info(self.ctx, plan), proto, [self.local], self._signer, remote=False,
-                                   log=log)
+            out = transfer.publish(artifact_info(self.ctx, plan, output_digest), proto, [self.local], self._signer,
+                                   remote=False, log=log)
         except PibError as exc:
             self._warn(f"could not keep {plan.comp.name} in the local store: {exc.message}")
             return
@@ -113,11 +142,11 @@ class StoreArtifacts:
         for prob in out.problems:
             self._warn(f"could not keep {plan.comp.name} in the local store: {prob.message}")
 
-    def publish(self, plan: Plan, proto: Path, log: Log) -> tuple[str, ...]:
+    def publish(self, plan: Plan, proto: Path, log: Log, output_digest: str) -> tuple[str, ...]:
         if plan.local_only:
             log.line(f"pib: {plan.comp.name} is built with network access; its artifact stays local")
             return ()
-        return publish_one(self.ctx, plan, proto, log, self.remotes, warn=self._warn, local=self.local)
+        return publish_one(self.ctx, plan, proto, log, self.remotes, output_digest, warn=self._warn, local=self.local)
 
     def publish_missing(self, plans: Sequence[Plan], log: Log) -> dict[str, tuple[str, ...]]:
         targets = [s for s in self.remotes if policy.may_publish(self.cfg, s.name)]
@@ -153,14 +182,63 @@ class StoreArtifacts:
         return out
 
 
-def artifact_info(ctx: BuildContext, plan: Plan) -> ArtifactInfo:
-    """What the metadata of the artifact of `plan`, built here, says."""
+def equivalence(stores: Sequence[Store], trusted: Sequence[PublicKey], component: str, key: str, *,
+                warn: Callable[[str], None] | None = None) -> tuple[str, str] | None:
+    """The output digest the signed metadata of (component, key) states in the first store that has one.
+
+    Only the metadata is read (a few hundred bytes). An untrusted, unsigned or older entry (no output
+    digest, or one of a retired format) is no equivalence.
+    """
+    for store in stores:
+        try:
+            meta = read_metadata(store.get_meta(component, key), trusted, component=component, key=key)
+        except NotFound:
+            continue
+        except PibError as exc:
+            if warn is not None:
+                warn(f"store {store.name}: {component}: {exc.reason.value}: {exc.message}")
+            continue
+        if output.is_current(meta.output_digest):
+            assert meta.output_digest is not None
+            return meta.output_digest, f"equivalence from store {store.name}"
+    return None
+
+
+def lookup_without_building(cfg: Config, *, remotes: bool) -> Lookup:
+    """Equivalences for `pib status` (local store only: no network) and `pib explain` (the remotes too)."""
+    trusted = policy.trusted_keys(cfg, machine=False)
+    public = policy.machine_key_paths()[1]
+    if public.exists():
+        trusted = [*trusted, load_public_key(public)]
+    try:
+        stores = [policy.local_store(cfg), *(policy.remote_stores(cfg) if remotes else [])]
+    except PibError:
+        stores = []
+
+    def lookup(comp: ComponentConfig, key: str) -> tuple[str, str] | None:
+        return equivalence(stores, trusted, comp.name, key)
+
+    return lookup
+
+
+def artifact_info(ctx: BuildContext, plan: Plan, output_digest: str) -> ArtifactInfo:
+    """What the metadata of the artifact of `plan`, built here with that output digest, says."""
     k = ctx.benv.key
     return ArtifactInfo(plan.comp.name, plan.key, plan.doc, plan.source.dirty, str(ctx.floor.host),
-                        CbeInfo(k["name"], k["version"], k["lock"]) if k else None)
+                        CbeInfo(k["name"], k["version"], k["lock"]) if k else None, output_digest)
 
 
-def publish_one(ctx: BuildContext, plan: Plan, proto: Path, log: Log | None, remotes: Sequence[Store], *,
+def recorded_output(state_dir: Path, plan: Plan) -> str:
+    """The output digest recorded for the up-to-date proto area of `plan` (hashed now if none was recorded)."""
+    rec = state.load(state_dir, plan.comp.name)
+    if rec is not None and rec.key == plan.key and output.is_current(rec.output):
+        assert rec.output is not None
+        return rec.output
+    return output.output_digest(plan.comp.proto)
+
+
+def publish_one(ctx: BuildContext, plan: Plan, proto: Path, log: Log | None, remotes: Sequence[Store],
+                output_digest: str, *,
                 warn: Callable[[str], None] | None = None, local: Store | None = None) -> tuple[str, ...]:
     """Upload the artifact of `plan` to the remotes that take published artifacts; names of those that have it.
 
@@ -171,7 +249,7 @@ def publish_one(ctx: BuildContext, plan: Plan, proto: Path, log: Log | None, rem
     if not targets:
         raise PibError("no remote store to publish to", reason=Reason.PUBLISH,
                        hint="add a [[store]] (http or s3) to pib.toml or pib.local.toml")
-    out = transfer.publish(artifact_info(ctx, plan), proto, [*targets, *([local] if local else [])],
+    out = transfer.publish(artifact_info(ctx, plan, output_digest), proto, [*targets, *([local] if local else [])],
                            policy.publishing_signer(ctx.cfg), remote=True, log=log)
     problems = [p for p in out.problems if local is None or p.store != local.name]
     if problems:

@@ -2,7 +2,10 @@
 
 An up-to-date component is skipped at once; a stale one is restored from a
 store or built in its build environment into a fresh proto area that replaces
-the old one only when the build succeeded.
+the old one only when the build succeeded. Each success records the output
+digest of its proto area; a dependent's key is settled from the digests its
+dependencies really have just before it runs, so a dependency rebuilt into
+the same bytes leaves it up to date (early cutoff).
 """
 
 from __future__ import annotations
@@ -17,15 +20,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from pib.build import state
+from pib.build import output, state
 from pib.build.checkout import changed_files, source_state
 from pib.build.env import component_env
-from pib.build.plan import Plan
+from pib.build.plan import Plan, settle
 from pib.build.sandbox import Sandbox
 from pib.config.types import ComponentConfig
 from pib.errors import PibError, Reason
 from pib.fsutil import aside, remove_tree, replace_dir, symlink_atomic
-from pib.run import Cancelled, Log, run
+from pib.run import Cancelled, Log, Result, run
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -75,6 +78,7 @@ class Outcome(NamedTuple):
     store: str | None = None
     published: tuple[str, ...] = ()
     command_seconds: float = 0.0
+    output: str | None = None  # output digest of the proto area (for a component that is ready)
 
 
 class BuildReport:
@@ -90,6 +94,9 @@ class BuildReport:
         self.warnings: list[str] = []
         self.sources_uploaded: dict[str, list[str]] = {}  # store -> pinned files it was sent
         self.cbe_published: list[str] = []  # stores the CBE prefix was published to
+        # Early cutoff: component rebuilt (or restored) for new inputs into its previous output -> the
+        # dependents that stayed up to date because of that.
+        self.cutoff: dict[str, list[str]] = {}
 
     @property
     def ok(self) -> bool:
@@ -111,6 +118,7 @@ class BuildReport:
                     "detail": o.detail,
                     "store": o.store,
                     "published": list(o.published),
+                    "output": o.output,
                 }
                 for o in self.outcomes
             ],
@@ -119,6 +127,7 @@ class BuildReport:
             "warnings": list(self.warnings),
             "sources_uploaded": self.sources_uploaded,
             "cbe_published": self.cbe_published,
+            "cutoff": self.cutoff,
             "error": self.error.to_json() if self.error else None,
         }
 
@@ -132,16 +141,23 @@ class Artifacts(Protocol):
         """Look up every stale prebuilt component at once, before building starts."""
         ...
 
-    def restore(self, plan: Plan, proto: Path, log: Log) -> tuple[str | None, str]:
-        """Restore `plan` into `proto` atomically. (store name, note) on a hit, (None, why) on a miss."""
+    def restore(self, plan: Plan, proto: Path, log: Log) -> tuple[str | None, str, str | None]:
+        """Restore `plan` into `proto` atomically, its output digest checked against the signed one.
+
+        (store name, note, output digest) on a hit, (None, why, None) on a miss.
+        """
         ...
 
-    def keep(self, plan: Plan, proto: Path, log: Log) -> None:
+    def keep(self, plan: Plan, proto: Path, log: Log, output_digest: str) -> None:
         """Put a fresh local build into the machine's local store."""
         ...
 
-    def publish(self, plan: Plan, proto: Path, log: Log) -> tuple[str, ...]:
+    def publish(self, plan: Plan, proto: Path, log: Log, output_digest: str) -> tuple[str, ...]:
         """Upload to the remotes allowed to receive it; names of the stores written."""
+        ...
+
+    def equivalence(self, comp: ComponentConfig, key: str) -> tuple[str, str] | None:
+        """The signed output digest of (comp, key) in the stores, and where it was found."""
         ...
 
     def publish_missing(self, plans: Sequence[Plan], log: Log) -> dict[str, tuple[str, ...]]:
@@ -228,6 +244,8 @@ class Builder:
         self.cancel = threading.Event()
         self.stamp = _stamp()
         self.sandbox = Sandbox(ctx.cfg)
+        self.warnings: list[str] = []
+        self.settled: dict[str, Plan] = {}  # plans re-keyed from their dependencies' real outputs
 
     def _emit(self, name: str, st: State, started: float | None = None, detail: str = "") -> None:
         self.on_event(Event(name, st, time.monotonic() - started if started else 0.0, detail))
@@ -247,23 +265,26 @@ class Builder:
         for p in plans:
             self._emit(p.comp.name, State.WAITING)
         if self.artifacts is not None:
-            self.artifacts.prepare([p for p in plans if not p.up_to_date and not self.opts.forces(p.comp.name)])
+            self.artifacts.prepare([p for p in plans
+                                    if p.key and not p.up_to_date and not self.opts.forces(p.comp.name)])
         for p in plans:
             if p.up_to_date and not self.opts.forces(p.comp.name) and all(
                     outcomes.get(d) is not None for d in p.comp.depends):
-                outcomes[p.comp.name] = Outcome(p.comp.name, State.UP_TO_DATE, 0.0, p.key, p.source.dirty)
-                self._emit(p.comp.name, State.UP_TO_DATE)
+                outcomes[p.comp.name] = self._up_to_date(p)
         pending = [p for p in plans if p.comp.name not in outcomes]
         if pending:
             self.sandbox.bwrap()  # a sandbox that is required but cannot be made stops the build here
             self._schedule(pending, outcomes)
+        plans = [self.settled.get(p.comp.name, p) for p in plans]
+        report.cutoff = _cutoffs(plans, outcomes)
         if self.opts.publish and self.artifacts is not None and all(
                 o.action in DONE for o in outcomes.values()):
             report.error = self._publish_rest(plans, outcomes)
         report.outcomes = [outcomes[p.comp.name] for p in plans]
         report.seconds = time.monotonic() - t0
+        report.warnings = list(self.warnings)
         if self.artifacts is not None:
-            report.warnings = list(self.artifacts.warnings)
+            report.warnings += self.artifacts.warnings
         report.warnings += self.sandbox.warnings
         failed = [o for o in report.outcomes if o.action == State.FAILED]
         if failed:
@@ -312,15 +333,15 @@ class Builder:
                             continue
                         if not all(o is not None for o in deps):
                             continue
-                        if p.up_to_date and not self.opts.forces(p.comp.name):
+                        q = self._settle(p, outcomes)
+                        if q.up_to_date and not self.opts.forces(q.comp.name):
                             pending.remove(p)
-                            outcomes[p.comp.name] = Outcome(p.comp.name, State.UP_TO_DATE, 0.0, p.key, p.source.dirty)
-                            self._emit(p.comp.name, State.UP_TO_DATE)
+                            outcomes[q.comp.name] = self._up_to_date(q)
                             continue
                         if len(running) >= max(1, self.opts.jobs):
                             continue
                         pending.remove(p)
-                        running[pool.submit(self._one, p)] = p
+                        running[pool.submit(self._one, q)] = q
                     if not running:
                         continue
                     done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -338,6 +359,29 @@ class Builder:
                 wait(list(running))
                 raise PibError("interrupted; running builds were stopped, nothing half-built was kept",
                                reason=Reason.INTERRUPTED) from None
+
+    def _up_to_date(self, p: Plan) -> Outcome:
+        out = p.record.output if p.record is not None else None
+        if not output.is_current(out):
+            # A record from before output digests: the intact proto area is what the key built.
+            out = output.output_digest(p.comp.proto)
+            self._finish(p, State(p.record.action) if p.record else State.BUILT, time.monotonic(), out,
+                         store=p.record.store if p.record else None)
+        self._emit(p.comp.name, State.UP_TO_DATE)
+        return Outcome(p.comp.name, State.UP_TO_DATE, 0.0, p.key, p.source.dirty, output=out)
+
+    def _settle(self, p: Plan, outcomes: dict[str, Outcome]) -> Plan:
+        """`p` keyed by what its dependencies really hold now that they are done (they all are)."""
+        if not p.comp.depends:
+            return p
+        if p.comp.name in self.settled:
+            return self.settled[p.comp.name]
+        outs = {d: outcomes[d].output for d in p.comp.depends}
+        if not all(output.is_current(o) for o in outs.values()):
+            raise PibError(f"{p.comp.name}: a dependency has no output digest", reason=Reason.INTERNAL)
+        new = settle(self.cfg, self.ctx.benv, p, {d: o for d, o in outs.items() if o is not None})
+        self.settled[p.comp.name] = new
+        return new
 
     def _one(self, p: Plan) -> Outcome:
         c = p.comp
@@ -371,23 +415,44 @@ class Builder:
         note = ""
         if c.prebuilt and self.artifacts is not None and not self.opts.forces(c.name):
             self._emit(c.name, State.RESTORING, start)
-            store, note = self.artifacts.restore(p, c.proto, log)
-            if store is not None:
-                self._finish(p, State.RESTORED, start, store=store)
+            store, note, restored = self.artifacts.restore(p, c.proto, log)
+            if store is not None and restored is not None:
+                self._check_reproducible(p, restored, f"restored from {store}")
+                self._finish(p, State.RESTORED, start, restored, store=store)
                 self._emit(c.name, State.RESTORED, start, f"from {store}")
                 return Outcome(c.name, State.RESTORED, time.monotonic() - start, p.key, p.source.dirty, str(log.path),
-                               detail=note, store=store)
+                               detail=note, store=store, output=restored)
             log.line(f"pib: no prebuilt artifact: {note}")
             if self.opts.require_prebuilt:
                 raise PibError(f"no prebuilt artifact for {c.name} ({note})", reason=Reason.PREBUILT_MISSING,
                                hint="publish one from CI, or build without --require-prebuilt")
         self._emit(c.name, State.BUILDING, start, note)
         new = proto_tmp(c.proto)
-        remove_tree(new)
+        res = self.build_into(p, new, log, start)
+        replace_dir(new, c.proto)
+        # Hashed in place, after the build: the very bytes that are recorded, kept and published.
+        digest = output.output_digest(c.proto)
+        log.line(f"pib: output {digest}")
+        self._check_reproducible(p, digest, "rebuilt")
+        published: tuple[str, ...] = ()
+        if c.prebuilt and self.artifacts is not None:
+            self.artifacts.keep(p, c.proto, log, digest)
+            if self.opts.publish:
+                self._emit(c.name, State.PUBLISHING, start)
+                published = self.artifacts.publish(p, c.proto, log, digest)
+        self._finish(p, State.BUILT, start, digest)
+        self._emit(c.name, State.BUILT, start, note)
+        return Outcome(c.name, State.BUILT, time.monotonic() - start, p.key, p.source.dirty, str(log.path),
+                       detail=note, published=published, command_seconds=res.seconds, output=digest)
+
+    def build_into(self, p: Plan, dest: Path, log: Log, start: float) -> Result:
+        """Run the build of `p` into a fresh directory `dest` (the next proto area, or a scratch one)."""
+        c = p.comp
+        remove_tree(dest)
         try:
-            new.mkdir(parents=True)
+            dest.mkdir(parents=True)
         except OSError as exc:
-            raise PibError(f"cannot create {new}: {exc.strerror or exc}", reason=Reason.BUILD,
+            raise PibError(f"cannot create {dest}: {exc.strerror or exc}", reason=Reason.BUILD,
                            hint="free space (or fix permissions) where the proto area lives") from exc
         staged = None
         if c.sources:
@@ -395,8 +460,8 @@ class Builder:
                 raise PibError(f"{c.name} declares sources but this build fetches none", reason=Reason.INTERNAL)
             self._emit(c.name, State.BUILDING, start, "fetching sources")
             staged = self.sources.stage(c.name, c.sources, log)
-        env = component_env(self.cfg, p, self.ctx.benv, new, sources_dir=staged)
-        argv, env = self.sandbox.wrap(p, c.build, env, destdir=new)
+        env = component_env(self.cfg, p, self.ctx.benv, dest, sources_dir=staged)
+        argv, env = self.sandbox.wrap(p, c.build, env, destdir=dest)
         res = run(argv, cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
                   what=f"build of {c.name}")
         # The key names the content the build was planned for; if that is not what it read, nothing is kept.
@@ -411,24 +476,40 @@ class Builder:
                 hint="put build products in .gitignore, and do not change a checkout while it builds; "
                      "then build again",
             )
-        replace_dir(new, c.proto)
-        published: tuple[str, ...] = ()
-        if c.prebuilt and self.artifacts is not None:
-            self.artifacts.keep(p, c.proto, log)
-            if self.opts.publish:
-                self._emit(c.name, State.PUBLISHING, start)
-                published = self.artifacts.publish(p, c.proto, log)
-        self._finish(p, State.BUILT, start)
-        self._emit(c.name, State.BUILT, start, note)
-        return Outcome(c.name, State.BUILT, time.monotonic() - start, p.key, p.source.dirty, str(log.path),
-                       detail=note, published=published, command_seconds=res.seconds)
+        return res
 
-    def _finish(self, p: Plan, action: State, start: float, store: str | None = None) -> None:
+    def _check_reproducible(self, p: Plan, digest: str, how: str) -> None:
+        """Say loudly when one input key gave two outputs: the component is not reproducible."""
+        rec = p.record
+        if rec is not None and rec.key == p.key and output.is_current(rec.output) and rec.output != digest:
+            self.warnings.append(
+                f"{p.comp.name} is not reproducible: key {p.key[:12]} gave output {str(rec.output)[:15]} before, "
+                f"{digest[:15]} now ({how}); its dependents follow the new output")
+
+    def _finish(self, p: Plan, action: State, start: float, digest: str, store: str | None = None) -> None:
         state.save(self.cfg.workspace.state_dir, state.Record(
             component=p.comp.name, key=p.key, doc=p.doc, action=action, finished=state.now(),
             seconds=time.monotonic() - start, proto=state.ProtoFingerprint.of(p.comp.proto),
-            dirty=p.source.dirty, store=store, files=state.scan(p.comp.proto),
+            dirty=p.source.dirty, store=store, files=state.scan(p.comp.proto), output=digest,
+            head=p.source.head,
         ))
+
+
+def _cutoffs(plans: Sequence[Plan], outcomes: dict[str, Outcome]) -> dict[str, list[str]]:
+    """Components rebuilt or restored for new inputs into their previous output, and the dependents
+    that stayed up to date because of that."""
+    out: dict[str, list[str]] = {}
+    for p in plans:
+        o = outcomes.get(p.comp.name)
+        rec = p.record
+        if (o is None or o.action not in (State.BUILT, State.RESTORED) or rec is None or rec.key == p.key
+                or rec.output != o.output):
+            continue
+        kept = [q.comp.name for q in plans if p.comp.name in q.comp.depends
+                and (qo := outcomes.get(q.comp.name)) is not None and qo.action == State.UP_TO_DATE]
+        if kept:
+            out[p.comp.name] = kept
+    return out
 
 
 def _link_latest(target: Path, link: Path) -> None:

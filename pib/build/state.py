@@ -1,7 +1,8 @@
 """What the workspace last built: one record per component under .pib/state/.
 
 A record holds the input key and document of the last successful build or
-restore, and what the proto area held then: every path with its size, mtime
+restore, the output digest of what it made (a local equivalence: this key
+gave that output), and what the proto area held then: every path with its size, mtime
 and mode (a stat per file, no hashing, like the CBE install record), so a
 deleted, added or edited file makes the component stale.
 """
@@ -66,6 +67,8 @@ class Record(NamedTuple):
     dirty: bool = False
     store: str | None = None
     files: Files | None = None  # None in records written before pib recorded the files
+    output: str | None = None  # output digest of the proto area (pib.build.output); None in older records
+    head: str | None = None  # the commit built (None: unknown, in records written before pib kept it)
 
     def proto_changes(self, proto: Path) -> list[str] | None:
         """Paths that differ from what the proto area held when recorded ([]: intact, None: missing)."""

@@ -24,6 +24,7 @@ _EXTENSIONS = {
     "pib.cli.boot": ("boot",),
     "pib.cli.media": ("media",),
     "pib.cli.fetch": ("fetch",),
+    "pib.cli.verify": ("verify", "rebuild"),
 }
 _CORE = ("config", "configure", "build", "live", "ci", "publish", "status", "explain", "clobber")
 
@@ -222,7 +223,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     out = []
     for r in rows:
         why = "; ".join(r.reasons)
-        out.append([r.name, "up to date" if r.up_to_date else "stale", r.key[:12],
+        out.append([r.name, "up to date" if r.up_to_date else "stale", r.key[:12] or "pending",
                     ("dirty" if r.dirty else "clean"), r.next and f"will {r.next}", why])
     print(table(out, ["component", "state", "key", "tree", "next", "why"]))
     return 0
@@ -236,7 +237,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if want_json(args):
         emit_json(data)
         return 0
-    print(f"component {data['component']}  key {data['key']}  ({'dirty' if data['dirty'] else 'clean'} tree)")
+    print(f"component {data['component']}  key {data['key'] or 'pending'}  "
+          f"({'dirty' if data['dirty'] else 'clean'} tree)")
+    for dep, how in sorted(data["depends"].items()):
+        print(f"dependency {dep}: output digest {how}")
     print(json.dumps(data["document"], indent=2, sort_keys=True))
     if data["up_to_date"]:
         print("up to date with the last local build")

@@ -54,8 +54,10 @@ def _cmd_image(args: argparse.Namespace) -> int:
     # No build may replace a proto area while the image reads it.
     with workspace_lock(cfg) as lock:
         lock.acquire(wait=args.wait)
-        keys = recorded_keys(cfg.workspace.state_dir, cfg.names)  # what the last build made
-        res = build_image(cfg, keys, {"workspace": cfg.workspace.name}, args.stamp)
+        from pib.build.trace import recorded_trace
+
+        keys, (bill, attest) = recorded_trace(cfg)  # what the last build made
+        res = build_image(cfg, keys, {"workspace": cfg.workspace.name}, args.stamp, bill=bill, attest=attest)
     if want_json(args):
         emit_json(image_json(res))
         return 0

@@ -131,4 +131,9 @@ def summary(report: BuildReport) -> str:
     for o in report.outcomes:
         counts[o.action] = counts.get(o.action, 0) + 1
     text += "\n" + ", ".join(f"{n} {a}" for a, n in counts.items()) + f" in {seconds(report.seconds)}"
+    actions = {o.component: o.action for o in report.outcomes}
+    for name, kept in report.cutoff.items():
+        verb = "restored" if actions.get(name) == "restored" else "rebuilt"
+        text += (f"\n{name} {verb}, output unchanged: {len(kept)} dependent{'s' if len(kept) != 1 else ''} kept "
+                 f"({', '.join(kept)})")
     return text

@@ -526,6 +526,7 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
             network=sec.flag("network", False),
             writable_source=sec.flag("writable_source", False),
             sources=_pinned_sources(sec),
+            license=_license(sec),
         )
         sec.done()
         out.append(comp)
@@ -542,6 +543,22 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
             )
         protos[c.proto] = c.name
     return tuple(out)
+
+
+def _license(sec: _Section) -> str | None:
+    """components.NAME.license: an SPDX license expression, e.g. "GPL-2.0-only" or "MIT OR Apache-2.0"."""
+    text = sec.text("license")
+    if text is None:
+        return None
+    from pib.config.license import LicenseError, check_expression
+
+    try:
+        check_expression(text)
+    except LicenseError as exc:
+        raise ConfigError(f"{_dotted((*sec.path, 'license'))} = {text!r} is not an SPDX license expression: {exc}",
+                          where=sec.where("license"),
+                          hint='write e.g. "GPL-2.0-only", "MIT OR Apache-2.0" or "LicenseRef-Proprietary"') from exc
+    return text
 
 
 # Set by pib for every build; a component that changed them would run outside its build environment.

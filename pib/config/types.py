@@ -124,6 +124,7 @@ class ComponentConfig(NamedTuple):
     network: bool = False  # the build may reach the network: its key says so and its artifacts stay local
     writable_source: bool = False  # the build writes into its checkout (sandboxed: bound writable, .git not)
     sources: tuple[Pinned, ...] = ()  # declared downloads, fetched before the build
+    license: str | None = None  # an SPDX license expression, for the SBOM
 
 
 # Artifact stores: the machine's local store ([local_store]) and each [[store]].

@@ -1,4 +1,4 @@
-"""A writer for cpio "newc" archives, the format the Linux kernel unpacks as initramfs.
+"""A writer (and a reader, for `pib verify`) of cpio "newc" archives, the format the Linux kernel unpacks as initramfs.
 
 Headers carry whatever mode, uid, gid and mtime the caller gives, so an
 ordinary user can write root-owned, setuid or device-free trees. Inode
@@ -11,7 +11,8 @@ inode number and nlink; only the last one written carries the data.
 from __future__ import annotations
 
 import stat
-from typing import Protocol
+from collections.abc import Iterator
+from typing import NamedTuple, Protocol
 
 TRAILER = "TRAILER!!!"
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by length % 4
@@ -102,3 +103,39 @@ class Writer:
             self._put(header(TRAILER.encode(), ino=0, mode=0, uid=0, gid=0, nlink=1, mtime=0, size=0))
             self.flush()
             self._finished = True
+
+
+class Member(NamedTuple):
+    name: str
+    mode: int
+    ino: int
+    nlink: int
+    data: bytes  # file contents or a symlink's target (a hard link's other names: b"")
+
+
+class FormatError(ValueError):
+    pass
+
+
+def members(buf: bytes) -> Iterator[Member]:
+    """The entries of a newc archive held in memory, up to its trailer."""
+    pos = 0
+    while True:
+        head = buf[pos:pos + 110]
+        if len(head) < 110 or head[:6] != b"070701":
+            raise FormatError(f"no newc header at offset {pos}")
+        try:
+            f = [int(head[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
+        except ValueError:
+            raise FormatError(f"bad newc header at offset {pos}") from None
+        ino, mode, nlink, size, namesize = f[0], f[1], f[4], f[6], f[11]
+        name_end = pos + 110 + namesize
+        name = buf[pos + 110:name_end - 1].decode("utf-8", "surrogateescape")
+        data_start = name_end + len(_PAD[(110 + namesize) % 4])
+        data = buf[data_start:data_start + size]
+        if len(data) != size:
+            raise FormatError(f"{name}: archive ends inside its data")
+        pos = data_start + size + len(_PAD[size % 4])
+        if name == TRAILER:
+            return
+        yield Member(name, mode, ino, nlink, data)

@@ -19,7 +19,8 @@ from pib.run import Log
 
 if TYPE_CHECKING:
     from pib.image.resolve import ProtoArea
-    from pib.image.write import ImageResult
+    from pib.image.sbom import Bill
+    from pib.image.write import Attest, ImageResult
 
 
 def image_spec(cfg: Config) -> ImageSpec:
@@ -39,8 +40,9 @@ def proto_areas(cfg: Config) -> list[ProtoArea]:
 
 
 def build_image(cfg: Config, keys: Mapping[str, str], info: Mapping[str, Any] | None = None,
-                stamp: str | None = None) -> ImageResult:
-    """Write the image of the proto areas as built under `keys` (component -> key)."""
+                stamp: str | None = None, *, bill: Bill | None = None, attest: Attest | None = None) -> ImageResult:
+    """Write the image of the proto areas as built under `keys` (component -> key), with its SBOMs
+    (given the `bill`) and its signed provenance (given `attest`)."""
     from pib.image.write import assemble, buildstamp
 
     missing = [c.name for c in cfg.components if c.name not in keys]
@@ -59,13 +61,16 @@ def build_image(cfg: Config, keys: Mapping[str, str], info: Mapping[str, Any] | 
             dict(info or {}),
             component_keys=keys,
             log=log,
+            bill=bill,
+            attest=attest,
         )
 
 
-def image_inputs(cfg: Config, keys: Mapping[str, str]) -> str:
+def image_inputs(cfg: Config, outputs: Mapping[str, str]) -> str:
     """A digest of everything the image is made from, to skip remaking an unchanged image.
 
-    Overlays are fingerprinted by path, mode, size and mtime: any edit shows.
+    Components count by the output digests of their proto areas (a component rebuilt into the same
+    bytes keeps the image); overlays by path, mode, size and mtime: any edit shows.
     """
     import pib
     from pib import keys as keymod
@@ -86,7 +91,10 @@ def image_inputs(cfg: Config, keys: Mapping[str, str]) -> str:
             entries.append((str(o.manifest), st.st_mode, st.st_size, st.st_mtime_ns))
         overlays[str(o.path)] = entries
     doc = {
-        "components": dict(keys),
+        "components": dict(outputs),
+        # The SBOMs name each component's license; the provenance's signer follows the trust settings.
+        "licenses": {c.name: c.license for c in cfg.components},
+        "trust": repr(cfg.trust),
         "image": repr(im),
         "overlays": overlays,
         "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
@@ -110,22 +118,25 @@ def _record_image(cfg: Config, inputs: str, image: dict[str, Any]) -> None:
 
 
 def make_image(cfg: Config, keys: Mapping[str, str], info: Callable[[], Mapping[str, Any]], *,
-               force: bool = False) -> tuple[dict[str, Any], bool]:
-    """The image step of `pib build`: the image of the components as built under `keys`.
+               outputs: Mapping[str, str], force: bool = False,
+               trace: Callable[[], tuple[Bill, Attest]] | None = None) -> tuple[dict[str, Any], bool]:
+    """The image step of `pib build`: the image of the components as built under `keys`, whose proto
+    areas have the output digests `outputs`.
 
     `info` gives what build.json records about the build; it is asked for
     only when an image is made. When no input of the image changed since the
     last one and it is still there, it is not made again (a no-op build stays
     a no-op). Returns the image's facts and whether it was made now.
     """
-    inputs = image_inputs(cfg, keys)
+    inputs = image_inputs(cfg, outputs)
     last = _last_image(cfg)
     if (not force and last is not None and last.get("inputs") == inputs
             and Path(last["image"]["boot_archive"]).is_file()):
         # A run killed while it replaced an image left the old one whole, and its temporaries.
         remove_stale(cfg.workspace.output_dir)
         return dict(last["image"]), False
-    res = build_image(cfg, keys, info())
+    bill, attest = trace() if trace is not None else (None, None)
+    res = build_image(cfg, keys, info(), bill=bill, attest=attest)
     out = image_json(res)
     _record_image(cfg, inputs, out)
     return out, True
@@ -140,6 +151,7 @@ def image_json(res: ImageResult) -> dict[str, Any]:
         "size": res.size,
         "tarball": str(res.tarball),
         "kernels": [str(k) for k in res.kernels],
+        "outputs": {k: str(res.dir / v) for k, v in res.outputs.items()},
         "entries": res.entries,
         "warnings": list(res.warnings),
         "timings": {k: round(v, 3) for k, v in res.timings.items()},

@@ -22,7 +22,7 @@ import tempfile
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ from pib.fsutil import RUN_TMP, remove_stale, remove_tree, replace_dir, sha256_f
 from pib.image import cpio
 from pib.image.manifest import Kind, Record, check_path, format_image_manifest
 from pib.image.resolve import ProtoArea, Resolution, Resolved, SizeBudgetError, SizeReport, resolve, sizes_of
+from pib.image.sbom import CDX_FILE, SPDX_FILE, Bill, file_facts, write_sboms
 from pib.run import Log, minimal_env, run
 
 _STAMP = re.compile(r"^\d{8}T\d{6}Z$")
@@ -396,9 +397,15 @@ def _level_for(path: Path) -> int:
     return 0 if len(zlib.compress(sample, 1)) > 0.9 * len(sample) else 6
 
 
+PROVENANCE_FILE = "provenance.intoto.jsonl"
 # build.json records how a build went (built or restored, timings): it stays
-# beside the tarball, whose bytes depend only on the image's inputs.
-_NOT_IN_TARBALL = frozenset({"build.json"})
+# beside the tarball, whose bytes depend only on the image's inputs. The
+# provenance names the tarball's digest, so it cannot be inside it.
+_NOT_IN_TARBALL = frozenset({"build.json", PROVENANCE_FILE})
+
+# Signs the provenance: (platform directory, subjects as (name, sha256)) -> the
+# provenance file's bytes. pib.build supplies it (signing keys live above pib.image).
+Attest = Callable[[Path, Sequence[tuple[str, str]]], bytes]
 
 
 def _write_tgz(src_dir: Path, arc_root: str, dest: Path, mtime: int) -> None:
@@ -444,6 +451,7 @@ class ImageResult:
     warnings: tuple[str, ...]
     sizes: SizeReport
     timings: Mapping[str, float] = field(default_factory=dict)
+    outputs: Mapping[str, str] = field(default_factory=dict)  # sbom and provenance files by kind
 
 
 def _format_argv(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
@@ -466,6 +474,8 @@ def assemble(
     *,
     component_keys: Mapping[str, str] | None = None,
     log: Log | None = None,
+    bill: Bill | None = None,
+    attest: Attest | None = None,
 ) -> ImageResult:
     """Build output_root/platform-<buildstamp>/ plus its tarball and the platform-latest link."""
     timings: dict[str, float] = {}
@@ -539,6 +549,15 @@ def assemble(
                                  "sha256": kdigest, "size": ksize})
 
         _write_text(pdir / "boot_archive.hash", digest + "\n")
+        outputs: dict[str, str] = {}
+        if bill is not None:
+            t = time.monotonic()
+            write_sboms(pdir, bill, file_facts(resolution, records), image=name, epoch=mtime,
+                        boot_archive_sha256=digest)
+            outputs = {"spdx": SPDX_FILE, "cyclonedx": CDX_FILE}
+            if attest is not None:
+                outputs["provenance"] = PROVENANCE_FILE
+            timings["sbom"] = time.monotonic() - t
         info = dict(build_info or {})
         info["image"] = {
             "buildstamp": buildstamp,
@@ -552,12 +571,18 @@ def assemble(
             "archive_command": list(spec.archive_command) if spec.archive_command else None,
             "search_path": [n for n, _ in resolution.search],
             "sizes": {c.name: c.bytes for c in report.components},
+            "outputs": outputs,
         }
         _write_text(pdir / "build.json", json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
         t = time.monotonic()
         _write_tgz(pdir, name, tgz_tmp, mtime)
         timings["tarball"] = time.monotonic() - t
+        if attest is not None:
+            subjects = [(p.name, sha256_file(p)[0]) for p in sorted(pdir.iterdir(), key=lambda x: x.name.encode())
+                        if p.name not in _NOT_IN_TARBALL]
+            subjects.append((f"{name}.tgz", sha256_file(tgz_tmp)[0]))
+            _write_text(pdir / PROVENANCE_FILE, attest(pdir, subjects).decode())
 
         final = output_root / name
         tgz = output_root / f"{name}.tgz"
@@ -578,4 +603,4 @@ def assemble(
     remove_tree(tmp)
     timings["total"] = time.monotonic() - t0
     return ImageResult(final, final / "boot_archive", digest, size, uncompressed, tgz, latest, buildstamp,
-                       tuple(kernels), len(resolution.entries), resolution.warnings, report, timings)
+                       tuple(kernels), len(resolution.entries), resolution.warnings, report, timings, outputs)
