@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from pib.config.types import Config
 from pib.errors import PibError, Reason
 
-UP_TO_DATE = "up-to-date"
-RESTORABLE = "restorable"
-BUILD = "build"
 Action = Literal["up-to-date", "restorable", "build"]
+UP_TO_DATE: Action = "up-to-date"
+RESTORABLE: Action = "restorable"
+BUILD: Action = "build"
 
 EXIT_MUST_BUILD = 8  # `pib plan`: something must be built (0: nothing; errors keep their own codes)
 
@@ -71,6 +70,9 @@ class PipelineOptions(NamedTuple):
     setup: tuple[str, ...] = ()  # shell lines every job runs first (install pib, ...)
     runner: str = ""  # GitLab: a runner tag; GitHub: runs-on ("" = ubuntu-latest)
     every: bool = False  # a job for every component, also those the stores hold (a workflow to commit)
+
+
+_DEFAULTS = PipelineOptions()
 
 
 class Job(NamedTuple):
@@ -147,7 +149,7 @@ def _build_lines(opts: PipelineOptions, wsdir: str, name: str) -> list[str]:
     return [_pib(opts, wsdir, "configure"), _pib(opts, wsdir, "build", name, "--publish", "--deps-from-store")]
 
 
-def gitlab(cfg: Config, report: PlanReport, opts: PipelineOptions = PipelineOptions()) -> str:
+def gitlab(cfg: Config, report: PlanReport, opts: PipelineOptions = _DEFAULTS) -> str:
     """A GitLab CI child pipeline: a job per component to build, then the image."""
     wsdir = _workspace_dir(cfg)
     todo = jobs(cfg, report, every=opts.every)
@@ -182,7 +184,7 @@ def gitlab(cfg: Config, report: PlanReport, opts: PipelineOptions = PipelineOpti
 _GITHUB_ID = re.compile(r"[^A-Za-z0-9_-]")
 
 
-def github(cfg: Config, report: PlanReport, opts: PipelineOptions = PipelineOptions()) -> str:
+def github(cfg: Config, report: PlanReport, opts: PipelineOptions = _DEFAULTS) -> str:
     """A GitHub Actions workflow with the same graph as the GitLab pipeline."""
     wsdir = _workspace_dir(cfg)
     todo = jobs(cfg, report, every=opts.every)
@@ -322,6 +324,3 @@ def render(cfg: Config, report: PlanReport, fmt: str, opts: PipelineOptions) -> 
         return github(cfg, report, opts)
     raise PibError(f"unknown pipeline format {fmt!r}", reason=Reason.USAGE, hint="use gitlab or github")
 
-
-__all__: Sequence[str] = ("EXIT_MUST_BUILD", "PipelineOptions", "PlanReport", "Step", "github", "gitlab", "jobs",
-                          "render", "to_yaml", "write")

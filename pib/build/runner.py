@@ -160,6 +160,10 @@ class Artifacts(Protocol):
         """The signed output digest of (comp, key) in the stores, and where it was found."""
         ...
 
+    def holders(self, plans: Sequence[Plan]) -> dict[str, tuple[str, ...]]:
+        """Component -> the stores holding its key's artifact (after prepare), without fetching it."""
+        ...
+
     def publish_missing(self, plans: Sequence[Plan], log: Log) -> dict[str, tuple[str, ...]]:
         """Upload artifacts of components that were not built now (up to date or restored) to the
         remotes that lack them, e.g. after an earlier publish was interrupted."""
@@ -173,6 +177,9 @@ class BuildOptions(NamedTuple):
     publish: bool = False
     require_prebuilt: bool = False
     forced: tuple[str, ...] = ()  # with force: only these are rebuilt (empty: all); their dependencies are not
+    # A CI job's build: everything but `targets` must be up to date or restored, never built on this machine.
+    deps_from_store: bool = False
+    targets: tuple[str, ...] = ()
 
     def forces(self, name: str) -> bool:
         return self.force and (not self.forced or name in self.forced)
@@ -290,9 +297,11 @@ class Builder:
         if failed:
             first = failed[0]
             others = [o.component for o in report.outcomes if o.action == State.STOPPED]
-            msg = f"{first.component} failed" + (f"; stopped: {', '.join(others)}" if others else "")
-            report.error = PibError(msg, reason=Reason.PREBUILT_MISSING if first.detail.startswith("no prebuilt")
-                                    else Reason.BUILD, detail=first.detail)
+            missing = first.detail.startswith("no prebuilt")
+            msg = (first.detail.split("\n")[0] if missing else f"{first.component} failed") + (
+                f"; stopped: {', '.join(others)}" if others else "")
+            report.error = PibError(msg, reason=Reason.PREBUILT_MISSING if missing else Reason.BUILD,
+                                    detail=first.detail)
         return report
 
     def _publish_rest(self, plans: Sequence[Plan], outcomes: dict[str, Outcome]) -> PibError | None:
@@ -426,6 +435,11 @@ class Builder:
             if self.opts.require_prebuilt:
                 raise PibError(f"no prebuilt artifact for {c.name} ({note})", reason=Reason.PREBUILT_MISSING,
                                hint="publish one from CI, or build without --require-prebuilt")
+        if self.opts.deps_from_store and c.name not in self.opts.targets:
+            why = note if c.prebuilt else "it is not prebuilt = true, so no store holds it"
+            raise PibError(f"no prebuilt artifact for dependency {c.name} ({why}); --deps-from-store never builds "
+                           "a dependency", reason=Reason.PREBUILT_MISSING,
+                           hint=f"build and publish {c.name} first (its own CI job), or build without --deps-from-store")
         self._emit(c.name, State.BUILDING, start, note)
         new = proto_tmp(c.proto)
         res = self.build_into(p, new, log, start)
