@@ -92,8 +92,9 @@ def make_platform(root: Path, server: Seaweed, graph: dict[str, tuple[str, ...]]
     image_section = ('[image]\ncompression = "gzip"\noverlays = [{ path = "overlay", manifest = "overlay/manifest" }]\n'
                      if image else "")
     if image:
-        write(ws, {"overlay/etc/motd": "synthetic platform\n",
-                   "overlay/manifest": "d etc 0755 root root\nf etc/motd 0644 root root\n"})
+        write(ws, {"overlay/etc/passwd": "root:x:0:0:root:/:/bin/sh\n", "overlay/etc/group": "root:x:0:\n",
+                   "overlay/manifest": "d etc 0755 root root\nf etc/passwd 0644 root root\n"
+                                       "f etc/group 0644 root root\n"})
     (ws / "pib.toml").write_text(f"""\
 [platform]
 min_version = "1"

@@ -174,3 +174,76 @@ def test_a_pipeline_of_a_component_that_is_not_prebuilt_is_refused(tmp_path: Pat
     assert err["where"].startswith(f"{ws / 'pib.toml'}:")
     assert "'a'" in err["message"] and "prebuilt" in err["message"]
     assert "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------
+# The generated GitLab pipeline run by a real GitLab CI runner (gitlab-ci-local, shell executor)
+
+
+def run_pipeline(plat: Platform, project: Path, pipeline: Path, concurrency: int = 4) -> subprocess.CompletedProcess[str]:
+    """Every job in its own copy of the checkout (--shell-isolation) with its own HOME: separate machines that
+    share only the S3 store."""
+    home = "$CI_PROJECT_DIR/.home"
+    env = {**os.environ, **plat.env(plat.root / "home-runner")}
+    return subprocess.run(
+        [str(NODE_BIN / "gitlab-ci-local"), "--file", pipeline.name, "--shell-isolation",
+         "--concurrency", str(concurrency), "--variable", f"HOME={home}",
+         "--variable", f"XDG_CACHE_HOME={home}/cache", "--variable", f"XDG_CONFIG_HOME={home}/config"],
+        cwd=project, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=900)
+
+
+def generate(plat: Platform, name: str) -> tuple[Path, Path, dict[str, Any]]:
+    """The pipeline-generating job: a checkout, `pib plan --format gitlab` into a child pipeline file."""
+    project, home = machine(plat, name)
+    pipeline = project / "pib-child.yml"
+    r = pib_cmd(project, plat.env(home), "plan", "--format", "gitlab", "-o", str(pipeline))
+    assert r.returncode == 0, r.stderr
+    return project, pipeline, load_yaml(pipeline.read_text())
+
+
+def passed(run: subprocess.CompletedProcess[str]) -> set[str]:
+    return {line.split("PASS", 1)[1].strip() for line in run.stdout.splitlines() if line.strip().startswith("PASS")}
+
+
+def stamps(ws: Path, name: str) -> tuple[float, float]:
+    d = ws / f"proto.{name}" / "share" / name
+    return float((d / "start").read_text()), float((d / "end").read_text())
+
+
+@pytest.mark.slow
+def test_generated_gitlab_pipeline_runs_on_a_real_runner(tmp_path: Path, seaweed: Seaweed) -> None:
+    plat = make_platform(tmp_path, seaweed, GRAPH, stamped=("a", "b"), sleep=4)
+    project, pipeline, doc = generate(plat, "generator")
+    build_jobs = {k for k in doc if k.startswith("build:")}
+    assert build_jobs == {f"build:{n}" for n in GRAPH}
+
+    run = run_pipeline(plat, project, pipeline)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert passed(run) == build_jobs | {"image:boot"}
+
+    # A fresh machine restores every component from the store and builds nothing.
+    fresh, home = machine(plat, "fresh")
+    rc, data = plan(plat, fresh, home)
+    assert rc == 0 and set(actions(data).values()) == {"restorable"}
+    r = pib_cmd(fresh, plat.env(home), "build", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert {o["action"] for o in report["components"]} == {"restored"}
+    assert report["image"]["action"] == "built"
+
+    # The independent jobs a and b ran at the same time (their build commands overlapped).
+    (a0, a1), (b0, b1) = stamps(fresh, "a"), stamps(fresh, "b")
+    assert a0 < b1 and b0 < a1, f"a ran {a0:.1f}-{a1:.1f}, b ran {b0:.1f}-{b1:.1f}: no overlap"
+
+    # One component changed: the next pipeline has exactly one build job, and it runs.
+    plat.change("e", "2")
+    project, pipeline, doc = generate(plat, "generator-2")
+    assert {k for k in doc if k.startswith("build:")} == {"build:e"}
+    run = run_pipeline(plat, project, pipeline)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert passed(run) == {"build:e", "image:boot"}
+    fresh, home = machine(plat, "fresh-2")
+    r = pib_cmd(fresh, plat.env(home), "build", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {o["action"] for o in json.loads(r.stdout)["components"]} == {"restored"}
+    assert (fresh / "proto.e" / "share" / "e" / "data").read_text() == "e 2\n"
