@@ -288,8 +288,11 @@ def _lines(v: Any, indent: int) -> list[str]:
         for k, item in v.items():
             if isinstance(item, dict | list) and item:
                 out += [f"{pad}{_key(k)}:", *_lines(item, indent + 2)]
-            elif isinstance(item, str) and "\n" in item:
-                out += [f"{pad}{_key(k)}: |", *(f"{pad}  {line}" if line else "" for line in item.split("\n"))]
+            elif isinstance(item, str) and "\n" in item and not item[0].isspace() and not item.endswith("\n\n"):
+                # A literal block (scripts stay readable): "|" keeps one final newline, "|-" none.
+                body, chomp = (item[:-1], "") if item.endswith("\n") else (item, "-")
+                out += [f"{pad}{_key(k)}: |{chomp}",
+                        *(f"{pad}  {line}" if line else "" for line in body.split("\n"))]
             else:
                 out.append(f"{pad}{_key(k)}: {_empty(item) if isinstance(item, dict | list) else _scalar(item)}")
     elif isinstance(v, list):
