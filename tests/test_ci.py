@@ -126,8 +126,9 @@ def test_pipelines_have_a_job_per_component_to_build_and_pass_the_engines_checks
     ws2, home2 = machine(plat, "two")
     out = plat.root / "out"
     for fmt in ("gitlab", "github"):
+        more = ("--environment", "publish") if fmt == "github" else ()
         r = pib_cmd(ws2, plat.env(home2), "plan", "--format", fmt, "-o", str(out / f"{fmt}.yml"),
-                    "--setup", "pip install pib")
+                    "--setup", "pip install pib", *more)
         assert r.returncode == 0, r.stderr  # the pipeline is written: success, though there is work
     check_schemas(out / "gitlab.yml", out / "github.yml")
 
@@ -145,6 +146,7 @@ def test_pipelines_have_a_job_per_component_to_build_and_pass_the_engines_checks
     gh = load_yaml((out / "github.yml").read_text())
     assert set(gh["jobs"]) == {"build-b", "build-c", "build-d", "build-e", "image"}
     assert gh["jobs"]["build-c"]["needs"] == ["build-b"]
+    assert gh["jobs"]["build-c"]["environment"] == "publish"
     assert sorted(gh["jobs"]["image"]["needs"]) == ["build-b", "build-c", "build-d", "build-e"]
     assert set(gh["env"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 

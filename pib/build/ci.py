@@ -70,6 +70,7 @@ class PipelineOptions(NamedTuple):
     setup: tuple[str, ...] = ()  # shell lines every job runs first (install pib, ...)
     runner: str = ""  # GitLab: a runner tag; GitHub: runs-on ("" = ubuntu-latest)
     every: bool = False  # a job for every component, also those the stores hold (a workflow to commit)
+    environment: str = ""  # GitHub: the environment build jobs run in (whose secrets only protected branches get)
 
 
 _DEFAULTS = PipelineOptions()
@@ -217,6 +218,8 @@ def github(cfg: Config, report: PlanReport, opts: PipelineOptions = _DEFAULTS) -
         }
         if not j.needs:
             del job_docs[ids[j.component]]["needs"]
+        if opts.environment:
+            job_docs[ids[j.component]]["environment"] = opts.environment
     if cfg.image is not None or not todo:
         steps: list[dict[str, Any]] = [{"uses": "actions/checkout@v4"}]
         if cfg.image is not None:

@@ -28,6 +28,8 @@ def register(sub: Any) -> None:
                    help="pipelines: a shell line every job runs first (repeatable), e.g. installing pib")
     p.add_argument("--runner", default="", metavar="LABEL",
                    help="pipelines: GitLab runner tag, or GitHub runs-on (default: ubuntu-latest)")
+    p.add_argument("--environment", default="", metavar="NAME",
+                   help="github: the environment build jobs run in (its secrets, its branch rules)")
     p.add_argument("--allow-old-platform", action="store_true")
     p.set_defaults(func=_cmd_plan)
 
@@ -45,7 +47,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                                 allow_old=args.allow_old_platform)
     status = ci.EXIT_MUST_BUILD if report.must_build else 0
     if fmt in ("gitlab", "github"):
-        opts = ci.PipelineOptions(pib=args.pib, setup=tuple(args.setup), runner=args.runner, every=args.all)
+        opts = ci.PipelineOptions(pib=args.pib, setup=tuple(args.setup), runner=args.runner, every=args.all,
+                                  environment=args.environment)
         text = ci.render(cfg, report, fmt, opts)
         status = 0
     elif fmt == "json":
