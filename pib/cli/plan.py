@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pib.build.ci import PlanReport
 
 
 def register(sub: Any) -> None:
@@ -65,7 +68,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return status
 
 
-def _text(report: Any) -> str:
+def _text(report: PlanReport) -> str:
     from pib.cli.ui import seconds, table
 
     rows = []
