@@ -6,9 +6,12 @@ import json
 import uuid
 from pathlib import Path
 
+import pytest
+
 from pib.artifacts.metadata import sign
 from pib.artifacts.signing import load_signer
 from pib.build.output import output_digest
+from pib.errors import VerifyError
 from pib.store import META_SUFFIX
 from tests.gitutil import commit, make_repo, pib, write
 from tests.services.nginx import Nginx
@@ -210,3 +213,32 @@ def test_an_equivalence_the_artifact_does_not_match_is_refused(tmp_path: Path, n
     assert got["lib"]["action"] == "built" and got["core"]["action"] == "restored"
     assert got["core"]["key"] == keys["core"]
     assert any("verify" in w and "lib" in w for w in data["warnings"]), data["warnings"]
+
+
+def test_each_published_artifact_carries_its_own_signed_provenance(tmp_path: Path, nginx: Nginx) -> None:
+    """The metadata of a published artifact holds a DSSE envelope (in-toto v1, SLSA provenance v1) signed
+    by the CI key: its subject is the archive's SHA-256 and the output digest, its inputs the source tree
+    and commit and the dependency's output digest. Another key does not open it."""
+    from pib.artifacts.provenance import COMPONENT_BUILD_TYPE, open_envelope
+    from pib.artifacts.signing import generate_keypair, load_public_key
+
+    prefix = f"prov-{uuid.uuid4().hex[:8]}"
+    a, _b, _env, keys = _machines(tmp_path, f"{nginx.url}/{prefix}")
+    [meta_path] = list((nginx.root / prefix).rglob(f"{keys['core']}{META_SUFFIX}"))
+    meta = json.loads(meta_path.read_bytes())
+    ci = load_public_key(tmp_path / "keys" / "ci.key.pub")
+    stmt = open_envelope(meta["provenance"].encode(), [ci], what="core's provenance").statement
+    [subject] = stmt["subject"]
+    assert subject["name"] == f"pib:artifact/core/{keys['core']}"
+    assert subject["digest"] == {"sha256": meta["archive_sha256"], "pibOutput": meta["output_digest"]}
+    build = stmt["predicate"]["buildDefinition"]
+    assert build["buildType"] == COMPONENT_BUILD_TYPE
+    assert build["internalParameters"]["keyDocument"] == meta["key_doc"]
+    deps = {d["name"]: d["digest"] for d in build["resolvedDependencies"]}
+    lib_out = json.loads(next((a / ".pib" / "state").glob("lib.json")).read_text())["output"]
+    assert deps["output:lib"] == {"pibOutput": lib_out}
+    assert set(deps["source:core"]) == {"gitTree", "gitCommit"} and len(deps["source:core"]["gitCommit"]) == 40
+
+    generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
+    with pytest.raises(VerifyError):
+        open_envelope(meta["provenance"].encode(), [load_public_key(tmp_path / "other.pub")], what="core")

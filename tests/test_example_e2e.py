@@ -100,9 +100,10 @@ def story(tmp_path_factory: pytest.TempPathFactory, seaweed: Seaweed) -> dict[st
 
 def test_from_scratch_everything_is_built_and_boots(story: dict[str, Any]) -> None:
     assert {c["component"]: c["action"] for c in story["configured"]["components"]} == {
-        "kernel": "cloned", "extra": "cloned", "boot": "cloned", "core": "cloned"}
+        "kernel": "cloned", "extra": "cloned", "boot": "cloned", "lib": "cloned", "core": "cloned"}
     first = story["first"]
-    assert first["ok"] and actions(first) == {"kernel": "built", "extra": "built", "boot": "built", "core": "built"}
+    assert first["ok"] and actions(first) == {
+        "kernel": "built", "extra": "built", "boot": "built", "lib": "built", "core": "built"}
     boot = story["boot"]
     assert boot["passed"] and boot["outcome"] == "marker"
     # The marker names exactly the keys this build produced: the image holds this build.
@@ -143,7 +144,7 @@ def test_noop_then_one_line_change_in_core(story: dict[str, Any]) -> None:
     ws: Path = story["ws"]
     first = story["first"]
     noop = pib(ws, "build")
-    assert actions(noop) == {"kernel": "up-to-date", "extra": "up-to-date", "boot": "up-to-date", "core": "up-to-date"}
+    assert set(actions(noop).values()) == {"up-to-date"} and len(actions(noop)) == 5
     assert keys(noop) == keys(first)
 
     # A one-line, uncommitted change in core's checkout.
@@ -152,7 +153,8 @@ def test_noop_then_one_line_change_in_core(story: dict[str, Any]) -> None:
     assert 'printf("uptime %.2fs\\n", up);' in text
     src.write_text(text.replace('printf("uptime %.2fs\\n", up);', 'printf("uptime (changed) %.2fs\\n", up);'))
     changed = pib(ws, "build")
-    assert actions(changed) == {"kernel": "up-to-date", "extra": "up-to-date", "boot": "up-to-date", "core": "built"}
+    assert actions(changed) == {"kernel": "up-to-date", "extra": "up-to-date", "boot": "up-to-date",
+                               "lib": "up-to-date", "core": "built"}
     assert keys(changed)["core"] != keys(first)["core"]
     assert {k: v for k, v in keys(changed).items() if k != "core"} == {
         k: v for k, v in keys(first).items() if k != "core"}
@@ -182,23 +184,25 @@ def _second_workspace(story: dict[str, Any], name: str, store: Path) -> tuple[di
 
 def test_first_build_published_the_prebuilt_components(story: dict[str, Any]) -> None:
     published = {c["component"]: c["published"] for c in story["first"]["components"]}
-    assert published == {"kernel": ["s3"], "extra": ["s3"], "boot": ["s3"], "core": []}  # core is not prebuilt
+    assert published == {"kernel": ["s3"], "extra": ["s3"], "boot": ["s3"], "lib": ["s3"], "core": []}  # core is not prebuilt
 
 
 def test_second_workspace_restores_from_the_warm_local_store(story: dict[str, Any]) -> None:
     built, booted = _second_workspace(story, "second", story["root"] / "store")
-    assert actions(built) == {"kernel": "restored", "extra": "restored", "boot": "restored", "core": "built"}
+    assert actions(built) == {"kernel": "restored", "extra": "restored", "boot": "restored", "lib": "restored",
+                              "core": "built"}
     assert {c["component"]: c["store"] for c in built["components"] if c["action"] == "restored"} == {
-        "kernel": "local", "extra": "local", "boot": "local"}
+        "kernel": "local", "extra": "local", "boot": "local", "lib": "local"}
     assert keys(built) == keys(story["first"])
     assert booted["passed"] and marker_keys(booted["marker_line"]) == keys(story["first"])
 
 
 def test_empty_local_store_restores_from_s3(story: dict[str, Any]) -> None:
     built, booted = _second_workspace(story, "third", story["root"] / "empty-store")
-    assert actions(built) == {"kernel": "restored", "extra": "restored", "boot": "restored", "core": "built"}
+    assert actions(built) == {"kernel": "restored", "extra": "restored", "boot": "restored", "lib": "restored",
+                              "core": "built"}
     assert {c["component"]: c["store"] for c in built["components"] if c["action"] == "restored"} == {
-        "kernel": "s3", "extra": "s3", "boot": "s3"}
+        "kernel": "s3", "extra": "s3", "boot": "s3", "lib": "s3"}
     assert booted["passed"] and marker_keys(booted["marker_line"]) == keys(story["first"])
 
 
@@ -226,7 +230,7 @@ def test_fetch_then_offline_from_scratch_with_upstream_unreachable(story: dict[s
     configured = pib(ws, "configure", "--offline")
     assert configured["cbe"].endswith(str(root / "offline-cbe" / "gcc12-1"))
     built = pib(ws, "build", "--offline")
-    assert actions(built) == {"kernel": "built", "extra": "built", "boot": "built", "core": "built"}
+    assert set(actions(built).values()) == {"built"} and len(actions(built)) == 5
     assert not any("unreachable" in w for w in built["warnings"])  # never even asked
     assert {k: v for k, v in keys(built).items() if k != "core"} == {
         k: v for k, v in keys(story["first"]).items() if k != "core"}
@@ -259,3 +263,40 @@ def test_new_machine_installs_the_cbe_as_a_binary_from_s3(story: dict[str, Any])
     assert res.returncode == 0 and res.stdout.startswith("ok:"), res.stdout
     built = pib(ws, "build", creds=story["s3"], extra_env=fresh)
     assert keys(built) == {**keys(story["first"]), "core": keys(built)["core"]}
+
+
+def test_example_image_verifies_and_core_rebuilds_identically(story: dict[str, Any]) -> None:
+    """The example's image carries signed provenance and SBOMs that `pib verify` accepts, and core is
+    reproducible: `pib rebuild --check` builds it again and finds the same bytes."""
+    ws: Path = story["ws"]
+    env = minimal_env({"PYTHONPATH": str(REPO)})
+    res = run([sys.executable, "-m", "pib", "-C", str(ws), "verify", str(ws / "output" / "platform-latest"),
+               "--file", "sbin/init", "--json"], env=env, capture=True, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["file"]["component"] == "core"
+    res = run([sys.executable, "-m", "pib", "-C", str(ws), "rebuild", "--check", "core", "--json"], env=env,
+              capture=True, check=False, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["identical"]
+
+
+def test_comment_in_lib_is_cut_off_before_core_and_the_image(story: dict[str, Any]) -> None:
+    """Early cutoff on the example: core is keyed by lib's output digest, so a comment in lib rebuilds
+    lib alone; a change to lib's code rebuilds core and remakes the image."""
+    ws: Path = story["ws"]
+    before = pib(ws, "build")
+    src = ws / "projects" / "lib" / "src" / "release.c"
+    text = src.read_text()
+    src.write_text("/* Only a comment: the archive's bytes do not change. */\n" + text)
+    after = pib(ws, "build")
+    assert actions(after)["lib"] == "built" and keys(after)["lib"] != keys(before)["lib"]
+    assert actions(after)["core"] == "up-to-date" and keys(after)["core"] == keys(before)["core"]
+    assert after["cutoff"] == {"lib": ["core"]}
+    assert after["image"]["action"] == "up-to-date"
+    assert after["image"]["buildstamp"] == before["image"]["buildstamp"]
+
+    src.write_text(text + "\nint release_version(void) { return 2; }\n")
+    real = pib(ws, "build")
+    assert actions(real)["lib"] == "built" and actions(real)["core"] == "built"
+    assert keys(real)["core"] != keys(before)["core"] and not real["cutoff"]
+    assert real["image"]["action"] == "built"

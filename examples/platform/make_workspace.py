@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from pib.run import minimal_env, run  # noqa: E402
 
-COMPONENTS = ("kernel", "extra", "boot", "core")
+COMPONENTS = ("kernel", "extra", "boot", "lib", "core")
 WORKSPACE_FILES = ("pib.toml", "cbe", "overlay")
 # Fixed identity and dates: the repositories carry no trace of who ran the demo.
 GIT_ENV = {

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import pib
+from pib.artifacts import provenance
 from pib.artifacts.signing import PublicKey, Signer, verify
 from pib.errors import VerifyError
 from pib.fsutil import canonical_json
@@ -34,6 +35,7 @@ from pib.store import MAX_META
 META_FORMAT = 1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_ARCHIVE = 1 << 50  # bytes; anything larger is not an archive pib wrote
+OPTIONAL = ("output_digest", "provenance")  # fields newer artifacts have and older ones lack
 _FIELDS = ("format", "component", "key", "key_doc", "archive_sha256", "archive_size", "created",
            "builder_platform", "cbe", "pib_version", "dirty", "signer")
 
@@ -55,6 +57,7 @@ class ArtifactInfo(NamedTuple):
     builder_platform: str
     cbe: CbeInfo | None
     output_digest: str | None = None
+    commit: str | None = None  # the source commit built, for the artifact's provenance
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Metadata:
     dirty: bool
     signer: str
     output_digest: str | None = None  # absent in artifacts written before it was recorded
+    provenance: str | None = None  # the artifact's own DSSE-signed in-toto/SLSA statement (one JSON line)
 
 
 def timestamp(when: dt.datetime | None = None) -> str:
@@ -151,7 +155,12 @@ def make_metadata(info: ArtifactInfo, archive_sha256: str, archive_size: int, si
                   created: dt.datetime | None = None) -> bytes:
     """The signed metadata document of a component artifact, as the bytes to store."""
     cbe = info.cbe
-    extra = {} if info.output_digest is None else {"output_digest": info.output_digest}
+    extra: dict[str, Any] = {} if info.output_digest is None else {"output_digest": info.output_digest}
+    stmt = provenance.component_statement(
+        component=info.component, key=info.key, key_doc=info.key_doc, archive_sha256=archive_sha256,
+        output_digest=info.output_digest, commit=info.commit, dirty=info.dirty,
+        builder_platform=info.builder_platform, builder_version={"pib": pib.__version__})
+    extra["provenance"] = provenance.envelope(stmt, signer).decode().rstrip("\n")
     return sign({
         "format": META_FORMAT,
         "component": info.component,
@@ -171,7 +180,7 @@ def make_metadata(info: ArtifactInfo, archive_sha256: str, archive_size: int, si
 
 def read_metadata(raw: bytes, trusted_keys: Iterable[PublicKey], *, component: str, key: str) -> Metadata:
     """Parse and verify metadata bytes for the artifact (component, key)."""
-    doc = read_signed(raw, trusted_keys, fields=_FIELDS, what=f"{component}/{key}", optional=("output_digest",))
+    doc = read_signed(raw, trusted_keys, fields=_FIELDS, what=f"{component}/{key}", optional=OPTIONAL)
     if doc["component"] != component or doc["key"] != key:
         raise VerifyError(
             f"metadata names {doc['component']}/{doc['key']}, not the requested {component}/{key}",
@@ -188,7 +197,7 @@ def read_metadata(raw: bytes, trusted_keys: Iterable[PublicKey], *, component: s
         created=doc["created"], builder_platform=doc["builder_platform"],
         cbe=None if cbe is None else CbeInfo(cbe["name"], cbe["version"], cbe["lock_digest"]),
         pib_version=doc["pib_version"], dirty=doc["dirty"], signer=doc["signer"],
-        output_digest=doc.get("output_digest"),
+        output_digest=doc.get("output_digest"), provenance=doc.get("provenance"),
     )
 
 
@@ -212,4 +221,7 @@ def _bad_fields(doc: Mapping[str, Any]) -> list[str]:
     out = doc.get("output_digest")
     if out is not None and not (isinstance(out, str) and len(out) <= 200):
         bad.append("output_digest")
+    prov = doc.get("provenance")
+    if prov is not None and not isinstance(prov, str):
+        bad.append("provenance")
     return bad

@@ -50,6 +50,41 @@ class Dependency(NamedTuple):
         return out
 
 
+def component_statement(*, component: str, key: str, key_doc: Mapping[str, Any], archive_sha256: str,
+                        output_digest: str | None, commit: str | None, dirty: bool, builder_platform: str,
+                        builder_version: Mapping[str, str]) -> dict[str, Any]:
+    """The provenance of one component artifact: its archive (and output digest) made from its key's inputs.
+
+    Only what the signed key document says goes in, so the statement of a key is the same on every
+    builder that made the same bytes; who signed it says which builder vouches for it.
+    """
+    source = key_doc.get("source")
+    tree = source.get("tree") if isinstance(source, Mapping) else None
+    deps: list[Dependency] = []
+    if isinstance(tree, str) and tree:
+        digest = {"gitTree": tree, **({"gitCommit": commit} if commit else {})}
+        deps.append(Dependency(f"source:{component}", None, digest, {"dirty": dirty}))
+    declared = key_doc.get("sources")
+    if isinstance(declared, Mapping):
+        for name, sha in sorted(declared.items()):
+            deps.append(Dependency(f"source:{component}/{name}", None, {"sha256": str(sha)}))
+    depends = key_doc.get("depends")
+    if isinstance(depends, Mapping):
+        for name, out in sorted(depends.items()):
+            deps.append(Dependency(f"output:{name}", None, {"pibOutput": str(out)}))
+    cbe = key_doc.get("cbe")
+    if isinstance(cbe, Mapping) and cbe:
+        deps.append(Dependency(f"cbe:{cbe.get('name')}/{cbe.get('version')}", None,
+                               {"pibLock": str(cbe.get("lock", ""))}))
+    digest_set = {"sha256": archive_sha256, **({"pibOutput": output_digest} if output_digest else {})}
+    stmt = statement([Subject(f"pib:artifact/{component}/{key}", archive_sha256)], build_type=COMPONENT_BUILD_TYPE,
+                     external={"component": component, "key": key},
+                     internal={"keyDocument": dict(key_doc), "builderPlatform": builder_platform},
+                     dependencies=deps, builder_version=builder_version, invocation_id=f"{component}/{key}")
+    stmt["subject"][0]["digest"] = digest_set
+    return stmt
+
+
 def pae(payload_type: str, body: bytes) -> bytes:
     t = payload_type.encode()
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(body), body)

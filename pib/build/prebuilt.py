@@ -247,7 +247,8 @@ def artifact_info(ctx: BuildContext, plan: Plan, output_digest: str) -> Artifact
     """What the metadata of the artifact of `plan`, built here with that output digest, says."""
     k = ctx.benv.key
     return ArtifactInfo(plan.comp.name, plan.key, plan.doc, plan.source.dirty, str(ctx.floor.host),
-                        CbeInfo(k["name"], k["version"], k["lock"]) if k else None, output_digest)
+                        CbeInfo(k["name"], k["version"], k["lock"]) if k else None, output_digest,
+                        plan.source.head)
 
 
 def recorded_output(state_dir: Path, plan: Plan) -> str:
