@@ -16,7 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "release.h"
+#include <pib/release.h>
 
 #define MARKER "PIB-BOOT-OK"
 #define FAIL_MARKER "PIB-BOOT-FAIL"

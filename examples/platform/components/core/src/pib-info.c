@@ -6,7 +6,7 @@
 #include <string.h>
 #include <sys/utsname.h>
 
-#include "release.h"
+#include <pib/release.h>
 
 static void uptime(void)
 {
