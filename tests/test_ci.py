@@ -150,6 +150,11 @@ def test_pipelines_have_a_job_per_component_to_build_and_pass_the_engines_checks
     assert sorted(gh["jobs"]["image"]["needs"]) == ["build-b", "build-c", "build-d", "build-e"]
     assert set(gh["env"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
+    # A plan of some components: their closure's jobs, no image job (the rest may not be in the store).
+    r = pib_cmd(ws2, plat.env(home2), "plan", "c", "--format", "gitlab", "-o", str(out / "gitlab-c.yml"))
+    assert r.returncode == 0, r.stderr
+    assert [k for k in load_yaml((out / "gitlab-c.yml").read_text()) if k != "stages"] == ["build:b", "build:c"]
+
     # Everything in the store: the pipelines hold only the image job.
     assert pib_cmd(ws2, plat.env(home2), "build", "--publish", "--no-image").returncode == 0
     ws3, home3 = machine(plat, "three")

@@ -6,8 +6,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from pib.build.ci import BUILD, RESTORABLE, PlanReport, Step, jobs, to_yaml
+from pib.build.ci import BUILD, EXIT_MUST_BUILD, RESTORABLE, PlanReport, Step, jobs, to_yaml
 from pib.config.loader import load
+from pib.errors import EXIT_CODES
 
 
 def _cfg(tmp_path: Path, graph: dict[str, tuple[str, ...]]) -> Any:
@@ -46,3 +47,7 @@ def test_yaml_reads_back_as_written() -> None:
            "steps": [{"uses": "actions/checkout@v4"}, {"name": "n", "env": {"K": "'q'"}}], "n": 3, "t": True}
     back = YAML(typ="safe").load(io.StringIO(to_yaml(doc)))
     assert back == doc
+
+
+def test_must_build_has_an_exit_status_no_error_uses() -> None:
+    assert EXIT_MUST_BUILD not in {0, 1, *EXIT_CODES.values()}

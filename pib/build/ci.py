@@ -71,6 +71,7 @@ class PipelineOptions(NamedTuple):
     runner: str = ""  # GitLab: a runner tag; GitHub: runs-on ("" = ubuntu-latest)
     every: bool = False  # a job for every component, also those the stores hold (a workflow to commit)
     environment: str = ""  # GitHub: the environment build jobs run in (whose secrets only protected branches get)
+    image: bool = True  # the last job makes the image (a plan of some components only: no image job)
 
 
 _DEFAULTS = PipelineOptions()
@@ -163,7 +164,7 @@ def gitlab(cfg: Config, report: PlanReport, opts: PipelineOptions = _DEFAULTS) -
             "needs": [names[d] for d in j.needs],
             "script": [*opts.setup, *_build_lines(opts, wsdir, j.component)],
         }
-    if cfg.image is not None:
+    if cfg.image is not None and opts.image:
         out = cfg.workspace.output_dir.resolve()
         artifacts: dict[str, Any] = {}
         if out.is_relative_to(cfg.workspace.root.resolve()):
@@ -175,7 +176,7 @@ def gitlab(cfg: Config, report: PlanReport, opts: PipelineOptions = _DEFAULTS) -
             "script": [*opts.setup, *_image_lines(cfg, opts, wsdir)],
             **artifacts,
         }
-    elif not todo:
+    if not todo and "image:boot" not in doc:
         # A child pipeline must have a job.
         doc["up-to-date"] = {"stage": "build", **tags, "needs": [],
                              "script": ["echo every component is in the stores: nothing to build"]}
@@ -220,14 +221,15 @@ def github(cfg: Config, report: PlanReport, opts: PipelineOptions = _DEFAULTS) -
             del job_docs[ids[j.component]]["needs"]
         if opts.environment:
             job_docs[ids[j.component]]["environment"] = opts.environment
-    if cfg.image is not None or not todo:
+    image = cfg.image is not None and opts.image
+    if image or not todo:
         steps: list[dict[str, Any]] = [{"uses": "actions/checkout@v4"}]
-        if cfg.image is not None:
+        if image:
             steps.append({"name": "pib build (image from the stores)",
                           "run": "\n".join([*opts.setup, *_image_lines(cfg, opts, wsdir)])})
         else:
             steps.append({"name": "nothing to build", "run": "echo every component is in the stores"})
-        job_docs["image"] = {"name": "image" if cfg.image is not None else "up to date", "runs-on": runs_on,
+        job_docs["image"] = {"name": "image" if image else "up to date", "runs-on": runs_on,
                              **({"needs": [ids[j.component] for j in todo]} if todo else {}), "steps": steps}
     doc: dict[str, Any] = {
         "name": "pib platform",

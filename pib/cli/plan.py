@@ -51,7 +51,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     status = ci.EXIT_MUST_BUILD if report.must_build else 0
     if fmt in ("gitlab", "github"):
         opts = ci.PipelineOptions(pib=args.pib, setup=tuple(args.setup), runner=args.runner, every=args.all,
-                                  environment=args.environment)
+                                  environment=args.environment, image=not args.components)
         text = ci.render(cfg, report, fmt, opts)
         status = 0
     elif fmt == "json":
