@@ -27,6 +27,7 @@ from pib.host import FloorCheck, check_floor
 from pib.parallel import parallel_map
 
 if TYPE_CHECKING:
+    from pib.build.ci import PlanReport
     from pib.build.sources import Sources
     from pib.fetch import Fetched
     from pib.store import Store
@@ -237,6 +238,8 @@ def build(
     floor = check_floor(cfg.platform, allow_old=allow_old)
     if opts.force and names and not opts.forced:
         opts = opts._replace(forced=tuple(names))  # --force NAME rebuilds NAME, not what it depends on
+    if opts.deps_from_store:
+        opts = opts._replace(targets=tuple(names or ()))  # only the named components may be built
     if opts.publish:
         from pib.artifacts.policy import check_publish_policy, publishing_signer
 
@@ -247,24 +250,9 @@ def build(
         _sweep_leftovers(cfg)
         _require_checkouts(cfg, names)
         ctx = BuildContext(cfg, build_env(cfg, install=False), floor)
-        opened: list[Artifacts | None] = []
-
-        def stores() -> Artifacts | None:
-            if not opened:
-                opened.append(_artifacts(ctx, offline=offline, require_prebuilt=opts.require_prebuilt))
-            return opened[0]
-
-        def lookup(comp: ComponentConfig, key: str) -> tuple[str, str] | None:
-            # Asked only for a stale prebuilt dependency, which opens the stores anyway.
-            found = stores()
-            return found.equivalence(comp, key) if found is not None else None
-
-        plans = plan(cfg, names, ctx.benv, lookup=lookup)
+        plans, artifacts = _plan_build(ctx, names, opts, offline=offline)
         nothing_published = _check_publishing(cfg, plans) if opts.publish else None
         set_aside = state.set_aside_corrupt(cfg.workspace.state_dir)  # before the rebuilds record afresh
-        # The stores are opened only when something may be restored or published.
-        needed = opts.publish or any(p.comp.prebuilt and (opts.forces(p.comp.name) or not p.up_to_date) for p in plans)
-        artifacts = stores() if needed or opened else None
         report = Builder(ctx, opts, artifacts=artifacts, sources=_sources(ctx, plans, opts, offline=offline),
                          on_event=on_event).run(plans)
         if nothing_published:
@@ -285,6 +273,57 @@ def build(
             if cfg.media is not None and cfg.media.make:
                 report.image["media"] = _media(cfg, report.image, force=opts.force)
         return report
+
+
+def _plan_build(ctx: BuildContext, names: Sequence[str] | None, opts: BuildOptions, *, offline: bool,
+                always_open: bool = False) -> tuple[list[Plan], Artifacts | None]:
+    """The plan of a build and the stores it would use: what `pib build` runs and `pib plan` reports."""
+    cfg = ctx.cfg
+    opened: list[Artifacts | None] = []
+
+    def stores() -> Artifacts | None:
+        if not opened:
+            opened.append(_artifacts(ctx, offline=offline, require_prebuilt=opts.require_prebuilt))
+        return opened[0]
+
+    def lookup(comp: ComponentConfig, key: str) -> tuple[str, str] | None:
+        # Asked only for a stale prebuilt dependency, which opens the stores anyway.
+        found = stores()
+        return found.equivalence(comp, key) if found is not None else None
+
+    plans = plan(cfg, names, ctx.benv, lookup=lookup)
+    # The stores are opened only when something may be restored or published.
+    needed = always_open or opts.publish or any(
+        p.comp.prebuilt and (opts.forces(p.comp.name) or not p.up_to_date) for p in plans)
+    return plans, stores() if needed or opened else None
+
+
+def plan_only(cfg: Config, names: Sequence[str] | None, *, offline: bool = False,
+              allow_old: bool = False) -> PlanReport:
+    """`pib plan`: what `pib build` would do with each component, and why, without doing it.
+
+    The same planning as a build (keys, equivalences, one existence round per store); nothing is fetched,
+    built or recorded, and the workspace lock is not taken (like `pib status`).
+    """
+    from pib.build.ci import BUILD, RESTORABLE, UP_TO_DATE, PlanReport, Step
+
+    t0 = time.monotonic()
+    floor = check_floor(cfg.platform, allow_old=allow_old)
+    _require_checkouts(cfg, names)
+    ctx = BuildContext(cfg, build_env(cfg, install=False), floor)
+    plans, artifacts = _plan_build(ctx, names, BuildOptions(), offline=offline, always_open=True)
+    holders: dict[str, tuple[str, ...]] = {}
+    if artifacts is not None:
+        artifacts.prepare([p for p in plans if p.key])
+        holders = artifacts.holders(plans)
+    steps = []
+    for p in plans:
+        where = holders.get(p.comp.name, ())
+        action = UP_TO_DATE if p.up_to_date else RESTORABLE if where else BUILD
+        steps.append(Step(p.comp.name, action, p.key, p.comp.depends, where, p.reasons, dict(p.via),
+                          p.comp.prebuilt, p.local_only))
+    return PlanReport(tuple(steps), time.monotonic() - t0,
+                      tuple(artifacts.warnings) if artifacts is not None else ())
 
 
 class FetchedFile(NamedTuple):

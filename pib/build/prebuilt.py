@@ -97,6 +97,25 @@ class StoreArtifacts:
             out.append(s)
         return out
 
+    def holders(self, plans: Sequence[Plan]) -> dict[str, tuple[str, ...]]:
+        """Component -> the stores that hold the artifact of its key (local first), for keys prepare() asked
+        about; what restore() would try, without fetching anything."""
+        wanted = [(p.comp.name, p.key) for p in plans if p.key and p.comp.prebuilt]
+        try:
+            local = self.local.has_many(wanted) if wanted else set()
+        except PibError as exc:
+            self._warn(f"local store: {exc.message}")
+            local = set()
+        out: dict[str, tuple[str, ...]] = {}
+        for p in plans:
+            entry = (p.comp.name, p.key)
+            if not p.key or not p.comp.prebuilt:
+                continue
+            found = [self.local.name] if entry in local else []
+            found += [s.name for s in self._candidates(p) if entry in self._known.get(s.name, set())]
+            out[p.comp.name] = tuple(found)
+        return out
+
     def equivalence(self, comp: ComponentConfig, key: str) -> tuple[str, str] | None:
         """The signed output digest of (comp, key) and where it was found: local store first."""
         return equivalence([self.local, *(s for s in self.remotes if s.name not in self._down)], self.trusted,
@@ -125,7 +144,10 @@ class StoreArtifacts:
         if outcome.status == "error":
             return None, "artifact rejected or store failed: " + "; ".join(
                 f"{p.store}: {p.message}" for p in outcome.problems), None
-        where = ", ".join(["local", *(s.name for s in self._candidates(plan))])
+        # Every store asked: those tried now and those whose existence round already said no.
+        asked = [] if plan.local_only else [s.name for s in self.remotes if s.name not in self._down]
+        down = [] if plan.local_only else [s.name for s in self.remotes if s.name in self._down]
+        where = ", ".join([self.local.name, *asked]) + (f" ({', '.join(down)} unavailable)" if down else "")
         return None, f"no artifact for this key in {where}" + (
             " (dirty tree: local store only)" if plan.source.dirty else
             " (network build: local store only)" if plan.local_only else ""), None

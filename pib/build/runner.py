@@ -161,6 +161,10 @@ class Artifacts(Protocol):
         """The signed output digest of (comp, key) in the stores, and where it was found."""
         ...
 
+    def holders(self, plans: Sequence[Plan]) -> dict[str, tuple[str, ...]]:
+        """Component -> the stores holding its key's artifact (after prepare), without fetching it."""
+        ...
+
     def publish_missing(self, plans: Sequence[Plan], log: Log) -> dict[str, tuple[str, ...]]:
         """Upload artifacts of components that were not built now (up to date or restored) to the
         remotes that lack them, e.g. after an earlier publish was interrupted."""
@@ -174,6 +178,9 @@ class BuildOptions(NamedTuple):
     publish: bool = False
     require_prebuilt: bool = False
     forced: tuple[str, ...] = ()  # with force: only these are rebuilt (empty: all); their dependencies are not
+    # A CI job's build: everything but `targets` must be up to date or restored, never built on this machine.
+    deps_from_store: bool = False
+    targets: tuple[str, ...] = ()
 
     def forces(self, name: str) -> bool:
         return self.force and (not self.forced or name in self.forced)
@@ -291,9 +298,11 @@ class Builder:
         if failed:
             first = failed[0]
             others = [o.component for o in report.outcomes if o.action == State.STOPPED]
-            msg = f"{first.component} failed" + (f"; stopped: {', '.join(others)}" if others else "")
+            missing = first.detail.startswith("no prebuilt")
+            msg = (first.detail.split("\n")[0] if missing else f"{first.component} failed") + (
+                f"; stopped: {', '.join(others)}" if others else "")
             reason = Reason.WORKSPACE if first.reason is Reason.WORKSPACE else \
-                Reason.PREBUILT_MISSING if first.detail.startswith("no prebuilt") else Reason.BUILD
+                Reason.PREBUILT_MISSING if missing else Reason.BUILD
             # pib's own files (not the build) were the problem: what to do is the failure's hint.
             hint = first.detail.partition("\n  hint: ")[2].partition("\n")[0] if reason is Reason.WORKSPACE else ""
             report.error = PibError(msg, reason=reason, detail=first.detail, hint=hint)
@@ -430,6 +439,11 @@ class Builder:
             if self.opts.require_prebuilt:
                 raise PibError(f"no prebuilt artifact for {c.name} ({note})", reason=Reason.PREBUILT_MISSING,
                                hint="publish one from CI, or build without --require-prebuilt")
+        if self.opts.deps_from_store and c.name not in self.opts.targets:
+            why = note if c.prebuilt else "it is not prebuilt = true, so no store holds it"
+            raise PibError(f"no prebuilt artifact for dependency {c.name} ({why}); --deps-from-store never builds "
+                           "a dependency", reason=Reason.PREBUILT_MISSING,
+                           hint=f"build and publish {c.name} first (its own CI job), or build without --deps-from-store")
         self._emit(c.name, State.BUILDING, start, note)
         new = proto_tmp(c.proto)
         res = self.build_into(p, new, log, start)

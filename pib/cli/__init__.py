@@ -24,6 +24,7 @@ _EXTENSIONS = {
     "pib.cli.boot": ("boot",),
     "pib.cli.media": ("media",),
     "pib.cli.fetch": ("fetch",),
+    "pib.cli.plan": ("plan",),
     "pib.cli.verify": ("verify", "rebuild"),
 }
 _CORE = ("config", "configure", "build", "live", "ci", "publish", "status", "explain", "clobber")
@@ -137,6 +138,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         force=args.force,
         publish=args.publish,
         require_prebuilt=args.require_prebuilt,
+        deps_from_store=args.deps_from_store,
     )
     names = tuple(args.components) or None
     order = [c.name for c in topo_order(cfg, names)]
@@ -329,6 +331,9 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
                        help="no network: the local store and the download cache only (see pib fetch)")
         b.add_argument("--require-prebuilt", action="store_true",
                        help="a prebuilt component without an artifact is an error")
+        b.add_argument("--deps-from-store", action="store_true",
+                       help="build only the named components (none: only the image); every other one must be "
+                            "up to date or restored from a store, else it is an error (a CI job's build)")
         b.add_argument("--no-image", action="store_true", help="build components only")
         b.add_argument("--boot", action="store_true", help="then boot the image in QEMU (like pib boot)")
         b.add_argument("--wait", action="store_true", help="wait for another build of this workspace to end")

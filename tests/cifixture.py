@@ -1,0 +1,121 @@
+"""A small synthetic platform for CI tests: real git repositories, a workspace that is itself a git
+repository (what a CI runner checks out), one shared SeaweedFS S3 store and a publishing key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pib.artifacts.signing import generate_keypair
+from tests.gitutil import commit, make_repo, sh, write
+from tests.services.seaweed import Seaweed
+
+REPO = Path(__file__).resolve().parents[1]
+NODE_BIN = Path(sys.executable).parent.parent / "node" / "node_modules" / ".bin"
+
+# A component's build: its data, and (stamped) when the build command started and ended, to see overlap.
+BUILD = """\
+#!/bin/sh
+set -e
+mkdir -p "$DESTDIR/share/{name}"
+{start}
+sleep {sleep}
+echo "{name} {version}" > "$DESTDIR/share/{name}/data"
+{end}
+"""
+MANIFEST = "d share 0755 root root\nd share/{name} 0755 root root\nf share/{name}/data 0644 root root\n"
+
+
+def build_script(name: str, *, version: str = "1", sleep: float = 0, stamped: bool = False) -> str:
+    start = f'date +%s.%N > "$DESTDIR/share/{name}/start"' if stamped else ""
+    end = f'date +%s.%N > "$DESTDIR/share/{name}/end"' if stamped else ""
+    return BUILD.format(name=name, version=version, sleep=sleep, start=start, end=end)
+
+
+@dataclass
+class Platform:
+    root: Path
+    server: Seaweed
+    bucket: str
+    graph: dict[str, tuple[str, ...]]  # component -> dependencies
+    stamped: tuple[str, ...] = ()
+    sleep: float = 0
+    image: bool = True
+    counter: list[int] = field(default_factory=lambda: [0])
+
+    @property
+    def key(self) -> Path:
+        return self.root / "keys" / "publish.key"
+
+    def env(self, home: Path) -> dict[str, str]:
+        """A machine: its own HOME (so its own local store and machine key), the shared store's credentials."""
+        return {"HOME": str(home), "XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config"),
+                "AWS_ACCESS_KEY_ID": self.server.access_key, "AWS_SECRET_ACCESS_KEY": self.server.secret_key,
+                "PIB_SIGNING_KEY": str(self.key), "CI": "true"}
+
+    def workspace(self) -> Path:
+        """A fresh clone of the workspace repository: a new machine's checkout."""
+        self.counter[0] += 1
+        ws = self.root / f"clone{self.counter[0]}"
+        sh(["git", "clone", "-q", str(self.root / "workspace"), str(ws)], self.root)
+        return ws
+
+    def change(self, name: str, version: str) -> None:
+        """A new commit of component `name` (its output changes)."""
+        repo = self.root / "repos" / name
+        write(repo, {"build.sh": build_script(name, version=version, sleep=self.sleep,
+                                              stamped=name in self.stamped)})
+        commit(repo, f"{name} {version}")
+
+
+def make_platform(root: Path, server: Seaweed, graph: dict[str, tuple[str, ...]], *, stamped: tuple[str, ...] = (),
+                  sleep: float = 0, image: bool = True, extra: str = "") -> Platform:
+    bucket = f"ci-{uuid.uuid4().hex[:10]}"
+    server.client().create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    plat = Platform(root, server, bucket, graph, stamped, sleep, image)
+    (root / "keys").mkdir(parents=True)
+    for name in graph:
+        make_repo(root / "repos" / name, {"build.sh": build_script(name, sleep=sleep, stamped=name in stamped),
+                                          "manifest": MANIFEST.format(name=name)})
+    comps = "".join(
+        f'[components.{name}]\nsource = "{root}/repos/{name}"\nbuild = ["./build.sh"]\nmanifest = "manifest"\n'
+        f"prebuilt = true\ndepends = {list(deps)!r}\n\n".replace("'", '"')
+        for name, deps in graph.items())
+    ws = root / "workspace"
+    ws.mkdir()
+    (ws / "keys").mkdir()
+    generate_keypair(plat.key, ws / "keys" / "publish.pub")
+    image_section = ('[image]\ncompression = "gzip"\noverlays = [{ path = "overlay", manifest = "overlay/manifest" }]\n'
+                     if image else "")
+    if image:
+        write(ws, {"overlay/etc/passwd": "root:x:0:0:root:/:/bin/sh\n", "overlay/etc/group": "root:x:0:\n",
+                   "overlay/manifest": "d etc 0755 root root\nf etc/passwd 0644 root root\n"
+                                       "f etc/group 0644 root root\n"})
+    (ws / "pib.toml").write_text(f"""\
+[platform]
+min_version = "1"
+
+{comps}[[store]]
+name = "shared"
+type = "s3"
+bucket = "{bucket}"
+endpoint_url = "{server.endpoint_url}"
+region = "us-east-1"
+
+[trust]
+public_keys = ["keys/publish.pub"]
+
+{image_section}{extra}""")
+    write(ws, {".gitignore": "/projects/\n/proto.*/\n/.proto.*\n/log/\n/output/\n/.pib/\n/.gitlab-ci-local/\n"})
+    sh(["git", "init", "-q", "-b", "main"], ws)
+    commit(ws, "workspace")
+    return plat
+
+
+def pib_cmd(ws: Path, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pib", "-C", str(ws), *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env={**os.environ, **env}, timeout=timeout)
