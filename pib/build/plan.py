@@ -61,7 +61,7 @@ def plan(cfg: Config, names: Sequence[str] | None, benv: BuildEnv, *, lookup: Lo
     """
     comps = topo_order(cfg, tuple(names) if names else None)
     index_dir = cfg.workspace.state_dir / "index"
-    states = source_states([(c.checkout, index_dir / c.name) for c in comps])
+    states = source_states([(c.checkout, index_dir / c.name) for c in comps], index_dir / ".walk")
     sources = {c.name: st for c, st in zip(comps, states, strict=True)}
     plans: dict[str, Plan] = {}
     for c in comps:
