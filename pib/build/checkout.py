@@ -328,10 +328,20 @@ def source_states(checkouts: Sequence[tuple[Path, Path]], memo: Path | None = No
     known = dict(last.known) if last is not None else {}
     paths = [c for c, _ in checkouts]
     had = [known.get(str(c)) for c in paths]
-    walked = _walk(paths, min((h.since for h in had if h is not None), default=started))
-    mounts = _mounts()
-    reals: dict[str, str] = {}
-    prints = [_fingerprint(c, mounts, reals) if w is not None else None for c, w in zip(paths, walked, strict=True)]
+    walked: list[float | None] = []
+    prints: list[str | None] = []
+    heads: list[tuple[str | None, str | None]] = []
+
+    def task(k: int) -> None:
+        if k == 0:
+            walked.extend(_walk(paths, min((h.since for h in had if h is not None), default=started)))
+        else:  # while find runs: what the walk does not see (compared by equality, so the order is free)
+            mounts = _mounts()
+            reals: dict[str, str] = {}
+            prints.extend(_fingerprint(c, mounts, reals) for c in paths)
+            heads.extend(_read_head(c / ".git") for c in paths)
+
+    parallel_map(task, [0, 1], workers=2)
     out: list[SourceState | None] = [None] * len(checkouts)
     slow: list[int] = []
     for i, ((c, index), h, newest, fp) in enumerate(zip(checkouts, had, walked, prints, strict=True)):
@@ -339,7 +349,7 @@ def source_states(checkouts: Sequence[tuple[Path, Path]], memo: Path | None = No
         if h is None or fp is None or h.fingerprint != fp or newest is None or newest > h.since:
             slow.append(i)
             continue
-        st = _with_head(c, index, h.tree, h.head, h.head_tree)
+        st = _with_head(c, index, h.tree, h.head, h.head_tree, heads[i])
         out[i] = st
         # Nothing changed between h.since and this walk's visit: a change from now on is later than this.
         known[str(c)] = _Known(fp, h.tree, st.head, st.head_tree, started - _RACY_SECONDS)
@@ -541,9 +551,12 @@ def source_state(checkout: Path, index: Path | None) -> SourceState:
 
 
 def _with_head(checkout: Path, index: Path, tree: str, known_head: str | None = None,
-               known_head_tree: str | None = None) -> SourceState:
-    """`tree` with the checkout's HEAD, its branch and the HEAD commit's tree (remembered for `known_head`)."""
-    branch, head = _read_head(checkout / ".git")
+               known_head_tree: str | None = None, read: tuple[str | None, str | None] | None = None) -> SourceState:
+    """`tree` with the checkout's HEAD, its branch and the HEAD commit's tree (remembered for `known_head`).
+
+    `read`: branch and HEAD as _read_head gave them, when the caller read them already.
+    """
+    branch, head = read if read is not None else _read_head(checkout / ".git")
     if head is None:
         out = git(["rev-parse", "--verify", "--quiet", "HEAD"], checkout, check=False, hermetic=True).split()
         head = out[0] if out else None
@@ -596,9 +609,12 @@ def changed_files(checkout: Path, old_tree: str, new_tree: str) -> list[str]:
 def _seed_index(checkout: Path, index: Path) -> None:
     real = checkout / ".git" / "index"
     if not index.exists() and real.is_file():
-        from shutil import copyfile
+        from shutil import copy2
 
-        copyfile(real, index)  # seeds stat data: the first hash is cheap too
+        # Seeds stat data, so the first hash is cheap too. The copy keeps the index's mtime: git holds an
+        # entry changed in the second the index was written as racily clean (it hashes the file again);
+        # a copy with a later mtime would make git trust that entry's stat data.
+        copy2(real, index)
 
 
 def _tree_of_index(checkout: Path, index: Path, env: Mapping[str, str]) -> str:
