@@ -440,16 +440,19 @@ def parse_log(log: Path) -> dict[str, dict[str, list[float]]]:
 
 
 BEHIND = """Where pib is behind: Nix restores the 100 outputs faster, (c) and (d). Measured on a 100-component
-workspace made the same way (load 8): a fresh workspace's first plan takes 1.8 s wall and 1.9 s of CPU, because
-no tree of a checkout is remembered there yet, so each of the 100 checkouts runs `git add -A` into a new
-private index and `git write-tree` (one git process each; later plans use the stat walk, see the scale
-section); restoring the 100 artifacts then takes 2.5 to 3.0 s wall and 1.8 to 2.0 s of CPU, about 20 ms of
-CPU per artifact (metadata and signature check, SHA-256 of the archive, unpack, putting the proto area in
-place, the state record), which for a 1 KiB artifact is almost all fixed cost. Nix pays for neither: its
-store is the workspace, and `builtins.path` hashes the sources in-process. The no-op (a) and the one
-change (b), which run on every edit, are at par with Nix or ahead of it (1.1x and 1.3x, within the noise of
-this loaded machine for (a)); BuildStream 1.6 is 1.6 to 6x slower than pib in every phase (it hashes every
-local source on each invocation and stages every element in a bubblewrap sandbox)."""
+workspace made the same way (a local store, load 7 to 8), split by phase: the fresh workspace's first
+plan (`pib status`) takes 2.4 s of CPU, 24 ms per checkout, because no tree of a checkout is remembered
+there yet: each checkout runs five git processes (the content paths, the private index's paths,
+`update-index`, `write-tree`, the HEAD commit's tree); a second plan takes 0.44 s. The restores are not
+the fixed cost they looked like: 100 restores in one process (fetch from the local store, signature
+check, SHA-256, policy-checked unpack, the lstat audit, putting the proto area in place) take 0.39 s of
+CPU, 3.9 ms each, and the build that restores all 100 after the plan takes 1.0 s of CPU including
+start-up, records and the image step. So a fresh workspace's cost is the first look at 100 git
+checkouts, which Nix does not pay: its store is the workspace, and `builtins.path` hashes the sources
+in-process. Cutting it needs the tree hashing in-process (git's blob and tree ids from Python, with
+.gitignore rules), not attempted here. The no-op (a) and the one change (b), which run on every edit,
+are at par with Nix or ahead of it; BuildStream 1.6 is 1.6 to 6x slower than pib in every phase (it
+hashes every local source on each invocation and stages every element in a bubblewrap sandbox)."""
 
 
 NOTES = """How each tool was set up (`bench/setup-peers` installs the peers from Debian's archive):

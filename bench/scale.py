@@ -211,19 +211,31 @@ def render(rows: list[Row], runs: int, load: str) -> str:
     return table + "\n" + "\n\n".join(notes) + "\n\n![cost per component](docs/scale.png)\n"
 
 
-WHY = """Where a no-op's time goes: the plan must know each working tree's content. It used to run
-`git add -A` + `git write-tree` with a private index in every checkout, one git process per component:
-on the 1,000-component workspace that no-op took 3.2 to 3.7 s wall and 4.3 s of CPU (measured once,
-load 7 to 9). Now one `find` per half of the checkouts (two in parallel) prints the lstat data of every
-entry (inode, size, ctime), and a checkout whose digest equals the one recorded with its last tree is
-answered without git; git runs only where the digest moved, or where the walk cannot vouch for a tree
-(an entry changed in the last 2 s, a nested repository). Keys are unchanged (tests/test_keys.py). What
-remains is the floor of looking at every file at all: `find` alone needs about 0.9 s of CPU for the
-204,000 entries of the 1,000-component workspace on this virtual machine (2 to 3 us of system time per
-lstat), split over the 2 cores; the rest is Python: start-up, reading a 3,000-line pib.toml, 1,000 state
-records and keys. On this shared machine (load 9 to 16 during the run) the wall time is 2 to 3 times the
-CPU time; with 2.2 s of CPU over 2 cores the 1 s target is out of reach even when the machine is quiet,
-for 200 files per component. The 60,000-file component shows the same floor per file."""
+WHY = """Where a no-op's time goes (1,000 components, profiled with cProfile and measured as CPU
+time of the process and its children). Main as merged this afternoon (early cutoff, SBOM) took 5.4 to
+5.9 s of CPU per no-op: 3 s of it were the sweep of leftovers, three pathlib globs per component over
+the directory that holds all 1,000 proto areas (quadratic); it now lists each such directory once. The
+stat walk used to make `find` print the lstat data of all 204,000 entries (10 MB) for Python to digest
+(0.73 s of CPU in find, about 0.4 s in Python); now `find` prints only entries whose ctime is later
+than the last walk (`-newerct`, less a 2 s racy margin), so on a no-op it prints one line per checkout
+(its .git) and Python parses nothing. What the walk cannot see is in a fingerprint per checkout (the
+user's index, .git/config and info files, mounts inside the checkout, its device and inode); a file
+system not stamped by this machine's clock (NFS, FUSE), a nested repository or a clock set back means
+git runs. The records and proto areas are read, and HEAD and the fingerprints taken, while `find` runs.
+Keys are unchanged (tests/test_keys.py golden values).
+
+What remains, measured on the 1,000-component workspace: `find` itself, about 0.55 s of CPU (0.1 s
+user, 0.45 s system: an lstat of each of the 204,000 entries, 2 to 3 us each on this virtual
+machine; a content edit moves only the file's own ctime, so no walk that misses a file can be sound
+without a file-system watcher), split over 2 processes; Python start-up and imports, 0.1 s; reading
+the 3,000-line pib.toml with the file:line of every value and the proto-area checks, 0.25 to 0.35 s;
+the rest of the plan (1,000 state records, proto-area scans, keys, HEAD reads, fingerprints, the memo),
+0.3 to 0.4 s; the image step and the JSON report. The 1 s target needs the Python part below about
+0.6 s on a quiet machine; on this shared machine (load 8 to 16 during the run) the wall time is 2 to 3
+times the CPU time. Next steps that would get there: a cache of the parsed configuration keyed by the
+files' stat data, one consolidated state file instead of 1,000 JSON records. The 60,000-file
+component's one change (10.9 s wall) was measured at load 15.5 and is wall time only: it runs git over
+the changed checkout as before."""
 
 
 def main() -> None:

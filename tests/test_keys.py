@@ -7,10 +7,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from pib import keys
 from pib.build.checkout import source_state
 from pib.config.loader import load
-from tests.gitutil import commit, make_repo, write
+from tests.gitutil import commit, make_repo, sh, write
 
 GOLDEN_DOC = {
     "format": 3,
@@ -121,3 +123,27 @@ def test_isolation_enters_the_key_only_when_not_the_default(tmp_path: Path) -> N
     assert doc_of("network = true\n")["isolation"] == {"network": True}
     assert doc_of('[sandbox]\nmode = "none"\n')["isolation"] == {"sandbox": "none"}
     assert len({keys.digest(d) for d in (default, doc_of("network = true\n"), doc_of('[sandbox]\nmode = "none"\n'))}) == 3
+
+
+def _recorded_seconds(repo: Path, name: str) -> tuple[int, int]:
+    """ctime and mtime seconds the user's index recorded for `name`."""
+    out = sh(["git", "ls-files", "--debug", name], repo).stdout
+    got = dict(line.strip().split(": ", 1) for line in out.splitlines()[1:3])
+    return int(got["ctime"].split(":")[0]), int(got["mtime"].split(":")[0])
+
+
+def test_same_second_edit_is_seen_through_a_seeded_private_index(tmp_path: Path) -> None:
+    """The private index starts as a copy of the user's: an entry the user's index holds as racily clean
+    (changed in the second the index was written) must stay so in the copy, or git trusts its stat data."""
+    truth = source_state(make_repo(tmp_path / "truth", {"f": "2\n"}), tmp_path / "it").tree
+    for attempt in range(10):
+        time.sleep(1.02 - time.time() % 1)  # just after a second begins: commit and edit share it
+        repo = make_repo(tmp_path / f"r{attempt}", {"f": "1\n"})
+        (repo / "f").write_text("2\n")  # same size
+        st = os.stat(repo / "f")
+        if _recorded_seconds(repo, "f") == (int(st.st_ctime), int(st.st_mtime)):
+            break
+    else:
+        pytest.skip("could not commit and edit within one second on this machine")
+    time.sleep(1.02 - time.time() % 1)  # the private index is made in a later second
+    assert source_state(repo, tmp_path / "index").tree == truth

@@ -13,9 +13,9 @@ ignore rules come only from .gitignore files in the tree (not
 The private index is reconciled with the current path set on every run, so a
 file once seen and later ignored leaves no trace in the key.
 
-A no-op build need not start git at all: one `find` over every
-checkout gives a digest of the stat data of each tree, and a tree whose digest
-equals the one recorded beside its private index has the tree recorded there.
+A no-op build need not start git at all: one `find` over every checkout
+prints only the entries whose ctime is later than the last walk, and a
+checkout with none has the tree recorded then (`source_states`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import json
+import math
 import os
 import re
 import time
@@ -281,66 +283,219 @@ def _require_clean(comp: ComponentConfig, dest: Path, doing: str) -> None:
         )
 
 
-# A change within this many seconds of the walk could share its timestamp tick with an earlier
-# one and go unseen by the next walk, so such a tree is not remembered (git's "racily clean").
+# The walk believes only ctimes at least this many seconds older than its start: a change that close
+# to a walk may carry an earlier timestamp (coarse clock ticks), git's "racily clean" entries.
 _RACY_SECONDS = 2
-_ROOT = "\0" "0\t"  # a record of depth 0: where a checkout's records start
+# File systems whose ctimes come from this machine's clock. Elsewhere (NFS, FUSE) a server stamps
+# them, and a change there could look older than the last walk: such checkouts always run git.
+_LOCAL_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs", "bcachefs",
+                       "ramfs", "jfs", "nilfs2", "reiserfs"})
+_WALK_FORMAT = 1
+_MEMO_LIMIT = 64 << 20  # a walk memo is a cache: a larger one is ignored, not read
 
 
-def stat_digests(checkouts: Sequence[Path], *, batches: int = 2) -> list[str | None]:
-    """A digest of the lstat data of every entry under each checkout (.git aside), from one
-    `find` per batch instead of one git process per checkout.
+class _Known(NamedTuple):
+    fingerprint: str  # what decides the tree besides the walked entries (_fingerprint)
+    tree: str
+    head: str | None
+    head_tree: str | None
+    since: float  # an entry whose ctime is later than this changed after `tree` was taken
 
-    Equal digests mean nothing was added, removed, renamed, written or chmod-ed:
-    each of these moves a ctime, which (unlike an mtime) cannot be set back. None where the walk
-    cannot vouch for the tree: an entry changed within the last seconds, a
-    nested repository (its HEAD is content pib does not walk), a checkout whose
-    .git is a file, or a `find` that failed.
+
+class _Memo(NamedTuple):
+    started: float  # the start of the last walk: a clock set back since then voids the memo
+    shared: str  # git's files outside every checkout (global configuration, ignore and attribute files)
+    known: dict[str, _Known]  # checkout -> what it held
+
+
+def source_states(checkouts: Sequence[tuple[Path, Path]], memo: Path | None = None) -> list[SourceState]:
+    """`source_state` of each (checkout, private index).
+
+    With `memo` (a file of pib's own), one `find` per batch of checkouts prints only the entries
+    whose ctime is later than the last walk's start (less the racy margin), and a checkout with
+    none has the tree recorded then, without a git process. A ctime cannot be set back: a write,
+    chmod, rename, link or truncation moves the entry's, and a creation or deletion moves its
+    directory's, so "nothing newer" means "nothing changed". What the walk cannot see decides
+    too: the user's index (which paths are tracked), .git/config and info files, git's global
+    files, mounts inside the checkout, the checkout's own identity; all are in the fingerprint.
+    A nested repository (its HEAD is content the walk does not read), a .git that is a file, or a
+    file system stamped by another machine's clock is never vouched for.
     """
-    out: list[str | None] = [None] * len(checkouts)
+    started = time.time()
+    shared = _stat_line(*_global_git_files())
+    last = _load_memo(memo, started, shared) if memo is not None else None
+    # Entries of checkouts outside this plan stay as they are, each with its own `since`.
+    known = dict(last.known) if last is not None else {}
+    paths = [c for c, _ in checkouts]
+    had = [known.get(str(c)) for c in paths]
+    walked: list[float | None] = []
+    prints: list[str | None] = []
+    heads: list[tuple[str | None, str | None]] = []
+
+    def task(k: int) -> None:
+        if k == 0:
+            walked.extend(_walk(paths, min((h.since for h in had if h is not None), default=started)))
+        else:  # while find runs: what the walk does not see (compared by equality, so the order is free)
+            mounts = _mounts()
+            reals: dict[str, str] = {}
+            prints.extend(_fingerprint(c, mounts, reals) for c in paths)
+            heads.extend(_read_head(c / ".git") for c in paths)
+
+    parallel_map(task, [0, 1], workers=2)
+    out: list[SourceState | None] = [None] * len(checkouts)
+    slow: list[int] = []
+    for i, ((c, index), h, newest, fp) in enumerate(zip(checkouts, had, walked, prints, strict=True)):
+        known.pop(str(c), None)
+        if h is None or fp is None or h.fingerprint != fp or newest is None or newest > h.since:
+            slow.append(i)
+            continue
+        st = _with_head(c, index, h.tree, h.head, h.head_tree, heads[i])
+        out[i] = st
+        # Nothing changed between h.since and this walk's visit: a change from now on is later than this.
+        known[str(c)] = _Known(fp, h.tree, st.head, st.head_tree, started - _RACY_SECONDS)
+
+    def one(i: int) -> None:
+        out[i] = source_state(*checkouts[i])
+
+    parallel_map(one, slow)
+    if memo is None:
+        return [s for s in out if s is not None]
+    for i in slow:
+        got, fp = out[i], prints[i]
+        if got is not None and fp is not None:
+            # git read the tree after `started`: a change since then has a later ctime.
+            known[str(paths[i])] = _Known(fp, got.tree, got.head, got.head_tree, started - _RACY_SECONDS)
+    data = {"format": _WALK_FORMAT, "started": started, "shared": shared,
+            "known": {k: list(v) for k, v in known.items()}}
+    with contextlib.suppress(OSError):
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(memo, json.dumps(data, separators=(",", ":")))
+    return [s for s in out if s is not None]
+
+
+def _load_memo(path: Path, now: float, shared: str) -> _Memo | None:
+    """The last walk's memo; None when it is missing, unreadable, of another format, or not valid now."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(_MEMO_LIMIT + 1)
+        if len(raw) > _MEMO_LIMIT:
+            return None
+        data = json.loads(raw)
+        started = float(data["started"])
+        if data["format"] != _WALK_FORMAT or data["shared"] != shared or not started <= now:
+            return None
+        known = {}
+        for k, v in data["known"].items():
+            fp, tree, head, head_tree, since = v
+            if not (isinstance(k, str) and isinstance(fp, str) and isinstance(tree, str) and _OBJECT_ID.fullmatch(tree)
+                    and (head is None or _OBJECT_ID.fullmatch(head))
+                    and (head_tree is None or _OBJECT_ID.fullmatch(head_tree))
+                    and isinstance(since, float) and since <= started):
+                return None
+            known[k] = _Known(fp, tree, head, head_tree, since)
+        return _Memo(started, shared, known)
+    except (OSError, ValueError, TypeError, KeyError, RecursionError, AttributeError):
+        return None  # only a cache: every tree is taken again
+
+
+def _walk(checkouts: Sequence[Path], since: float, *, batches: int = 2) -> list[float | None]:
+    """For each checkout, the latest ctime later than `since` of its entries (.git aside), or `since`
+    when none is later; None when the walk cannot vouch for it (a nested repository, no .git
+    directory, a `find` that failed)."""
+    out: list[float | None] = [None] * len(checkouts)
     if not checkouts:
         return out
-    since = int(time.time()) - _RACY_SECONDS
-    # Ignore rules, attributes (filters) and settings outside the walk decide what `git add -A` sees.
-    shared = _stat_line(*_global_git_files())
+    where: dict[str, list[int]] = {}
+    for i, c in enumerate(checkouts):
+        where.setdefault(str(c), []).append(i)
     size = -(-len(checkouts) // batches)
-    chunks = [list(range(i, min(i + size, len(checkouts)))) for i in range(0, len(checkouts), size)]
+    chunks = [checkouts[i:i + size] for i in range(0, len(checkouts), size)]
+    threshold = f"@{math.floor(since)}"  # whole seconds, rounded down: the test errs towards "changed"
 
-    def walk(idx: list[int]) -> None:
-        argv = ["find", "-H", *(str(checkouts[i]) for i in idx),
-                # find expands the escapes; records end with NUL, which no name contains.
-                "-name", ".git", "-printf", "G\\t%P\\0", "-prune",
-                "-o", "-printf", "%d\\t%P\\t%i\\t%s\\t%C@\\0",
-                "(", "-newerct", f"@{since}", "-printf", "R\\0", "-o", "-true", ")"]
+    def walk(chunk: Sequence[Path]) -> None:
+        # Records of three NUL-ended fields (no name contains NUL): a .git, or an entry changed since.
+        argv = ["find", "-H", *(str(c) for c in chunk),
+                "-name", ".git", "-printf", "G\\0%H\\0%P\\0", "-prune",
+                "-o", "-newerct", threshold, "-printf", "C\\0%H\\0%C@\\0"]
         res = run(argv, env=minimal_env(), capture=True, check=False, timeout=600)
         if res.returncode != 0:
             return
-        text = res.stdout
-        # Each checkout's records start with its own (depth 0) record; string operations, not a
-        # loop over every record, keep this cheap for a thousand checkouts.
-        starts = [0] if text.startswith("0\t") else []
-        at = text.find(_ROOT)
-        while at >= 0:
-            starts.append(at)
-            at = text.find(_ROOT, at + 1)
-        if len(starts) != len(idx):
-            return
-        for k, i in enumerate(idx):
-            end = starts[k + 1] + 1 if k + 1 < len(idx) else len(text)
-            seg = "\0" + text[starts[k] + (k > 0):end]  # NUL before and after every record
-            if "\0R\0" in seg or seg.count("\0G\t") != 1 or "\0G\t.git\0" not in seg:
+        fields = res.stdout.split("\0")
+        gits: dict[str, list[str]] = {}
+        newest: dict[str, float] = {}
+        for k in range(0, len(fields) - 2, 3):
+            kind, start, value = fields[k:k + 3]
+            if kind == "G":
+                gits.setdefault(start, []).append(value)
+            else:
+                try:
+                    ctime = float(value)
+                except ValueError:
+                    ctime = math.inf
+                newest[start] = max(newest.get(start, since), ctime)
+        for c in chunk:
+            s = str(c)
+            if gits.get(s) != [".git"] or not (c / ".git").is_dir():
                 continue
-            git_dir = checkouts[i] / ".git"
-            if not git_dir.is_dir():
-                continue
-            h = hashlib.sha256(f"{checkouts[i]}\n{shared}".encode())
-            h.update(_stat_line(git_dir / "config", git_dir / "info" / "exclude",
-                                git_dir / "info" / "attributes").encode())
-            h.update(seg.encode())
-            out[i] = h.hexdigest()
+            for i in where[s]:
+                out[i] = newest.get(s, since)
 
     parallel_map(walk, chunks, workers=batches)
     return out
+
+
+def _mounts() -> list[tuple[str, str]] | None:
+    """(mount point, file system type) of every mount this process sees; None without /proc."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    out = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split(" ")
+        if len(fields) > 4 and right:
+            # Octal escapes (\040 for a space) as the kernel writes them.
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            out.append((point, right.split(" ")[0]))
+    return out
+
+
+def _fingerprint(checkout: Path, mounts: list[tuple[str, str]] | None, reals: dict[str, str]) -> str | None:
+    """What decides a checkout's tree besides the entries the walk looks at; None when the walk's
+    verdict cannot be believed there (no mount table, a file system not stamped by this clock).
+
+    `reals`: real paths of the directories holding checkouts, shared between calls (siblings
+    share a parent, so resolving it once saves a lstat per path component per checkout).
+    """
+    if mounts is None:
+        return None
+    path = str(checkout)
+    try:
+        st = os.stat(path)
+        if os.path.islink(path):
+            real = os.path.realpath(path)
+        else:
+            parent, name = os.path.split(path)
+            if parent not in reals:
+                reals[parent] = os.path.realpath(parent)
+            real = os.path.join(reals[parent], name)
+    except OSError:
+        return None
+    fs, longest, inside = "", -1, []
+    for point, kind in mounts:
+        if real == point or real.startswith(point.rstrip("/") + "/"):
+            if len(point) > longest:
+                fs, longest = kind, len(point)
+        elif point.startswith(real + "/"):
+            inside.append(f"{point} {kind}")  # a mount inside the checkout changes what git reads
+    if fs not in _LOCAL_FS:
+        return None
+    # The user's index says which paths are tracked (content_paths); the others are git's own settings.
+    files = [f"{path}/.git/{name}" for name in ("index", "config", "info/exclude", "info/attributes")]
+    text = "\n".join([f"{real} {st.st_dev}:{st.st_ino} {fs}", *sorted(inside), _stat_line(*files)])
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _global_git_files() -> list[Path]:
@@ -351,7 +506,7 @@ def _global_git_files() -> list[Path]:
     return files
 
 
-def _stat_line(*paths: Path) -> str:
+def _stat_line(*paths: Path | str) -> str:
     parts = []
     for p in paths:
         try:
@@ -362,44 +517,20 @@ def _stat_line(*paths: Path) -> str:
     return "\n".join(parts) + "\n"
 
 
-def source_states(checkouts: Sequence[tuple[Path, Path]]) -> list[SourceState]:
-    """`source_state` of each (checkout, private index), with one stat walk for all of them.
-
-    Trees the walk vouches for are answered here in turn (threads would only fight over the
-    interpreter); the others run git on a few threads.
-    """
-    digests = stat_digests([c for c, _ in checkouts])
-    out: list[SourceState | None] = [None] * len(checkouts)
-    slow: list[int] = []
-    for i, ((c, index), d) in enumerate(zip(checkouts, digests, strict=True)):
-        if _remembered_tree(index.with_name(index.name + ".stat"), d) is None:
-            slow.append(i)
-        else:
-            out[i] = source_state(c, index, d)
-
-    def one(i: int) -> None:
-        out[i] = source_state(*checkouts[i], digests[i])
-
-    parallel_map(one, slow)
-    return [s for s in out if s is not None]
-
-
-def source_state(checkout: Path, index: Path | None, stat_digest: str | None = None) -> SourceState:
+def source_state(checkout: Path, index: Path | None) -> SourceState:
     """The content of the working tree: see _source_state. The private index and its memos live under
     the workspace's state directory: a full or read-only one is the error a user can act on."""
     try:
-        return _source_state(checkout, index, stat_digest)
+        return _source_state(checkout, index)
     except OSError as exc:
         raise local_error(index if index is not None else checkout, exc,
                           f"keep the private index of {checkout} at") from None
 
 
-def _source_state(checkout: Path, index: Path | None, stat_digest: str | None = None) -> SourceState:
+def _source_state(checkout: Path, index: Path | None) -> SourceState:
     """The content of the working tree (tracked + untracked, not ignored) as a git tree id.
 
     `index` is a private index file kept between runs so unchanged files are not re-hashed.
-    `stat_digest` is this checkout's entry from `stat_digests`, taken before this call: when
-    it equals the one recorded with the last tree, that tree is the answer and git is not run.
     """
     if not _is_repo(checkout):
         raise PibError(
@@ -411,32 +542,38 @@ def _source_state(checkout: Path, index: Path | None, stat_digest: str | None = 
         index = checkout / ".git" / "pib-index"
         if not (checkout / ".git").is_dir():
             index = Path(git(["rev-parse", "--absolute-git-dir"], checkout, hermetic=True).strip()) / "pib-index"
-    memo = index.with_name(index.name + ".stat")
-    tree = _remembered_tree(memo, stat_digest)
-    if tree is None:
-        index.parent.mkdir(parents=True, exist_ok=True)
-        env = {"GIT_INDEX_FILE": str(index)}
-        # Under this flock no other pib uses the private index: a git lock file beside it was left by a
-        # killed git, and an index that git cannot read (truncated by a kill) is only a cache, rebuilt.
-        with held(index.with_name(index.name + ".pib-lock")):
-            index.with_name(index.name + ".lock").unlink(missing_ok=True)
+    index.parent.mkdir(parents=True, exist_ok=True)
+    env = {"GIT_INDEX_FILE": str(index)}
+    # Under this flock no other pib uses the private index: a git lock file beside it was left by a
+    # killed git, and an index that git cannot read (truncated by a kill) is only a cache, rebuilt.
+    with held(index.with_name(index.name + ".pib-lock")):
+        index.with_name(index.name + ".lock").unlink(missing_ok=True)
+        _seed_index(checkout, index)
+        try:
+            _sync_index(checkout, env)
+        except PibError:
+            for stale in (index, index.with_name(index.name + ".tree")):
+                stale.unlink(missing_ok=True)
             _seed_index(checkout, index)
-            try:
-                _sync_index(checkout, env)
-            except PibError:
-                for stale in (index, index.with_name(index.name + ".tree")):
-                    stale.unlink(missing_ok=True)
-                _seed_index(checkout, index)
-                _sync_index(checkout, env)
-            tree = _tree_of_index(checkout, index, env)
-        if stat_digest is not None:
-            write_atomic(memo, f"{stat_digest} {tree}\n")
-    branch, head = _read_head(checkout / ".git")
+            _sync_index(checkout, env)
+        tree = _tree_of_index(checkout, index, env)
+    return _with_head(checkout, index, tree)
+
+
+def _with_head(checkout: Path, index: Path, tree: str, known_head: str | None = None,
+               known_head_tree: str | None = None, read: tuple[str | None, str | None] | None = None) -> SourceState:
+    """`tree` with the checkout's HEAD, its branch and the HEAD commit's tree (remembered for `known_head`).
+
+    `read`: branch and HEAD as _read_head gave them, when the caller read them already.
+    """
+    branch, head = read if read is not None else _read_head(checkout / ".git")
     if head is None:
         out = git(["rev-parse", "--verify", "--quiet", "HEAD"], checkout, check=False, hermetic=True).split()
         head = out[0] if out else None
     if head is None:
         return SourceState(tree, None, None, branch)
+    if head == known_head and known_head_tree is not None:
+        return SourceState(tree, head, known_head_tree, branch)
     return SourceState(tree, head, _head_tree(checkout, head, index), branch)
 
 
@@ -482,19 +619,12 @@ def changed_files(checkout: Path, old_tree: str, new_tree: str) -> list[str]:
 def _seed_index(checkout: Path, index: Path) -> None:
     real = checkout / ".git" / "index"
     if not index.exists() and real.is_file():
-        from shutil import copyfile
+        from shutil import copy2
 
-        copyfile(real, index)  # seeds stat data: the first hash is cheap too
-
-
-def _remembered_tree(memo: Path, stat_digest: str | None) -> str | None:
-    if stat_digest is None:
-        return None
-    try:
-        digest, _, tree = memo.read_text(encoding="ascii").partition(" ")
-    except OSError:
-        return None
-    return tree.strip() if digest == stat_digest and tree.strip() else None
+        # Seeds stat data, so the first hash is cheap too. The copy keeps the index's mtime: git holds an
+        # entry changed in the second the index was written as racily clean (it hashes the file again);
+        # a copy with a later mtime would make git trust that entry's stat data.
+        copy2(real, index)
 
 
 def _tree_of_index(checkout: Path, index: Path, env: Mapping[str, str]) -> str:

@@ -8,8 +8,10 @@ then make the image from the keys just planned (pib.image.step).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pib.build import state
@@ -443,8 +445,15 @@ def _cbe_pins(cfg: Config) -> list[Pinned]:
 def _sweep_leftovers(cfg: Config) -> None:
     """What killed runs left (half-built proto areas, scratch directories, image temporaries), whether or
     not this run builds those components; the workspace lock is held, so none of it is in use."""
+    listed: dict[Path, set[str]] = {}
     for c in cfg.components:
-        sweep(c)
+        parent = c.proto.parent
+        if parent not in listed:
+            try:
+                listed[parent] = {n for n in os.listdir(parent) if n.startswith(".")}  # leftovers are hidden
+            except OSError:
+                listed[parent] = set()
+        sweep(c, listed[parent])
     remove_stale(cfg.workspace.output_dir)
 
 

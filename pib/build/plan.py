@@ -20,6 +20,7 @@ from pib.build.env import BuildEnv
 from pib.build.sandbox import key_fields
 from pib.config.loader import topo_order
 from pib.config.types import ComponentConfig, Config
+from pib.parallel import parallel_map
 
 # (component, input key) -> (output digest, where the equivalence came from), or None when none is known.
 Lookup = Callable[[ComponentConfig, str], tuple[str, str] | None]
@@ -61,7 +62,20 @@ def plan(cfg: Config, names: Sequence[str] | None, benv: BuildEnv, *, lookup: Lo
     """
     comps = topo_order(cfg, tuple(names) if names else None)
     index_dir = cfg.workspace.state_dir / "index"
-    states = source_states([(c.checkout, index_dir / c.name) for c in comps])
+    states: list[SourceState] = []
+    records: dict[str, state.Record | None] = {}
+    protos: dict[str, list[str] | None] = {}
+
+    def task(k: int) -> None:
+        if k == 0:
+            states.extend(source_states([(c.checkout, index_dir / c.name) for c in comps], index_dir / ".walk"))
+        else:  # while the working trees are walked: the records, and the proto areas they describe
+            for c in comps:
+                rec = records[c.name] = state.load(cfg.workspace.state_dir, c.name)
+                if rec is not None:
+                    protos[c.name] = rec.proto_changes(c.proto)
+
+    parallel_map(task, [0, 1], workers=2)
     sources = {c.name: st for c, st in zip(comps, states, strict=True)}
     plans: dict[str, Plan] = {}
     for c in comps:
@@ -73,8 +87,9 @@ def plan(cfg: Config, names: Sequence[str] | None, benv: BuildEnv, *, lookup: Lo
                 via[d] = PENDING
             else:
                 outputs[d], via[d] = got
-        rec = state.load(cfg.workspace.state_dir, c.name)
-        plans[c.name] = _make(cfg, benv, c, sources[c.name], rec, outputs, via)
+        rec = records[c.name]
+        plans[c.name] = _make(cfg, benv, c, sources[c.name], rec, outputs, via,
+                              (protos[c.name],) if rec is not None else None)
     return [plans[c.name] for c in comps]
 
 
@@ -97,7 +112,9 @@ def _dep_output(dp: Plan, lookup: Lookup | None) -> tuple[str, str] | None:
 
 
 def _make(cfg: Config, benv: BuildEnv, c: ComponentConfig, source: SourceState, rec: state.Record | None,
-          outputs: Mapping[str, str], via: Mapping[str, str]) -> Plan:
+          outputs: Mapping[str, str], via: Mapping[str, str],
+          proto: tuple[list[str] | None] | None = None) -> Plan:
+    """`proto`: rec.proto_changes(c.proto), when the caller has it already."""
     pending = sorted(d for d in c.depends if d not in outputs)
     doc = keys.key_document(
         c,
@@ -110,11 +127,11 @@ def _make(cfg: Config, benv: BuildEnv, c: ComponentConfig, source: SourceState, 
         isolation=key_fields(cfg, c),
     )
     key = "" if pending else keys.digest(doc)
-    return Plan(c, source, doc, key, rec, _reasons(c, key, doc, rec, pending), dict(via))
+    return Plan(c, source, doc, key, rec, _reasons(c, key, doc, rec, pending, proto), dict(via))
 
 
 def _reasons(c: ComponentConfig, key: str, doc: dict[str, Any], rec: state.Record | None,
-             pending: Sequence[str]) -> tuple[str, ...]:
+             pending: Sequence[str], proto: tuple[list[str] | None] | None = None) -> tuple[str, ...]:
     out = [f"key pending: the output of {d} is known once it is built or restored" for d in pending]
     if rec is None:
         return (*out, "never built")
@@ -124,7 +141,7 @@ def _reasons(c: ComponentConfig, key: str, doc: dict[str, Any], rec: state.Recor
         out += changed
         if not changed and not pending:
             out.append("key changed")
-    changed_files = rec.proto_changes(c.proto)
+    changed_files = proto[0] if proto is not None else rec.proto_changes(c.proto)
     if changed_files is None:
         out.append("proto area missing")
     elif changed_files:

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -198,16 +198,26 @@ def proto_tmp(proto: Path) -> Path:
     return proto.with_name(f".{proto.name}.pib-new")
 
 
-def sweep(comp: ComponentConfig) -> None:
-    """Remove leftovers of a killed earlier run beside the proto area."""
-    if proto_tmp(comp.proto).exists():
-        stop_orphans(proto_tmp(comp.proto))
-    for leftover in (proto_tmp(comp.proto), aside(comp.proto)):
-        remove_tree(leftover)
+def sweep(comp: ComponentConfig, siblings: Collection[str] | None = None) -> None:
+    """Remove leftovers of a killed earlier run beside the proto area.
+
+    `siblings`: the names in the proto area's directory when the caller listed it already (one listing
+    for every component sharing that directory, not one glob per component).
+    """
+    if siblings is None:
+        try:
+            siblings = os.listdir(comp.proto.parent)
+        except OSError:
+            return
+    tmp = proto_tmp(comp.proto)
+    if tmp.name in siblings:
+        stop_orphans(tmp)
+    gone = (tmp.name, aside(comp.proto).name)
     # Scratch directories of restore and pack (the workspace lock is held, so none is in use).
-    for kind in ("fetch", "unpack", "publish"):
-        for leftover in comp.proto.parent.glob(f".{comp.proto.name}.{kind}-*"):
-            remove_tree(leftover)
+    scratch = tuple(f".{comp.proto.name}.{kind}-" for kind in ("fetch", "unpack", "publish"))
+    for leftover in siblings:
+        if leftover[:1] == "." and (leftover in gone or leftover.startswith(scratch)):
+            remove_tree(comp.proto.parent / leftover)
 
 
 def stop_orphans(destdir: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterable
@@ -45,16 +46,26 @@ def scan(proto: Path) -> Files | None:
     if not proto.is_dir():
         return None
     out: Files = {}
-    for dirpath, dirnames, filenames in os.walk(proto):
-        for name in (*dirnames, *filenames):
-            full = os.path.join(dirpath, name)
+    # os.scandir with relative names built as it goes: os.walk plus relpath cost more than the lstat.
+    pending = [(str(proto), "")]
+    while pending:
+        top, rel = pending.pop()
+        try:
+            entries = list(os.scandir(top))
+        except OSError:
+            continue
+        for e in entries:
+            name = rel + e.name
             try:
-                st = os.lstat(full)
+                st = e.stat(follow_symlinks=False)
             except OSError:
                 continue
-            # A directory's mtime follows its entries, which are compared one by one.
-            mtime = 0 if name in dirnames and not os.path.islink(full) else st.st_mtime_ns
-            out[os.path.relpath(full, proto)] = [st.st_size if mtime else 0, mtime, st.st_mode]
+            if stat.S_ISDIR(st.st_mode):
+                # A directory's mtime follows its entries, which are compared one by one.
+                out[name] = [0, 0, st.st_mode]
+                pending.append((e.path, name + "/"))
+            else:
+                out[name] = [st.st_size if st.st_mtime_ns else 0, st.st_mtime_ns, st.st_mode]  # as records always had
     return out
 
 
