@@ -193,6 +193,9 @@ instead, and their case names below say which ran.
 - An unexpected exception printed a raw traceback; the CLI now says "internal error" and where the
   traceback was written (`~/.cache/pib/internal-errors.log`). No case above reaches it: the fuzzer fails
   if one does.
+- The fuzzer found that a byte that is not ASCII in a memo of the private index (`.pib/index/NAME.tree`,
+  `NAME.trees`) crashed `pib build` (`UnicodeDecodeError`); a damaged memo is now not believed (the tree
+  is computed again).
 
 ## Known limits
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pib.artifacts.metadata import ArtifactInfo, make_metadata, read_metadata, sign
@@ -291,6 +291,7 @@ def test_cli_build_over_fuzzed_workspace_files(workspace: Path, target: str) -> 
 
         @CLI_FUZZ
         @given(seeds)
+        @example(b"\x80")  # found by the fuzzer: a non-ASCII byte in a tree memo crashed pib build
         def prop(raw: bytes) -> None:
             t.tried += 1
             ws = _copy(workspace)

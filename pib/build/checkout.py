@@ -639,7 +639,7 @@ def _tree_of_index(checkout: Path, index: Path, env: Mapping[str, str]) -> str:
         last_sum, _, last_tree = memo.read_text(encoding="ascii").partition(" ")
         if checksum and last_sum == checksum and last_tree.strip():
             return last_tree.strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         pass
     tree = git(["write-tree"], checkout, env=env, hermetic=True).strip()
     # write-tree may store its cache in the index: remember the checksum it leaves behind.

@@ -79,7 +79,9 @@ class Progress:
     Elsewhere: one timestamped line per change, good for CI logs.
     """
 
-    def __init__(self, names: Sequence[str], stream: TextIO = sys.stderr, live: bool | None = None) -> None:
+    def __init__(self, names: Sequence[str], stream: TextIO | None = None, live: bool | None = None) -> None:
+        # sys.stderr as it is now, not as it was at import (pib.cli.main may run in-process, redirected).
+        stream = sys.stderr if stream is None else stream
         self.stream = stream
         self.live = stream.isatty() if live is None else live
         self.names = list(names)
