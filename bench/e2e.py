@@ -28,33 +28,21 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import ROOT, write_section
+from examples.platform.make_workspace import make_workspace
 from pib.artifacts.signing import generate_keypair
 from pib.run import minimal_env, run
 
-EXAMPLE = ROOT / "examples" / "platform"
 _EXIT_RE = re.compile(r"\] exit -?\d+ after ([0-9.]+)s$")
 _BUCKET = "pib-bench"
 
 
-def _make_workspace() -> Callable[..., Path]:
-    spec = spec_from_file_location("make_workspace", EXAMPLE / "make_workspace.py")
-    assert spec is not None and spec.loader is not None
-    mod = module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    fn: Callable[..., Path] = mod.make_workspace
-    return fn
-
-
-make_workspace = _make_workspace()
 
 
 @dataclass

@@ -21,17 +21,16 @@ import statistics
 import sys
 import tempfile
 import time
-from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import ROOT, write_section
+from examples.platform.make_workspace import make_workspace
 from pib.fsutil import human_size
 from pib.run import minimal_env, run
 
-EXAMPLE = ROOT / "examples" / "platform"
 CELLS = [("iso", "bios"), ("iso", "uefi"), ("usb", "bios"), ("usb", "uefi")]
 
 
@@ -47,11 +46,7 @@ def pib(ws: Path, *args: str) -> tuple[Any, float]:
 
 
 def fresh_workspace(root: Path) -> Path:
-    spec = spec_from_file_location("make_workspace", EXAMPLE / "make_workspace.py")
-    assert spec is not None and spec.loader is not None
-    mod = module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    ws: Path = mod.make_workspace(root)
+    ws = make_workspace(root)
     pib(ws, "configure")
     pib(ws, "build")
     return ws

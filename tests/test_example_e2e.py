@@ -6,33 +6,22 @@ from __future__ import annotations
 import json
 import os
 import sys
-from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from examples.platform.make_workspace import make_workspace
 from pib.artifacts.signing import generate_keypair
 from pib.run import minimal_env, run
 from tests.services.seaweed import Seaweed
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "examples" / "platform"
 
 # The first test also runs the story (CBE install, a sandboxed busybox build, a boot): minutes on 2 cores.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
-def _example_module() -> ModuleType:
-    spec = spec_from_file_location("make_workspace", EXAMPLE / "make_workspace.py")
-    assert spec is not None and spec.loader is not None
-    mod = module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-make_workspace = _example_module().make_workspace
 
 
 def pib(ws: Path, *args: str, check: bool = True, creds: Seaweed | None = None,

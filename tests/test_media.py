@@ -9,12 +9,12 @@ import shutil
 import struct
 import subprocess
 import tomllib
-from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from examples.platform.make_workspace import make_repo as make_example_repo
 from pib.config.loader import load
 from pib.errors import EXIT_CODES, ConfigError, PibError, Reason
 from pib.fsutil import sha256_file
@@ -57,14 +57,6 @@ d proc 0755 root root
 pytestmark = [pytest.mark.integration]
 
 
-def _example_module() -> Any:
-    spec = spec_from_file_location("make_workspace", EXAMPLE / "make_workspace.py")
-    assert spec is not None and spec.loader is not None
-    mod = module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _toml_list(items: list[dict[str, str]]) -> str:
     return "[" + ", ".join("{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in i.items()) + " }"
                            for i in items) + "]"
@@ -73,9 +65,8 @@ def _toml_list(items: list[dict[str, str]]) -> str:
 def _workspace(root: Path) -> Path:
     """The example's kernel and boot components (their pinned Debian packages) and a busybox init."""
     example = tomllib.loads((EXAMPLE / "pib.toml").read_text())
-    make_workspace = _example_module()
     for name in ("kernel", "boot"):
-        make_workspace.make_repo(name, root / "repos" / name)
+        make_example_repo(name, root / "repos" / name)
     make_repo(root / "repos" / "init", {"build.sh": INIT_BUILD, "init": INIT, "manifest": INIT_MANIFEST})
     ws = root / "ws"
     ws.mkdir()

@@ -1,0 +1,1 @@
+"""Example workspaces (importable so tests and benchmarks share their layout code)."""
