@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from pib.errors import VerifyError
 from pib.store import META_SUFFIX
 from tests.gitutil import commit, make_repo, pib, write
 from tests.services.nginx import Nginx
+from tests.services.seaweed import Seaweed
 
 LIB_BUILD = """\
 #!/bin/sh
@@ -147,29 +149,30 @@ prebuilt = true
 path = "../store-{name}"
 [[store]]
 name = "ci"
-type = "http"
-url = "{url}"
-timeout = 5
-retries = 1
+{store}
 [trust]
 public_keys = ["{pub}"]
 signing_key_env = "CI_SIGNING_KEY"
 """
 
 
-def _machines(tmp_path: Path, url: str) -> tuple[Path, Path, dict[str, str], dict[str, str]]:
-    """Workspace a publishes as CI; workspace b (own local store, no state) only restores."""
+def _machines(tmp_path: Path, url: str, *, store: str | None = None,
+              creds: dict[str, str] | None = None) -> tuple[Path, Path, dict[str, str], dict[str, str]]:
+    """Workspace a publishes as CI; workspace b (own local store, no state) only restores. The shared
+    store is HTTP at `url`, or the [[store]] lines `store` (with `creds` in the environment)."""
+    store = store or f'type = "http"\nurl = "{url}"\ntimeout = 5\nretries = 1'
     make_repo(tmp_path / "repos" / "lib", {"build.sh": LIB_BUILD})
     make_repo(tmp_path / "repos" / "core", {"build.sh": CORE_BUILD, "manifest": MANIFEST})
     keys = tmp_path / "keys"
     keys.mkdir()
-    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           **(creds or {})}
     assert pib(tmp_path, "keygen", str(keys / "ci.key"), env=env).returncode == 0
     out = []
     for name in ("a", "b"):
         ws = tmp_path / name
         ws.mkdir()
-        (ws / "pib.toml").write_text(STORE_TOML.format(name=name, url=url, pub=keys / "ci.key.pub"))
+        (ws / "pib.toml").write_text(STORE_TOML.format(name=name, store=store, pub=keys / "ci.key.pub"))
         assert pib(ws, "configure", env=env).returncode == 0
         out.append(ws)
     r = pib(out[0], "ci", "--json", env={**env, "CI": "true", "CI_SIGNING_KEY": str(keys / "ci.key")})
@@ -193,6 +196,27 @@ def test_an_empty_machine_keys_dependents_through_signed_equivalences(tmp_path: 
     assert {n: (c["action"], c["key"]) for n, c in got.items()} == {
         "lib": ("restored", keys["lib"]), "core": ("restored", keys["core"])}
     assert got["lib"]["output"] == output_digest(b / "proto.lib")
+
+
+def test_an_empty_machine_keys_dependents_through_equivalences_in_s3(tmp_path: Path, seaweed: Seaweed) -> None:
+    """The same through SeaweedFS: the dependent's key is known from lib's signed metadata in S3 before
+    lib's archive is downloaded, and both are then restored from S3."""
+    bucket = f"cutoff-{uuid.uuid4().hex[:8]}"
+    client: Any = seaweed.client()
+    client.create_bucket(Bucket=bucket)
+    store = (f'type = "s3"\nbucket = "{bucket}"\nendpoint_url = "{seaweed.endpoint_url}"\n'
+             'region = "us-east-1"\ntimeout = 5\nretries = 1')
+    creds = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key}
+    _a, b, env, keys = _machines(tmp_path, "", store=store, creds=creds)
+
+    ex = json.loads(pib(b, "explain", "core", "--json", env=env).stdout)
+    assert ex["key"] == keys["core"] and ex["depends"] == {"lib": "equivalence from store ci"}
+    assert not (b / "proto.lib").exists()
+    r = pib(b, "build", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    got = {c["component"]: c for c in json.loads(r.stdout)["components"]}
+    assert {n: (c["action"], c["key"], c["store"]) for n, c in got.items()} == {
+        "lib": ("restored", keys["lib"], "ci"), "core": ("restored", keys["core"], "ci")}
 
 
 def test_an_equivalence_the_artifact_does_not_match_is_refused(tmp_path: Path, nginx: Nginx) -> None:
