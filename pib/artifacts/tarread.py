@@ -34,11 +34,14 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import queue
 import re
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pib.errors import VerifyError
 
@@ -62,6 +65,7 @@ _KINDS = {ord("3"): "character device", ord("4"): "block device", ord("6"): "fif
           0: "old-style file", ord("x"): "pax header", ord("g"): "pax global header", ord("S"): "sparse file",
           ord("M"): "multi-volume continuation", ord("V"): "volume label", ord("D"): "GNU dump directory"}
 
+_OP_MKDIR, _OP_FILE, _OP_WRITE, _OP_CLOSE, _OP_SYMLINK, _OP_HARDLINK = range(6)
 _OPEN_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # errors that only a member clashing with another (or a path through a non-directory) can cause
@@ -87,62 +91,65 @@ class _Member:
 
 
 class Writer:
-    """Creates members below a directory descriptor; never follows a symlink."""
+    """Creates members below a directory descriptor; never follows a symlink.
+
+    The reader hands it operations in archive order; one thread of its own
+    carries them out in that order, in batches. The system calls (most of an
+    unpack's time) then run beside the parsing instead of after it, much as
+    tar and zstd run as two processes. The first failure stops the thread and
+    is raised to the reader at its next hand-over, or by drain().
+    """
+
+    BATCH_OPS = 512
+    BATCH_BYTES = 4 << 20
+    QUEUED = 4  # batches in flight: bounds the memory held for writing
 
     def __init__(self, root: Path) -> None:
         self.root_fd = os.open(root, _OPEN_DIR)
         self._cur = ""
         self._cur_fd = self.root_fd
+        self._fd = -1  # the regular file being written
         self._dirs: list[tuple[str, int, int]] = []  # (name, mode, mtime), parents first
         self._umask = _current_umask()
+        self._ops: list[tuple[Any, ...]] = []
+        self._bytes = 0
+        self._queue: queue.Queue[list[tuple[Any, ...]] | None] = queue.Queue(self.QUEUED)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="unpack-write", daemon=True)
+        self._thread.start()
 
-    def _parent(self, parent: str) -> int:
-        if parent == self._cur:
-            return self._cur_fd
-        if self._cur_fd != self.root_fd:
-            os.close(self._cur_fd)
-            self._cur_fd = self.root_fd
-        self._cur = ""
-        if parent:
-            self._cur_fd = os.open(parent, _OPEN_DIR, dir_fd=self.root_fd)
-            self._cur = parent
-        return self._cur_fd
+    # ---- called by the reader, in archive order
 
     def mkdir(self, name: str, mode: int, mtime: int) -> None:
         if name:
-            parent, base = _split(name)
-            os.mkdir(base, 0o700, dir_fd=self._parent(parent))
+            self._push((_OP_MKDIR, name))
         self._dirs.append((name, mode, mtime))
 
-    def file(self, name: str, mode: int, mtime: int) -> int:
-        parent, base = _split(name)
-        fd = os.open(base, _OPEN_FILE, mode & 0o777, dir_fd=self._parent(parent))
-        if mode & self._umask or mode & _SPECIAL:
-            os.fchmod(fd, mode)
-        return fd
+    def file(self, name: str, mode: int, mtime: int) -> None:
+        self._push((_OP_FILE, name, mode))
 
-    def write(self, fd: int, data: memoryview) -> None:
-        while data:
-            n = os.write(fd, data)
-            data = data[n:]
+    def write(self, data: memoryview) -> None:
+        self._ops.append((_OP_WRITE, data))
+        self._bytes += len(data)
+        if self._bytes >= self.BATCH_BYTES:
+            self._flush()
 
-    def close(self, fd: int, mtime: int) -> None:
-        try:
-            ns = mtime * 1_000_000_000
-            os.utime(fd, ns=(ns, ns))
-        finally:
-            os.close(fd)
+    def close(self, mtime: int) -> None:
+        self._push((_OP_CLOSE, mtime))
 
     def symlink(self, name: str, target: str, mtime: int) -> None:
-        parent, base = _split(name)
-        fd = self._parent(parent)
-        os.symlink(target, base, dir_fd=fd)
-        ns = mtime * 1_000_000_000
-        os.utime(base, ns=(ns, ns), dir_fd=fd, follow_symlinks=False)
+        self._push((_OP_SYMLINK, name, target, mtime))
 
     def hardlink(self, name: str, target: str) -> None:
-        parent, base = _split(name)
-        os.link(target, base, src_dir_fd=self.root_fd, dst_dir_fd=self._parent(parent), follow_symlinks=False)
+        self._push((_OP_HARDLINK, name, target))
+
+    def drain(self) -> None:
+        """Wait until every operation handed over is done; raise the first failure."""
+        self._flush()
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
     def finish(self) -> None:
         """Directory modes and mtimes, deepest first (so a read-only directory is filled before)."""
@@ -158,10 +165,99 @@ class Writer:
                     os.close(fd)
 
     def close_all(self) -> None:
+        """Stop the thread (dropping what it has not done) and close every descriptor."""
+        if self._thread.is_alive():
+            self._error = self._error or _Stopped()
+            while self._thread.is_alive():
+                try:
+                    self._queue.put(None, timeout=0.1)
+                except queue.Full:
+                    continue
+                self._thread.join()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         if self._cur_fd != self.root_fd:
             os.close(self._cur_fd)
             self._cur_fd = self.root_fd
         os.close(self.root_fd)
+
+    def _push(self, op: tuple[Any, ...]) -> None:
+        self._ops.append(op)
+        if len(self._ops) >= self.BATCH_OPS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._ops:
+            self._queue.put(self._ops)
+            self._ops = []
+            self._bytes = 0
+
+    # ---- the writing thread
+
+    def _work(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            if self._error is not None:
+                continue  # failed or stopped: drop the rest until told to end
+            try:
+                self._apply(batch)
+            except BaseException as exc:  # handed to the reader's thread, which raises it
+                self._error = exc
+
+    def _apply(self, batch: list[tuple[Any, ...]]) -> None:
+        write, umask = os.write, self._umask
+        for op in batch:
+            kind = op[0]
+            if kind == _OP_WRITE:
+                data = op[1]
+                while data:
+                    data = data[write(self._fd, data):]
+            elif kind == _OP_FILE:
+                parent, base = _split(op[1])
+                mode = op[2]
+                self._fd = os.open(base, _OPEN_FILE, mode & 0o777, dir_fd=self._parent(parent))
+                if mode & umask or mode & _SPECIAL:
+                    os.fchmod(self._fd, mode)
+            elif kind == _OP_CLOSE:
+                fd, self._fd = self._fd, -1
+                try:
+                    ns = op[1] * 1_000_000_000
+                    os.utime(fd, ns=(ns, ns))
+                finally:
+                    os.close(fd)
+            elif kind == _OP_MKDIR:
+                parent, base = _split(op[1])
+                os.mkdir(base, 0o700, dir_fd=self._parent(parent))
+            elif kind == _OP_SYMLINK:
+                parent, base = _split(op[1])
+                fd = self._parent(parent)
+                os.symlink(op[2], base, dir_fd=fd)
+                ns = op[3] * 1_000_000_000
+                os.utime(base, ns=(ns, ns), dir_fd=fd, follow_symlinks=False)
+            else:  # _OP_HARDLINK
+                parent, base = _split(op[1])
+                os.link(op[2], base, src_dir_fd=self.root_fd, dst_dir_fd=self._parent(parent), follow_symlinks=False)
+
+    def _parent(self, parent: str) -> int:
+        if parent == self._cur:
+            return self._cur_fd
+        if self._cur_fd != self.root_fd:
+            os.close(self._cur_fd)
+            self._cur_fd = self.root_fd
+        self._cur = ""
+        if parent:
+            self._cur_fd = os.open(parent, _OPEN_DIR, dir_fd=self.root_fd)
+            self._cur = parent
+        return self._cur_fd
+
+
+class _Stopped(Exception):
+    """The writer was stopped before it finished (the reader failed first)."""
 
 
 class Reader:
@@ -182,6 +278,8 @@ class Reader:
         """Parse (and extract) the whole stream that `read` returns piece by piece, then check links."""
         try:
             self._run(read)
+            if self.writer is not None:
+                self.writer.drain()
         except OSError as exc:
             if exc.errno in _CLASH:
                 raise self.refuse(f"a member clashes with another ({exc.strerror}: {exc.filename})") from exc
@@ -240,26 +338,24 @@ class Reader:
                 link_raw = b"" if header.count(0, 157, 257) == 100 else self._field(header, 157, 257, "link target")
             elif typeflag != _SYMLINK and typeflag != _HARDLINK:
                 raise self.refuse("long link target for a member that is no link")
-            fd = self._member(typeflag, name_raw, link_raw, mode, mtime, size)
+            self._member(typeflag, name_raw, link_raw, mode, mtime, size)
             if typeflag != _FILE:
                 continue
-            # The member's data: written straight from the decompressed buffers.
+            # The member's data: handed on as views of the decompressed buffers, never copied.
             left = size
-            try:
-                while left:
-                    if pos == end:
-                        buf = read()
-                        if not buf:
-                            raise self.refuse("archive is truncated (in a member's data)")
-                        pos, end = 0, len(buf)
-                    take = min(left, end - pos)
-                    if writer is not None and fd >= 0:
-                        writer.write(fd, memoryview(buf)[pos:pos + take])
-                    pos += take
-                    left -= take
-            finally:
-                if writer is not None and fd >= 0:
-                    writer.close(fd, mtime)
+            while left:
+                if pos == end:
+                    buf = read()
+                    if not buf:
+                        raise self.refuse("archive is truncated (in a member's data)")
+                    pos, end = 0, len(buf)
+                take = left if left < end - pos else end - pos
+                if writer is not None:
+                    writer.write(memoryview(buf)[pos:pos + take])
+                pos += take
+                left -= take
+            if writer is not None:
+                writer.close(mtime)
             skip = _padded(size) - size
             while skip:
                 if pos == end:
@@ -304,8 +400,8 @@ class Reader:
             raise self.refuse(f"{what} field with bytes after its NUL")
         return header[start:nul]
 
-    def _member(self, typeflag: int, name_raw: bytes, link_raw: bytes, mode: int, mtime: int, size: int) -> int:
-        """Check one member against the policy and create it; a file's descriptor, or -1."""
+    def _member(self, typeflag: int, name_raw: bytes, link_raw: bytes, mode: int, mtime: int, size: int) -> None:
+        """Check one member against the policy and have it created (a file's data follows)."""
         if len(self.members) >= self.limits.max_members:
             raise self.refuse(f"more than {self.limits.max_members} members")
         raw = name_raw.decode("utf-8", "surrogateescape")
@@ -333,7 +429,7 @@ class Reader:
             members[name] = _Member("dir")
             if writer is not None:
                 writer.mkdir(name, mode, mtime)
-            return -1
+            return
         if typeflag == _SYMLINK:
             target = link_raw.decode("utf-8", "surrogateescape")
             if not target or (target.startswith("/") and not self.limits.allow_absolute_links):
@@ -341,7 +437,7 @@ class Reader:
             members[name] = _Member("symlink", target)
             if writer is not None:
                 writer.symlink(name, target, mtime)
-            return -1
+            return
         if typeflag == _HARDLINK:
             raw_target = link_raw.decode("utf-8", "surrogateescape")
             target = self._normalize(raw_target, "hard link target")
@@ -351,12 +447,13 @@ class Reader:
             members[name] = _Member("hardlink", target)
             if writer is not None:
                 writer.hardlink(name, target)
-            return -1
+            return
         members[name] = _Member("file")
         self.total += size
         if self.total > self.limits.max_bytes:
             raise self.refuse(f"members exceed the size bound of {self.limits.max_bytes} bytes")
-        return writer.file(name, mode, mtime) if writer is not None else -1
+        if writer is not None:
+            writer.file(name, mode, mtime)
 
     def _parents(self, name: str, raw: str, mtime: int) -> None:
         """Every ancestor is a directory: one the archive listed, or one made now."""
