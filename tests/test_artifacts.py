@@ -179,6 +179,35 @@ def test_truncated_and_flipped_archives_fail_the_checksum(tmp_path: Path, keys: 
         assert list(ws.iterdir()) == []
 
 
+def test_a_valid_archive_of_the_right_size_that_is_not_the_signed_one_is_never_put_in_place(
+        tmp_path: Path, keys: tuple[Signer, PublicKey]) -> None:
+    # The hash is taken in the pass that unpacks: a store serving another well-formed archive, padded
+    # to the signed size with a zstd skippable frame, is extracted only into the private directory,
+    # and refused by its SHA-256 before anything is put into place.
+    signer, pub = keys
+    good = _good_archive(tmp_path)
+    other_src = make_proto(tmp_path / "other")
+    (other_src / "planted").write_text("not what was signed\n")
+    other = archive.pack(other_src, tmp_path / "other.tar.zst", epoch=1).path
+    pad = good.stat().st_size - other.stat().st_size - 8
+    if pad < 0:
+        good, other, pad = other, good, -pad - 16  # sign the larger one; serve the smaller, padded
+    served = tmp_path / "served.tar.zst"
+    served.write_bytes(other.read_bytes() + (0x184D2A50).to_bytes(4, "little") + pad.to_bytes(4, "little") + bytes(pad))
+    sha, size = sha256_file(good)
+    assert served.stat().st_size == size
+    archive.validate(served)  # well-formed: only the hash can tell
+    store = MemoryStore("ci")
+    store.put("extra", KEY, served, make_metadata(ArtifactInfo("extra", KEY, {}, False, "x", None), sha, size, signer),
+              sha)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    out = transfer.restore("extra", KEY, [store], [pub], ws / "p", None, local_store=None)
+    assert [p.reason for p in out.problems] == [Reason.VERIFY]
+    assert "SHA-256" in out.problems[0].message
+    assert list(ws.iterdir()) == []
+
+
 def test_untrusted_unsigned_and_replayed_metadata(tmp_path: Path, keys: tuple[Signer, PublicKey]) -> None:
     signer, pub = keys
     good = _good_archive(tmp_path)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ import pytest
 from pib.config.types import S3StoreSpec
 from pib.errors import Reason, StoreError
 from pib.fsutil import sha256_file
-from pib.store import NotFound
+from pib.store import NotFound, s3
 from pib.store.backends import open_store
 from pib.store.s3 import S3Store
 from tests.reliability import tally
@@ -125,3 +126,25 @@ def test_dripped_headers_time_out(badhttp: BadHttp, tmp_path: Path, monkeypatch:
         assert not isinstance(exc.value, NotFound) and exc.value.reason is Reason.STORE
         assert time.monotonic() - start < 4
         assert not dest.exists()
+
+
+def test_a_store_that_stops_answering_is_not_asked_without_bound(badhttp: BadHttp, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every abandoned request keeps a thread (botocore gives no socket to close): after a few, the
+    # store gets no more requests, and each later call fails at once instead of after its deadline.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with tally("transfer", "S3 store that stops answering: hung requests bounded"):
+        store = open_store(S3StoreSpec("bad", "dripheaders", "", badhttp.url, "us-east-1", None, 0.5, 0))
+        before = {t for t in threading.enumerate() if t.name == "pib-s3-bad"}
+        for _ in range(s3.MAX_HUNG):
+            with pytest.raises(StoreError, match="no answer within"):
+                store.has("illumos", K1)
+        start = time.monotonic()
+        for _ in range(20):
+            with pytest.raises(StoreError, match="still without an answer") as exc:
+                store.has("illumos", K1)
+            assert exc.value.reason is Reason.STORE
+        assert time.monotonic() - start < 1
+        hung = {t for t in threading.enumerate() if t.name == "pib-s3-bad"} - before
+        assert len(hung) <= s3.MAX_HUNG

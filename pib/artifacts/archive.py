@@ -39,13 +39,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import zstandard
 
 from pib.artifacts.tarread import BLOCK, Limits, Reader, Writer, audit, refuse
-from pib.errors import PibError, Reason
-from pib.fsutil import remove_tree, replace_dir
+from pib.errors import PibError, Reason, VerifyError
+from pib.fsutil import remove_tree, replace_dir, sha256_file
 from pib.run import Log, minimal_env, run
 
 __all__ = ["Limits", "PackResult", "UnpackResult", "check_zstd_frames", "pack", "unpack", "validate"]
@@ -238,6 +238,7 @@ class _Decompressed:
 
     def __init__(self, path: Path, limits: Limits) -> None:
         self.path = path
+        self.sha256 = hashlib.sha256()  # of the compressed file, taken in the same pass
         # Headers and padding come on top of member data; allow for them.
         self.bound = limits.max_bytes + (limits.max_members + 64) * 3 * BLOCK
         self.count = 0
@@ -249,8 +250,10 @@ class _Decompressed:
 
     def _produce(self) -> None:
         try:
-            with open(self.path, "rb") as fh:
-                reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
+            with open(self.path, "rb") as raw:
+                fh = _Hashed(raw, self.sha256)
+                # zstandard needs only read(); its stubs ask for a whole file object
+                reader = zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, fh), read_across_frames=True)
                 produced = 0
                 while not self._stop.is_set():
                     try:
@@ -260,6 +263,9 @@ class _Decompressed:
                     produced += len(chunk)
                     if produced > self.bound:
                         raise _refuse(self.path, f"decompresses past the bound of {self.bound} bytes")
+                    if not chunk:
+                        while fh.read(READ_SIZE):  # whatever zstd left unread still counts in the hash
+                            pass
                     self._put(chunk)
                     if not chunk:
                         return
@@ -293,6 +299,19 @@ class _Decompressed:
 
 
 
+class _Hashed:
+    """A file whose bytes are hashed as they are read."""
+
+    def __init__(self, fh: BinaryIO, sha256: hashlib._Hash) -> None:
+        self._fh = fh
+        self._sha256 = sha256
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self._sha256.update(data)
+        return data
+
+
 def validate(archive: Path, limits: Limits = NO_SPECIAL_BITS) -> UnpackResult:
     """Check an archive against the unpack policy without extracting it (the same reader, no writer)."""
     start = time.monotonic()
@@ -316,6 +335,7 @@ def unpack(
     limits: Limits = NO_SPECIAL_BITS,
     log: Log | None = None,
     timeout: float | None = None,
+    sha256: str | None = None,
 ) -> UnpackResult:
     """Unpack `archive` so that `dest` becomes exactly its tree, or refuse.
 
@@ -323,6 +343,13 @@ def unpack(
     as it was and the temporary directory beside it is removed. `log` and
     `timeout` are accepted for symmetry with pack; extraction runs in
     process and is bounded by the limits, not by a clock.
+
+    With `sha256` (what signed metadata states), the archive is hashed in the
+    pass that decompresses it and nothing is put into place unless it
+    matches: one read of the file instead of two. The bytes parsed before the
+    hash is known go only into the private directory, through the same
+    policy-checked reader as any others; Nix restores substitutes the same
+    way, checking the NAR hash before the path becomes valid.
     """
     start = time.monotonic()
     check_zstd_frames(archive)
@@ -335,13 +362,25 @@ def unpack(
         reader = Reader(archive, limits, writer)
         stream = _Decompressed(archive, limits)
         try:
-            reader.run(stream.read)
+            try:
+                reader.run(stream.read)
+            except VerifyError:
+                if sha256 is not None and sha256_file(archive)[0] != sha256:
+                    raise _mismatch(archive) from None  # the cause, rather than what it led to
+                raise
             writer.finish()
         finally:
             stream.close()
             writer.close_all()
+        if sha256 is not None and stream.sha256.hexdigest() != sha256:
+            raise _mismatch(archive)
         audit(tree, len(reader.members) - (1 if "" in reader.members else 0), limits, archive)
         replace_dir(tree, dest)
     finally:
         remove_tree(private)
     return UnpackResult(len(reader.members), stream.count, time.monotonic() - start)
+
+
+def _mismatch(archive: Path) -> VerifyError:
+    return VerifyError(f"archive {archive.name} does not match the SHA-256 its signed metadata states",
+                       hint="the store holds a damaged or altered artifact; delete it")

@@ -116,14 +116,15 @@ M = TypeVar("M")
 
 
 def fetch_verified(store: Store, component: str, key: str, work: Path, *, read: Callable[[bytes], M],
-                   pins: Callable[[M], tuple[str, int]]) -> tuple[Path, bytes, M]:
+                   pins: Callable[[M], tuple[str, int]], hash_later: bool = False) -> tuple[Path, bytes, M]:
     """Download the entry (component, key) into `work`, verified: (archive, metadata bytes, metadata).
 
     `read` parses and verifies metadata bytes (raising VerifyError); `pins`
     gives the archive's SHA-256 and size that the verified metadata states.
     The metadata is fetched once and verified before the archive is asked
     for: the archive is the one it names, and no byte beyond the size it
-    states is downloaded.
+    states is downloaded. With `hash_later` the caller checks the SHA-256
+    itself, in the pass that consumes the archive (unpack's `sha256`).
     """
     meta_bytes = store.get_meta(component, key)
     meta = read(meta_bytes)
@@ -135,7 +136,7 @@ def fetch_verified(store: Store, component: str, key: str, work: Path, *, read: 
     if size != want_size:
         raise VerifyError(f"{store.name}: archive of {component}/{key} has {size} bytes, metadata says "
                           f"{want_size}", hint="the store holds a damaged artifact; delete it")
-    if sha256_file(archive)[0] != want_sha:
+    if not hash_later and sha256_file(archive)[0] != want_sha:
         raise VerifyError(f"{store.name}: archive of {component}/{key} does not match its SHA-256",
                           hint="the store holds a damaged or altered artifact; delete it")
     return archive, meta_bytes, meta
@@ -152,9 +153,9 @@ def _restore_from(
         archive, meta_bytes, metadata = fetch_verified(
             store, component, key, work,
             read=lambda raw: read_metadata(raw, trusted_keys, component=component, key=key),
-            pins=lambda m: (m.archive_sha256, m.archive_size),
+            pins=lambda m: (m.archive_sha256, m.archive_size), hash_later=True,
         )
-        unpack(archive, proto_dir, limits=limits, log=log)
+        unpack(archive, proto_dir, limits=limits, log=log, sha256=metadata.archive_sha256)
         keep = True
         return meta_bytes, metadata.archive_size, metadata, archive
     finally:

@@ -47,6 +47,8 @@ from pib.store import (
 )
 
 T = TypeVar("T")
+# Requests abandoned at their deadline that may still be running, per store: past this, no more are sent.
+MAX_HUNG = 4
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
@@ -58,6 +60,8 @@ class S3Store:
         self.spec = spec
         self.name = spec.name
         self._prefix = spec.prefix.strip("/")
+        self._hung: list[threading.Thread] = []  # requests abandoned at their deadline, still running
+        self._hung_lock = threading.Lock()
         config = Config(
             connect_timeout=spec.timeout,
             read_timeout=spec.timeout,
@@ -105,6 +109,15 @@ class S3Store:
         """
         seconds = deadline(self.spec.timeout) * (self.spec.retries + 1)
         box: list[tuple[bool, Any]] = []
+        with self._hung_lock:
+            self._hung = [t for t in self._hung if t.is_alive()]
+            if len(self._hung) >= MAX_HUNG:
+                # Each abandoned request keeps a thread and a pooled connection: bound them, and stop
+                # asking a store that has stopped answering rather than wait out every deadline again.
+                raise StoreError(f"store {self.name}: {what}: not sent, {len(self._hung)} earlier requests "
+                                 "are still without an answer",
+                                 hint=f"check that {self.spec.endpoint_url or 'S3'} is healthy; pib builds "
+                                      "locally meanwhile")
 
         def run() -> None:
             try:
@@ -116,6 +129,8 @@ class S3Store:
         worker.start()
         worker.join(seconds)
         if not box:
+            with self._hung_lock:
+                self._hung.append(worker)
             raise StoreError(f"store {self.name}: {what}: no answer within {seconds:.0f}s",
                              hint=f"check that {self.spec.endpoint_url or 'S3'} is healthy; pib builds locally meanwhile")
         ok, value = box[0]
