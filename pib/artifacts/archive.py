@@ -12,19 +12,22 @@ Unpacking is where safety matters, so one parser decides and writes
 
 1. The zstd framing is walked first (block headers only, cheap): a
    truncated or malformed frame is refused before anything is extracted.
-2. A thread decompresses the archive once (python-zstandard releases the
-   GIL) in bounded pieces, counted against the byte bound, so a bomb cannot
-   exhaust memory or disk.
-3. pib's tar reader parses every header (only what pib's packer writes),
-   checks it against the policy and creates the member itself, relative to
-   directory descriptors, with O_NOFOLLOW|O_EXCL, into a fresh directory
-   inside a private 0700 temporary directory beside the destination. File
-   data is written straight from the decompressed buffers.
-4. Every symlink is resolved against the complete member table; then an
-   lstat walk of the extracted tree refuses anything outside the policy
-   (special files, special mode bits, entries the archive did not list).
-   Only then is the new tree put into place (pib.fsutil.replace_dir: an
-   atomic exchange when the destination exists).
+2. A thread reads the archive once, hashing it (for a restore, against the
+   SHA-256 the signed metadata states) and decompressing it (python-zstandard
+   and hashlib release the GIL) in bounded pieces, counted against the byte
+   bound, so a bomb cannot exhaust memory or disk.
+3. pib's tar reader parses every header (only what pib's packer writes) and
+   checks it against the policy; a writer thread creates the members in
+   archive order, relative to directory descriptors, with O_NOFOLLOW|O_EXCL,
+   into a fresh directory inside a private 0700 temporary directory beside
+   the destination. File data is written straight from the decompressed
+   buffers. Three threads, like `tar -I zstd` with its two processes: the
+   system calls no longer wait for the parsing.
+4. Every symlink is resolved against the complete member table; the hash
+   must match; then an lstat walk of the extracted tree refuses anything
+   outside the policy (special files, special mode bits, entries the archive
+   did not list). Only then is the new tree put into place
+   (pib.fsutil.replace_dir: an atomic exchange when the destination exists).
 
 Any refusal raises VerifyError and removes the temporary directory.
 """
