@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -282,3 +283,25 @@ def test_missing_ro_path_names_the_line(tmp_path: Path, server: tuple[int, list[
     assert rc == EXIT_CODES[Reason.CONFIG]
     assert report["error"]["reason"] == "config" and report["error"]["where"] == f"{ws / 'pib.toml'}:5"
     assert not (ws / "proto.other").exists()
+
+
+@pytest.mark.parametrize("place", [".pib/home", ".pib/sandbox"])
+def test_unwritable_sandbox_directories_are_a_workspace_error(tmp_path: Path, server: tuple[int, list[str]],
+                                                              place: str) -> None:
+    # The build's private HOME and the sandbox's passwd/group/hosts live in the workspace; where they
+    # cannot be written, the build stops before it starts, naming the directory, and goes on once fixed.
+    ws = probe_workspace(tmp_path, server[0])
+    target = ws / place
+    target.mkdir(parents=True, exist_ok=True)
+    for cmd in (["mount", "--bind", str(target), str(target)], ["mount", "-o", "remount,bind,ro", str(target)]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    try:
+        code, out = build(ws)
+        assert code == EXIT_CODES[Reason.WORKSPACE], out
+        assert out["error"]["reason"] == "workspace"
+        assert str(target) in json.dumps(out["error"])
+        assert not (ws / "proto.probe").exists() and not (ws / "proto.other").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+    code, out = build(ws)
+    assert code == 0, out

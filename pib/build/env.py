@@ -8,6 +8,7 @@ the component's own.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from pib.config.types import Config, StoreSpec
+from pib.errors import local_error
 from pib.run import BASE_PATH, Log
 
 if TYPE_CHECKING:
@@ -78,10 +80,15 @@ def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path, *,
     """The environment of one component's build command (what `pib build` runs it with)."""
     c = plan.comp
     build_dir = cfg.workspace.state_dir / "build" / c.name
-    build_dir.mkdir(parents=True, exist_ok=True)
     # A private HOME: nothing from the user's dotfiles or ~/.local reaches a build.
     home = cfg.workspace.state_dir / "home"
-    home.mkdir(parents=True, exist_ok=True)
+    for place in (build_dir, home):
+        try:
+            place.mkdir(parents=True, exist_ok=True)
+            if not os.access(place, os.W_OK):  # a read-only mount: say so here, not in the middle of a build's log
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(place))
+        except OSError as exc:
+            raise local_error(place, exc, f"prepare the build of {c.name} in") from None
     extra = {
         "DESTDIR": str(destdir),
         "PIB_PROTO": str(destdir),

@@ -309,7 +309,8 @@ class Builder:
             first = failed[0]
             others = [o.component for o in report.outcomes if o.action == State.STOPPED]
             missing = first.detail.startswith("no prebuilt")
-            msg = (first.detail.split("\n")[0] if missing else f"{first.component} failed") + (
+            own = first.reason is Reason.WORKSPACE  # pib's own files, not the build: say which
+            msg = (first.detail.split("\n")[0] if missing or own else f"{first.component} failed") + (
                 f"; stopped: {', '.join(others)}" if others else "")
             reason = Reason.WORKSPACE if first.reason is Reason.WORKSPACE else \
                 Reason.PREBUILT_MISSING if missing else Reason.BUILD

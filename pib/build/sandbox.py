@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pib.config.types import ComponentConfig, Config
-from pib.errors import ConfigError
+from pib.errors import ConfigError, local_error
 from pib.fsutil import write_atomic
 from pib.run import BASE_PATH, minimal_env, run
 
@@ -116,7 +116,10 @@ class Sandbox:
         etc = self.cfg.workspace.state_dir / "sandbox"
         with self._lock:
             if not self._etc_written:
-                write_files(etc, home=env.get("HOME", "/"))
+                try:
+                    write_files(etc, home=env.get("HOME", "/"))
+                except OSError as exc:
+                    raise local_error(etc, exc, "write the sandbox's passwd, group and hosts in") from None
                 self._etc_written = True
         return etc
 
