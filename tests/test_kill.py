@@ -319,7 +319,7 @@ POINTS = [
     # Restoring from the local store.
     Point("restore: reading metadata", "build", func="pib.artifacts.transfer|_restore_from|1", before="clobbered"),
     Point("restore: verified, about to extract", "build", func="pib.artifacts.archive|unpack|1", before="clobbered"),
-    Point("restore: extracting", "build", func="pib.artifacts.tarread|Writer.write|1", before="clobbered",
+    Point("restore: extracting", "build", func="pib.artifacts.tarread|_split|3", before="clobbered",
           witness=".proto.base.unpack-*/tree/*"),
     Point("restore: extracted, not yet swapped in", "build", func="pib.artifacts.archive|replace_dir|1",
           before="clobbered", witness=".proto.base.unpack-*/tree/bin/tool"),
