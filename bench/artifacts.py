@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -72,18 +73,35 @@ def make_tree(root: Path, seed: int = 141) -> tuple[int, int]:
     return files, total
 
 
+CPU: dict[str, float] = {}  # "<row> pib" / "<row> base" -> median CPU seconds
+
+
+def _cpu() -> float:
+    """CPU seconds of this process (all its threads) and of its waited-for children (tar, zstd, curl)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def interleaved(a: Callable[[], object], b: Callable[[], object], runs: int,
-                before: Callable[[], object] = lambda: None) -> tuple[float, float]:
-    """Median seconds of a and b, alternating so drift on a shared machine hits both alike."""
+                before: Callable[[], object] = lambda: None, row: str = "") -> tuple[float, float]:
+    """Median seconds of a and b, alternating so drift on a shared machine hits both alike.
+
+    With `row`, the median CPU seconds of each are kept in CPU (a the baseline, b pib): on a shared
+    machine they say more than wall time about the work each side does."""
     sa: list[float] = []
     sb: list[float] = []
+    ca: list[float] = []
+    cb: list[float] = []
     for i in range(runs + 1):  # the first round warms caches and is dropped
-        for fn, samples in ((a, sa), (b, sb)) if i % 2 else ((b, sb), (a, sa)):
+        for fn, samples, cpus in ((a, sa, ca), (b, sb, cb)) if i % 2 else ((b, sb, cb), (a, sa, ca)):
             before()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _cpu()
             fn()
             if i:
                 samples.append(time.perf_counter() - t0)
+                cpus.append(_cpu() - c0)
+    if row:
+        CPU[row + " pib"], CPU[row + " base"] = statistics.median(cb), statistics.median(ca)
     return statistics.median(sa), statistics.median(sb)
 
 
@@ -101,7 +119,7 @@ def main() -> None:
             lambda: subprocess.run(["tar", "-I", "zstd -T0 -3", "-cf", str(base_arc), "-C", str(src), "."],
                                    check=True),
             lambda: archive.pack(src, pib_arc, epoch=1_700_000_000),
-            RUNS,
+            RUNS, row="pack (incl. SHA-256)",
         )
         rows.append(("pack (incl. SHA-256)", pib_pack, base_pack))
         arc_size = pib_arc.stat().st_size
@@ -128,14 +146,14 @@ def main() -> None:
         base_x, pib_x = interleaved(
             lambda: (ws / "x").mkdir() or subprocess.run(["tar", "-I", "zstd", "-xf", str(pib_arc), "-C",
                                                           str(ws / "x")], check=True),
-            pib_restore, RUNS, before=clean,
+            pib_restore, RUNS, before=clean, row="restore from local store (verify + unpack)",
         )
         rows.append(("restore from local store (verify + unpack)", pib_x, base_x))
         print(f"restore: pib {pib_x:.3f}s  tar {base_x:.3f}s")
         base_x2, pib_unpack = interleaved(
             lambda: (ws / "x").mkdir() or subprocess.run(["tar", "-I", "zstd", "-xf", str(pib_arc), "-C",
                                                           str(ws / "x")], check=True),
-            lambda: archive.unpack(pib_arc, ws / "proto"), RUNS, before=clean,
+            lambda: archive.unpack(pib_arc, ws / "proto"), RUNS, before=clean, row="unpack alone (policy-checked)",
         )
         rows.append(("unpack alone (policy-checked)", pib_unpack, base_x2))
         clean()
@@ -153,6 +171,7 @@ def main() -> None:
             base_dl, pib_dl = interleaved(
                 lambda: subprocess.run(["curl", "-sSf", "-o", str(dl / "curl.tar.zst"), url], check=True),
                 lambda: store.get_archive("bench", KEY, sha, dl / "pib.tar.zst", arc_size), RUNS,
+                row="download from nginx on loopback",
             )
             rows.append(("download from nginx on loopback", pib_dl, base_dl))
             print(f"download: pib {pib_dl:.3f}s  curl {base_dl:.3f}s")
@@ -163,17 +182,21 @@ def main() -> None:
             f"Tree: {files} files, {size / 1e6:.0f} MB (text files of log-normal sizes, 100 MB incompressible, "
             f"symlinks); archive {arc_size / 1e6:.0f} MB. Working directory on "
             f"{'tmpfs' if str(tmp).startswith('/dev/shm') else 'disk'} ({tmp.parent}); medians of {RUNS} "
-            "interleaved runs after one warm-up.",
+            f"interleaved runs after one warm-up; load average {os.getloadavg()[0]:.1f} at the end. CPU is user + "
+            "system time of all threads and child processes (tar, zstd, curl).",
             "",
-            "| step | pib | baseline | ratio |",
-            "|---|---|---|---|",
+            "| step | pib | baseline | ratio | CPU pib | CPU baseline | CPU ratio |",
+            "|---|---|---|---|---|---|---|",
         ]
         baselines = ["`tar -I 'zstd -T0 -3' -cf`", "`tar -I zstd -xf`", "`tar -I zstd -xf`", "`curl -o`"]
         for (what, mine, theirs), base in zip(rows, baselines, strict=True):
-            lines.append(f"| {what} | {mine:.3f} s | {base} {theirs:.3f} s | {mine / theirs:.2f}x |")
+            cm, ct = CPU[what + " pib"], CPU[what + " base"]
+            lines.append(f"| {what} | {mine:.3f} s | {base} {theirs:.3f} s | {mine / theirs:.2f}x | {cm:.3f} s | "
+                         f"{ct:.3f} s | {cm / ct:.2f}x |")
         lines += [
             "",
-            "Verification cost, measured on its own (part of the restore row above):",
+            "Verification cost, measured on its own (inside a restore the SHA-256 is taken in the pass that "
+            "decompresses, on its own thread):",
             "",
             f"- archive SHA-256 ({arc_size / 1e6:.0f} MB): {verify_sha:.3f} s",
             f"- metadata signature check (Ed25519): {verify_sig * 1000:.2f} ms",
