@@ -272,6 +272,20 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def real_path(path: str, parents: dict[str, str]) -> str:
+    """os.path.realpath(path), with the parent directory resolved once for every call sharing `parents`
+    (siblings share it): one lstat per path instead of one per component of it."""
+    parent, name = os.path.split(path)
+    if not os.path.isabs(path) or name in ("", ".", ".."):
+        return os.path.realpath(path)
+    real_parent = parents.get(parent)
+    if real_parent is None:
+        real_parent = parents[parent] = os.path.realpath(parent)
+    joined = os.path.join(real_parent, name)
+    # The rest is what realpath does with the last component: follow it only when it is a link.
+    return os.path.realpath(joined) if os.path.islink(joined) else joined
+
+
 # --------------------------------------------------------------------------
 # Sizes
 
