@@ -39,6 +39,7 @@ import ast
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -73,10 +74,21 @@ def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None 
     return res.stdout
 
 
+LAST_CPU = [0.0]  # user+sys seconds of the processes the last timed call started (and waited for)
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def timed(fn: Callable[[], object]) -> float:
+    c0 = _children_cpu()
     t0 = time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    took = time.perf_counter() - t0
+    LAST_CPU[0] = _children_cpu() - c0
+    return took
 
 
 def free_port() -> int:
@@ -339,16 +351,19 @@ class BuildStream:
 
 
 def measure(tool: object, runs: int) -> dict[str, list[float]]:
-    t: dict[str, list[float]] = {p: [] for p in PHASES}
+    t: dict[str, list[float]] = {p: [] for p in (*PHASES, *(f"{p}cpu" for p in PHASES))}
     tool.noop()  # type: ignore[attr-defined]
     for _ in range(runs):
         t["a"].append(timed(tool.noop))  # type: ignore[attr-defined]
+        t["acpu"].append(LAST_CPU[0])
     for _ in range(max(3, runs // 2)):
         took = timed(tool.change)  # type: ignore[attr-defined]
         t["b"].append(took if not isinstance(tool, Pib) else tool.last_change)
+        t["bcpu"].append(LAST_CPU[0])  # pib's includes the untimed git commit of the edit (a few ms)
     for phase, remote in (("c", False), ("d", True)):
         for _ in range(3):
             t[phase].append(timed(tool.fresh(remote)))  # type: ignore[attr-defined]
+            t[f"{phase}cpu"].append(LAST_CPU[0])
     return t
 
 
@@ -411,6 +426,13 @@ def render(results: dict[str, dict[str, list[float]]], why: dict[str, str], n: i
     for p in PHASES:
         cells = [f"{statistics.median(results[t][p]):.2f} s" for t in tools]
         lines.append(f"| {LABELS[p]} | " + " | ".join(cells) + " |")
+    if all(f"{p}cpu" in results[t] for t in tools for p in PHASES):
+        lines += ["", "CPU time (user+sys of the tool's processes; a server's own CPU, nginx's or BuildStream's "
+                  "artifact server's, is not in it), medians:", "",
+                  "| phase | " + " | ".join(tools) + " |", "|---|" + "---:|" * len(tools)]
+        for p in PHASES:
+            cells = [f"{statistics.median(results[t][f'{p}cpu']):.2f} s" for t in tools]
+            lines.append(f"| {LABELS[p]} | " + " | ".join(cells) + " |")
     ratio_lines = []
     for t in tools:
         if t != Pib.name and Pib.name in results:
