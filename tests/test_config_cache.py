@@ -132,3 +132,15 @@ def test_no_pib_directory_no_cache(tmp_path: Path) -> None:
     load(tmp_path)
     assert not (tmp_path / ".pib").exists()
     assert cache.path_for(tmp_path) is None
+
+
+def test_licenses_are_checked_again_on_a_cached_configuration(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SPDX list is the installed package's: one that no longer knows an identifier refuses it."""
+    from pib.config import license as spdx
+
+    (ws / "pib.toml").write_text(BODY + 'license = "MIT"\n')
+    assert load(ws).component("b").license == "MIT"
+    monkeypatch.setattr(spdx, "_spdx_ids", lambda: frozenset({"apache-2.0"}))
+    with pytest.raises(ConfigError) as err:
+        load(ws)
+    assert err.value.where is not None and err.value.where.line == 12

@@ -350,6 +350,11 @@ def load(root: Path, *, local: bool = True) -> Config:
         cache.put(where, want, cfg)
     else:
         _check_paths(cfg)
+        # The SPDX list comes from an installed package, not from the files read: checked again.
+        for c in cfg.components:
+            if c.license is not None:
+                key = f"components.{c.name}.license"
+                _check_license(c.license, key, cfg.sources.get(key) or c.where)
     return cfg
 
 
@@ -605,17 +610,19 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
 def _license(sec: _Section) -> str | None:
     """components.NAME.license: an SPDX license expression, e.g. "GPL-2.0-only" or "MIT OR Apache-2.0"."""
     text = sec.text("license")
-    if text is None:
-        return None
+    if text is not None:
+        _check_license(text, _dotted((*sec.path, "license")), sec.where("license"))
+    return text
+
+
+def _check_license(text: str, key: str, where: Location) -> None:
     from pib.config.license import LicenseError, check_expression
 
     try:
         check_expression(text)
     except LicenseError as exc:
-        raise ConfigError(f"{_dotted((*sec.path, 'license'))} = {text!r} is not an SPDX license expression: {exc}",
-                          where=sec.where("license"),
+        raise ConfigError(f"{key} = {text!r} is not an SPDX license expression: {exc}", where=where,
                           hint='write e.g. "GPL-2.0-only", "MIT OR Apache-2.0" or "LicenseRef-Proprietary"') from exc
-    return text
 
 
 # Set by pib for every build; a component that changed them would run outside its build environment.
