@@ -211,31 +211,32 @@ def render(rows: list[Row], runs: int, load: str) -> str:
     return table + "\n" + "\n\n".join(notes) + "\n\n![cost per component](docs/scale.png)\n"
 
 
-WHY = """Where a no-op's time goes (1,000 components, profiled with cProfile and measured as CPU
-time of the process and its children). Main as merged this afternoon (early cutoff, SBOM) took 5.4 to
-5.9 s of CPU per no-op: 3 s of it were the sweep of leftovers, three pathlib globs per component over
-the directory that holds all 1,000 proto areas (quadratic); it now lists each such directory once. The
-stat walk used to make `find` print the lstat data of all 204,000 entries (10 MB) for Python to digest
-(0.73 s of CPU in find, about 0.4 s in Python); now `find` prints only entries whose ctime is later
-than the last walk (`-newerct`, less a 2 s racy margin), so on a no-op it prints one line per checkout
-(its .git) and Python parses nothing. What the walk cannot see is in a fingerprint per checkout (the
-user's index, .git/config and info files, mounts inside the checkout, its device and inode); a file
-system not stamped by this machine's clock (NFS, FUSE), a nested repository or a clock set back means
-git runs. The records and proto areas are read, and HEAD and the fingerprints taken, while `find` runs.
-Keys are unchanged (tests/test_keys.py golden values).
+WHY = """Where a 1,000-component no-op's time goes (profiled with cProfile and `python -X importtime`,
+`find` measured with `strace -c -f` and as CPU time of the children). Before this run it took 1.7 s of
+CPU (3.4 s wall at load 15): `find` 0.6 s, start-up 0.1 s, reading pib.toml with the file:line of every
+value 0.25 to 0.35 s (of which 0.2 s the proto-area checks: 2,000 `Path.resolve` calls and hashing
+Paths), the 1,000 state records 0.24 s, the rest of the plan 0.3 s. Now, with keys unchanged
+(tests/test_keys.py golden values):
 
-What remains, measured on the 1,000-component workspace: `find` itself, about 0.55 s of CPU (0.1 s
-user, 0.45 s system: an lstat of each of the 204,000 entries, 2 to 3 us each on this virtual
-machine; a content edit moves only the file's own ctime, so no walk that misses a file can be sound
-without a file-system watcher), split over 2 processes; Python start-up and imports, 0.1 s; reading
-the 3,000-line pib.toml with the file:line of every value and the proto-area checks, 0.25 to 0.35 s;
-the rest of the plan (1,000 state records, proto-area scans, keys, HEAD reads, fingerprints, the memo),
-0.3 to 0.4 s; the image step and the JSON report. The 1 s target needs the Python part below about
-0.6 s on a quiet machine; on this shared machine (load 8 to 16 during the run) the wall time is 2 to 3
-times the CPU time. Next steps that would get there: a cache of the parsed configuration keyed by the
-files' stat data, one consolidated state file instead of 1,000 JSON records. The 60,000-file
-component's one change (10.9 s wall) was measured at load 15.5 and is wall time only: it runs git over
-the changed checkout as before."""
+- the parsed configuration is kept in `.pib/config-cache`, keyed by the bytes of pib.toml and
+  pib.local.toml (not their stat data: an edit in the same second to the same size, a file replaced by
+  a rename and a clock set back are all seen, each tested), HOME, XDG_CACHE_HOME, the CPU count, the
+  Python version and the configuration code; loading it takes 0.05 s. What depends on the file system
+  (proto areas resolved through links) and on installed packages (the SPDX list) is checked on every
+  load, now with each parent directory resolved once: 0.2 s to 0.05 s;
+- the state records are read as bytes and parsed only when their SHA-256 differs from the one kept in
+  `.pib/records-cache` beside the parsed record; reading itself had cost a 256 MiB allocation per
+  record (`os.read` of the size limit): 0.24 s to 0.06 s.
+
+What remains: about 0.6 s of CPU in the two `find` processes (0.1 s user, 0.5 s system: an lstat of each
+of the 204,000 entries; a content edit moves only the file's own ctime, so no sound walk can skip a
+file without a file-system watcher) and about 0.5 s in Python (start-up and imports 0.1 s, the cached
+configuration and its checks 0.1 s, fingerprints, HEAD reads and the walk memo 0.15 s, records, proto
+areas and keys 0.15 s, the runner, the image step and the JSON report). `find` runs beside the Python
+work, so on 2 free cores the wall time is close to the larger of the two; on this shared machine it
+depends on the load more than on pib: the 10- and 100-component rows ran at load 12.7 and are mostly
+waiting for a CPU (0.18 s and 0.27 s of CPU against 1.4 s and 1.3 s of wall). The 60,000-file component's one change runs git over the
+changed checkout (update-index re-hashes the edited file, write-tree) and is wall time at that load."""
 
 
 def main() -> None:

@@ -57,7 +57,8 @@ def read_small(path: Path, limit: int) -> bytes:
         chunks: list[bytes] = []
         got = 0
         while got <= limit:
-            chunk = os.read(fd, limit + 1 - got)
+            # Ask for what fstat said plus one byte, not for `limit`: os.read allocates what it is asked for.
+            chunk = os.read(fd, min(limit + 1 - got, st.st_size + 1 if not chunks else 1 << 20))
             if not chunk:
                 break
             chunks.append(chunk)
@@ -73,12 +74,22 @@ def read_json_record(path: Path, limit: int) -> Any:
     """A JSON record pib wrote (state, image): FileNotFoundError when there is none, ValueError when
     it is not a JSON document of at most `limit` bytes (truncated, nested past the parser's stack, a
     directory or a fifo in its place). Its fields are the caller's to check."""
+    return json_record(read_record(path, limit))
+
+
+def read_record(path: Path, limit: int) -> bytes:
+    """The bytes of a record (read_json_record's first half): OSError when there is none, ValueError when
+    something that is not a small regular file stands in its place."""
     try:
-        raw = read_small(path, limit)
+        return read_small(path, limit)
     except (IsADirectoryError, OSError) as exc:
         if isinstance(exc, FileNotFoundError) or exc.errno not in (errno.EINVAL, errno.EFBIG, errno.EISDIR):
             raise
         raise ValueError(exc.strerror or str(exc)) from None
+
+
+def json_record(raw: bytes) -> Any:
+    """The JSON document of a record's bytes (read_json_record's second half), ValueError when it is none."""
     try:
         data = json.loads(raw)
     except RecursionError:
@@ -270,6 +281,20 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL):
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+def real_path(path: str, parents: dict[str, str]) -> str:
+    """os.path.realpath(path), with the parent directory resolved once for every call sharing `parents`
+    (siblings share it): one lstat per path instead of one per component of it."""
+    parent, name = os.path.split(path)
+    if not os.path.isabs(path) or name in ("", ".", ".."):
+        return os.path.realpath(path)
+    real_parent = parents.get(parent)
+    if real_parent is None:
+        real_parent = parents[parent] = os.path.realpath(parent)
+    joined = os.path.join(real_parent, name)
+    # The rest is what realpath does with the last component: follow it only when it is a link.
+    return os.path.realpath(joined) if os.path.islink(joined) else joined
 
 
 # --------------------------------------------------------------------------

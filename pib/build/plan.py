@@ -70,8 +70,9 @@ def plan(cfg: Config, names: Sequence[str] | None, benv: BuildEnv, *, lookup: Lo
         if k == 0:
             states.extend(source_states([(c.checkout, index_dir / c.name) for c in comps], index_dir / ".walk"))
         else:  # while the working trees are walked: the records, and the proto areas they describe
+            records.update(state.load_all(cfg.workspace.state_dir, [c.name for c in comps]))
             for c in comps:
-                rec = records[c.name] = state.load(cfg.workspace.state_dir, c.name)
+                rec = records[c.name]
                 if rec is not None:
                     protos[c.name] = rec.proto_changes(c.proto)
 

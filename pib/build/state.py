@@ -10,8 +10,10 @@ deleted, added or edited file makes the component stale.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import pickle
 import stat
 import threading
 import time
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pib.errors import local_error
-from pib.fsutil import read_json_record, set_aside, write_atomic
+from pib.fsutil import json_record, read_json_record, read_record, set_aside, write_atomic
 
 
 class ProtoFingerprint(NamedTuple):
@@ -118,6 +120,75 @@ def load(state_dir: Path, name: str) -> Record | None:
         with _corrupt_lock:
             _corrupt[path] = str(exc)
         return None
+
+
+# A pickle of {component: (SHA-256 of its record's bytes, the Record parsed from them)}: a no-op plan reads
+# every record's bytes, but parses and checks only those whose bytes changed. Keyed by the bytes, not
+# their stat data, and by the code that parses them; a torn or foreign cache is a miss.
+_CACHE_NAME = "records-cache"
+_CACHE_FORMAT = b"pib-records-cache 1\n"
+_CACHE_LIMIT = 1 << 30
+_CODE: list[bytes] = []
+
+
+def _cache_head() -> bytes:
+    if not _CODE:
+        import sys
+
+        from pib import fsutil
+
+        h = hashlib.sha256(_CACHE_FORMAT + sys.version.encode())
+        for mod in (__file__, fsutil.__file__):
+            with contextlib.suppress(OSError, TypeError):
+                h.update(Path(mod or "").read_bytes())
+        _CODE.append(_CACHE_FORMAT + h.digest())
+    return _CODE[0]
+
+
+def _read_cache(path: Path) -> dict[str, tuple[bytes, Record]]:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(_CACHE_LIMIT + 1)
+        head = _cache_head()
+        if len(raw) > _CACHE_LIMIT or raw[:len(head)] != head:
+            return {}
+        got = pickle.loads(raw[len(head):])
+    except Exception:  # a torn or foreign cache is a miss, never an error
+        return {}
+    if not isinstance(got, dict) or not all(
+            isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], Record) for v in got.values()):
+        return {}
+    return got
+
+
+def load_all(state_dir: Path, names: Iterable[str]) -> dict[str, Record | None]:
+    """load() of each named component, parsing only the records whose bytes are not in the cache."""
+    where = state_dir / _CACHE_NAME
+    cached = _read_cache(where)
+    out: dict[str, Record | None] = {}
+    changed = False
+    for name in names:
+        path = _path(state_dir, name)
+        try:
+            raw = read_record(path, RECORD_LIMIT)
+            digest = hashlib.sha256(raw).digest()
+            hit = cached.get(name)
+            if hit is not None and hit[0] == digest:
+                out[name] = hit[1]
+                continue
+            out[name] = rec = _record(json_record(raw))
+            cached[name] = (digest, rec)
+            changed = True
+        except OSError:
+            out[name] = None  # a missing or unreadable record means "not built"
+        except ValueError as exc:
+            with _corrupt_lock:
+                _corrupt[path] = str(exc)
+            out[name] = None
+    if changed:
+        with contextlib.suppress(OSError, pickle.PicklingError):
+            write_atomic(where, _cache_head() + pickle.dumps(cached, protocol=pickle.HIGHEST_PROTOCOL))
+    return out
 
 
 def set_aside_corrupt(state_dir: Path) -> list[str]:

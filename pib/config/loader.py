@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pib.config import cache
 from pib.config.tomlloc import Locator
 from pib.config.tomlloc import loads as toml_loads
 from pib.config.types import (
@@ -44,6 +45,7 @@ from pib.config.types import (
     WorkspaceConfig,
 )
 from pib.errors import ConfigError, Location
+from pib.fsutil import real_path
 
 LOCAL_NAME = "pib.local.toml"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -86,11 +88,8 @@ class _Doc:
         self.data: dict[str, Any] = {}
         self.locators: list[tuple[Locator, dict[str, Any]]] = []
 
-    def add(self, path: Path) -> None:
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    def add(self, path: Path, raw: bytes) -> None:
+        """`raw`: the bytes of `path` as _read gave them (the cache is keyed by the same bytes)."""
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -333,17 +332,57 @@ def load(root: Path, *, local: bool = True) -> Config:
     main = root / CONFIG_NAME
     if not main.is_file():
         raise ConfigError(f"no {CONFIG_NAME} in {root}", hint="run pib inside a workspace, or pass -C DIR")
-    doc = _Doc()
-    doc.add(main)
-    files = [main]
+    read = [(main, _read(main))]
     override = root / LOCAL_NAME
     if local and override.is_file():
-        doc.add(override)
-        files.append(override)
-    sources: dict[str, Location] = {}
-    top = _Section(doc, (), doc.data, sources)
-    cfg = _build(root, top, doc, tuple(files), sources)
+        read.append((override, _read(override)))
+    where = cache.path_for(root)
+    want = cache.key(root, read, local)
+    cfg = cache.get(where, want)
+    if cfg is None:
+        doc = _Doc()
+        for path, raw in read:
+            doc.add(path, raw)
+        sources: dict[str, Location] = {}
+        top = _Section(doc, (), doc.data, sources)
+        cfg = _build(root, top, doc, tuple(path for path, _ in read), sources)
+        _check_paths(cfg)
+        cache.put(where, want, cfg)
+    else:
+        _check_paths(cfg)
+        # The SPDX list comes from an installed package, not from the files read: checked again.
+        for c in cfg.components:
+            if c.license is not None:
+                key = f"components.{c.name}.license"
+                _check_license(c.license, key, cfg.sources.get(key) or c.where)
     return cfg
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _check_paths(cfg: Config) -> None:
+    """What depends on the file system, not on the files read (symbolic links on the way to a proto area
+    or a read-only path): checked on every load, the cached configuration's too."""
+    root = cfg.workspace.root
+    for c in cfg.components:
+        if _may_contain(c.proto, root):
+            raise ConfigError(f"component {c.name!r}: proto {c.proto} would contain the workspace",
+                              where=_proto_where(cfg, c))
+    _check_protos(list(cfg.components), {c.name: _proto_where(cfg, c) for c in cfg.components})
+    for p in cfg.sandbox.ro_paths:
+        if p.resolve() == Path("/"):
+            raise ConfigError("sandbox.ro_paths cannot hold / (a build would see everything)",
+                              where=cfg.sources.get("sandbox.ro_paths", cfg.sandbox.where),
+                              hint="name the directories a build needs")
+
+
+def _proto_where(cfg: Config, c: ComponentConfig) -> Location:
+    return cfg.sources.get(f"components.{c.name}.proto") or c.where
 
 
 def _rel(root: Path, value: str) -> Path:
@@ -479,10 +518,6 @@ def _sandbox(root: Path, top: _Section) -> SandboxSpec:
         bwrap=sb.text("bwrap", "bwrap") or "bwrap",
         where=sb.where("mode") if "mode" in sb.data else sb.where(),
     )
-    for p in spec.ro_paths:
-        if p.resolve() == Path("/"):
-            raise ConfigError("sandbox.ro_paths cannot hold / (a build would see everything)",
-                              where=sb.where("ro_paths"), hint="name the directories a build needs")
     sb.done()
     return spec
 
@@ -490,7 +525,6 @@ def _sandbox(root: Path, top: _Section) -> SandboxSpec:
 def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[ComponentConfig, ...]:
     table = top.sub("components")
     out: list[ComponentConfig] = []
-    proto_where: dict[str, Location] = {}
     for name in list(table.data):
         sec = table.sub(name)
         if not _NAME_RE.match(name):
@@ -531,9 +565,6 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
         if dir_s is not None:
             checkout = _rel(root, dir_s)
         proto = _rel(root, sec.text("proto", f"proto.{name}") or f"proto.{name}")
-        if _may_contain(proto, root):
-            raise ConfigError(f"component {name!r}: proto {proto} would contain the workspace", where=sec.where("proto"))
-        proto_where[name] = sec.where("proto")
         manifest = sec.text("manifest")
         if manifest is not None and (manifest.startswith("/") or ".." in Path(manifest).parts):
             raise ConfigError(
@@ -564,7 +595,6 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
         out.append(comp)
     table.done()
     _check_graph(out, table)
-    _check_protos(out, proto_where)
     protos: dict[Path, str] = {}
     for c in out:
         if c.proto in protos:
@@ -580,17 +610,19 @@ def _components(root: Path, top: _Section, workspace: WorkspaceConfig) -> tuple[
 def _license(sec: _Section) -> str | None:
     """components.NAME.license: an SPDX license expression, e.g. "GPL-2.0-only" or "MIT OR Apache-2.0"."""
     text = sec.text("license")
-    if text is None:
-        return None
+    if text is not None:
+        _check_license(text, _dotted((*sec.path, "license")), sec.where("license"))
+    return text
+
+
+def _check_license(text: str, key: str, where: Location) -> None:
     from pib.config.license import LicenseError, check_expression
 
     try:
         check_expression(text)
     except LicenseError as exc:
-        raise ConfigError(f"{_dotted((*sec.path, 'license'))} = {text!r} is not an SPDX license expression: {exc}",
-                          where=sec.where("license"),
+        raise ConfigError(f"{key} = {text!r} is not an SPDX license expression: {exc}", where=where,
                           hint='write e.g. "GPL-2.0-only", "MIT OR Apache-2.0" or "LicenseRef-Proprietary"') from exc
-    return text
 
 
 # Set by pib for every build; a component that changed them would run outside its build environment.
@@ -613,16 +645,21 @@ def _check_protos(comps: list[ComponentConfig], where: dict[str, Location]) -> N
     """A proto area is replaced wholesale by every build: it must never be, contain or lie inside the
     git data of a checkout (its own or another component's). Linear in the components: each path is
     resolved once and the checkouts' ancestors go into one table."""
-    checkouts: dict[Path, ComponentConfig] = {}
-    ancestors: dict[Path, ComponentConfig] = {}
+    checkouts: dict[str, ComponentConfig] = {}
+    ancestors: dict[str, ComponentConfig] = {}
+    parents: dict[str, str] = {}  # strings, not Paths: hashing 1,000 Paths and their parents is the cost
     for d in comps:
-        real = d.checkout.resolve()
+        real = real_path(str(d.checkout), parents)
         checkouts[real] = d
-        for parent in real.parents:
-            ancestors.setdefault(parent, d)
+        up = os.path.dirname(real)
+        while up not in ancestors:  # an ancestor already there has all of its own there too
+            ancestors[up] = d
+            if up == os.path.dirname(up):
+                break
+            up = os.path.dirname(up)
     for c in comps:
-        proto = c.proto.resolve()
-        if ".git" in proto.parts:
+        proto = real_path(str(c.proto), parents)
+        if ".git" in proto.split("/"):
             raise ConfigError(f"component {c.name!r}: proto {c.proto} is inside a .git directory",
                               where=where[c.name], hint=f"use a directory of its own, e.g. proto.{c.name}")
         owner = checkouts.get(proto) or ancestors.get(proto)
@@ -636,7 +673,8 @@ def _check_protos(comps: list[ComponentConfig], where: dict[str, Location]) -> N
 
 def _may_contain(proto: Path, root: Path) -> bool:
     """Whether the proto area is the (resolved) workspace root or one of its parents."""
-    if proto.parent == root and not proto.is_symlink():
+    text = str(proto)
+    if os.path.dirname(text) == str(root) and not os.path.islink(text):
         return False  # the usual proto.NAME beside pib.toml: no need to resolve every path
     real = proto.resolve()
     return real == root or root.is_relative_to(real)
