@@ -166,21 +166,94 @@ def test_pipelines_have_a_job_per_component_to_build_and_pass_the_engines_checks
     assert load_yaml((out / "gitlab-none.yml").read_text())["image:boot"]["needs"] == []
 
 
-def test_a_pipeline_of_a_component_that_is_not_prebuilt_is_refused(tmp_path: Path, seaweed: Seaweed) -> None:
-    plat = make_platform(tmp_path, seaweed, {"a": (), "b": ("a",)})
-    toml = plat.root / "workspace" / "pib.toml"
-    text = toml.read_text()
-    toml.write_text(text.replace("prebuilt = true\ndepends = []", "prebuilt = false\ndepends = []", 1))
+def _edit_toml(plat: Platform, old: str, new: str, why: str) -> None:
     from tests.gitutil import commit
 
-    commit(plat.root / "workspace", "a is not prebuilt")
+    toml = plat.root / "workspace" / "pib.toml"
+    text = toml.read_text()
+    assert old in text
+    toml.write_text(text.replace(old, new, 1))
+    commit(plat.root / "workspace", why)
+
+
+def test_a_component_that_is_not_prebuilt_is_built_by_the_image_job(tmp_path: Path, seaweed: Seaweed) -> None:
+    # c is not prebuilt (never published): no job of its own; the image job builds it, a and b restored.
+    plat = make_platform(tmp_path, seaweed, {"a": (), "b": ("a",), "c": ("b",)})
+    _edit_toml(plat, 'prebuilt = true\ndepends = ["b"]', 'prebuilt = false\ndepends = ["b"]', "c is not prebuilt")
+    ws, home = machine(plat, "one")
+    out = plat.root / "out"
+    for fmt in ("gitlab", "github"):
+        r = pib_cmd(ws, plat.env(home), "plan", "--format", fmt, "-o", str(out / f"{fmt}.yml"))
+        assert r.returncode == 0, r.stderr
+    check_schemas(out / "gitlab.yml", out / "github.yml")
+    text = (out / "gitlab.yml").read_text()
+    gl = load_yaml(text)
+    assert [k for k in gl if k != "stages"] == ["build:a", "build:b", "image:boot"]
+    assert gl["image:boot"]["needs"] == ["build:a", "build:b"]
+    assert gl["image:boot"]["script"][-1] == "pib build --deps-from-store"
+    # The file says why c has no job.
+    assert any(line.startswith("#") and "c" in line and "never published" in line for line in text.splitlines())
+    gh = load_yaml((out / "github.yml").read_text())
+    assert set(gh["jobs"]) == {"build-a", "build-b", "image"}
+
+    # The image job's build on a machine of its own: before a and b are published it refuses to build them...
+    img, img_home = machine(plat, "image")
+    r = pib_cmd(img, plat.env(img_home), "build", "--deps-from-store", "--json")
+    assert r.returncode == EXIT_CODES[Reason.PREBUILT_MISSING], r.stderr
+    assert json.loads(r.stdout)["error"]["reason"] == "prebuilt-missing"
+    assert not (img / "proto.a").exists() and not (img / "proto.c").exists()
+    # ...and once their jobs published them, restores them and builds c (never published) and the image.
+    for name in ("a", "b"):
+        job, job_home = machine(plat, f"job-{name}")
+        r = pib_cmd(job, plat.env(job_home), "build", name, "--publish", "--deps-from-store")
+        assert r.returncode == 0, r.stderr
+    r = pib_cmd(img, plat.env(img_home), "build", "--deps-from-store", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert {o["component"]: o["action"] for o in report["components"]} == {
+        "a": "restored", "b": "restored", "c": "built"}
+    assert {o["component"]: o["published"] for o in report["components"]}["c"] == []
+    assert report["image"]["action"] == "built"
+
+    # A plan of c alone has no image job: a last job builds c without making an image.
+    r = pib_cmd(ws, plat.env(home), "plan", "c", "--format", "gitlab", "-o", str(out / "gitlab-c.yml"))
+    assert r.returncode == 0, r.stderr
+    part = load_yaml((out / "gitlab-c.yml").read_text())
+    assert [k for k in part if k != "stages"] == ["build:unpublished"]  # a and b are in the store now
+    assert part["build:unpublished"]["script"][-1] == "pib build c --deps-from-store --no-image"
+
+
+def test_a_prebuilt_component_on_one_that_is_not_is_refused(tmp_path: Path, seaweed: Seaweed) -> None:
+    plat = make_platform(tmp_path, seaweed, {"a": (), "b": ("a",)})
+    _edit_toml(plat, "prebuilt = true\ndepends = []", "prebuilt = false\ndepends = []", "a is not prebuilt")
     ws, home = machine(plat, "one")
     r = pib_cmd(ws, plat.env(home), "plan", "--format", "gitlab", "--json")
     assert r.returncode == EXIT_CODES[Reason.CONFIG], r.stderr
     err = json.loads(r.stdout)["error"]
+    assert err["reason"] == "config"
     assert err["where"].startswith(f"{ws / 'pib.toml'}:")
-    assert "'a'" in err["message"] and "prebuilt" in err["message"]
+    assert "'b'" in err["message"] and "'a'" in err["message"]
     assert "Traceback" not in r.stderr
+
+
+def test_a_pipeline_of_a_network_or_dirty_component_is_refused(tmp_path: Path, seaweed: Seaweed) -> None:
+    plat = make_platform(tmp_path, seaweed, {"a": (), "b": ("a",)})
+    _edit_toml(plat, 'prebuilt = true\ndepends = ["a"]', 'prebuilt = false\nnetwork = true\ndepends = ["a"]',
+               "b downloads")
+    ws, home = machine(plat, "one")
+    r = pib_cmd(ws, plat.env(home), "plan", "--format", "gitlab", "--json")
+    assert r.returncode == EXIT_CODES[Reason.PUBLISH], r.stderr
+    err = json.loads(r.stdout)["error"]
+    assert "'b'" in err["message"] and err["where"].startswith(f"{ws / 'pib.toml'}:")
+
+    # Uncommitted changes in a checkout: CI builds commits.
+    plat2 = make_platform(tmp_path / "two", seaweed, {"a": ()})
+    ws, home = machine(plat2, "one")
+    (ws / "projects" / "a" / "build.sh").write_text("#!/bin/sh\nexit 0\n")
+    r = pib_cmd(ws, plat2.env(home), "plan", "--format", "gitlab", "--json")
+    assert r.returncode == EXIT_CODES[Reason.PUBLISH], r.stderr
+    err = json.loads(r.stdout)["error"]
+    assert "'a'" in err["message"] and err["where"].startswith(f"{ws / 'pib.toml'}:")
 
 
 # --------------------------------------------------------------------------
