@@ -119,3 +119,21 @@ public_keys = ["keys/publish.pub"]
 def pib_cmd(ws: Path, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pib", "-C", str(ws), *args], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, env={**os.environ, **env}, timeout=timeout)
+
+
+def run_pipeline(plat: Platform, project: Path, pipeline: Path, concurrency: int = 4,
+                 extra_env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run a GitLab pipeline file with gitlab-ci-local's shell executor: every job in its own copy of the
+    checkout (--shell-isolation) with its own HOME, so separate machines that share only the S3 store."""
+    home = "$CI_PROJECT_DIR/.home"
+    env = {**os.environ, **plat.env(plat.root / "home-runner"), **(extra_env or {})}
+    return subprocess.run(
+        [str(NODE_BIN / "gitlab-ci-local"), "--file", pipeline.name, "--shell-isolation",
+         "--concurrency", str(concurrency), "--variable", f"HOME={home}",
+         "--variable", f"XDG_CACHE_HOME={home}/cache", "--variable", f"XDG_CONFIG_HOME={home}/config"],
+        cwd=project, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def passed(run: subprocess.CompletedProcess[str]) -> set[str]:
+    """The jobs gitlab-ci-local reports as passed."""
+    return {line.split("PASS", 1)[1].strip() for line in run.stdout.splitlines() if line.strip().startswith("PASS")}

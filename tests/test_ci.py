@@ -18,7 +18,7 @@ import pytest
 
 from pib.build.ci import EXIT_MUST_BUILD
 from pib.errors import EXIT_CODES, Reason
-from tests.cifixture import NODE_BIN, Platform, make_platform, pib_cmd
+from tests.cifixture import NODE_BIN, Platform, make_platform, passed, pib_cmd, run_pipeline
 from tests.services.seaweed import Seaweed
 
 pytestmark = pytest.mark.integration
@@ -260,18 +260,6 @@ def test_a_pipeline_of_a_network_or_dirty_component_is_refused(tmp_path: Path, s
 # The generated GitLab pipeline run by a real GitLab CI runner (gitlab-ci-local, shell executor)
 
 
-def run_pipeline(plat: Platform, project: Path, pipeline: Path, concurrency: int = 4) -> subprocess.CompletedProcess[str]:
-    """Every job in its own copy of the checkout (--shell-isolation) with its own HOME: separate machines that
-    share only the S3 store."""
-    home = "$CI_PROJECT_DIR/.home"
-    env = {**os.environ, **plat.env(plat.root / "home-runner")}
-    return subprocess.run(
-        [str(NODE_BIN / "gitlab-ci-local"), "--file", pipeline.name, "--shell-isolation",
-         "--concurrency", str(concurrency), "--variable", f"HOME={home}",
-         "--variable", f"XDG_CACHE_HOME={home}/cache", "--variable", f"XDG_CONFIG_HOME={home}/config"],
-        cwd=project, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=900)
-
-
 def generate(plat: Platform, name: str) -> tuple[Path, Path, dict[str, Any]]:
     """The pipeline-generating job: a checkout, `pib plan --format gitlab` into a child pipeline file."""
     project, home = machine(plat, name)
@@ -279,10 +267,6 @@ def generate(plat: Platform, name: str) -> tuple[Path, Path, dict[str, Any]]:
     r = pib_cmd(project, plat.env(home), "plan", "--format", "gitlab", "-o", str(pipeline))
     assert r.returncode == 0, r.stderr
     return project, pipeline, load_yaml(pipeline.read_text())
-
-
-def passed(run: subprocess.CompletedProcess[str]) -> set[str]:
-    return {line.split("PASS", 1)[1].strip() for line in run.stdout.splitlines() if line.strip().startswith("PASS")}
 
 
 def stamps(ws: Path, name: str) -> tuple[float, float]:
@@ -327,3 +311,57 @@ def test_generated_gitlab_pipeline_runs_on_a_real_runner(tmp_path: Path, seaweed
     assert r.returncode == 0, r.stderr
     assert {o["action"] for o in json.loads(r.stdout)["components"]} == {"restored"}
     assert (fresh / "proto.e" / "share" / "e" / "data").read_text() == "e 2\n"
+
+
+# --------------------------------------------------------------------------
+# The recommended parent pipeline (docs/ci.md): a job writes the child pipeline, a trigger job runs it
+
+
+def docs_parent_pipeline() -> str:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "ci.md").read_text()
+    return next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "trigger:" in b)
+
+
+@pytest.mark.slow
+def test_the_documented_parent_pipeline_triggers_the_generated_child(tmp_path: Path, seaweed: Seaweed) -> None:
+    from pib.build.ci import to_yaml
+    from tests.gitutil import commit
+
+    plat = make_platform(tmp_path, seaweed, {"a": (), "b": (), "c": ("a",)})
+    parent = plat.root / "parent.yml"
+    parent.write_text(docs_parent_pipeline())
+    r = subprocess.run([str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci",
+                        str(parent)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    # The documented file as it is, but for the runner: pib from this virtual environment instead of a pip
+    # install, and each job its own HOME. Those go in the file's global variables, the ones the trigger job
+    # passes down to the child pipeline (gitlab-ci-local passes the child none of its command line's).
+    doc = load_yaml(parent.read_text())
+    home = "$CI_PROJECT_DIR/.home"
+    doc["variables"] = {"PIB_INSTALL": f"export PATH={Path(sys.executable).parent}:$PATH", "HOME": home,
+                        "XDG_CACHE_HOME": f"{home}/cache", "XDG_CONFIG_HOME": f"{home}/config"}
+    ws = plat.root / "workspace"
+    (ws / ".gitlab-ci.yml").write_text(to_yaml(doc))
+    commit(ws, "CI")
+    project = plat.workspace()
+    env = {**os.environ, **plat.env(plat.root / "home-runner")}
+    run = subprocess.run(
+        [str(NODE_BIN / "gitlab-ci-local"), "--shell-isolation", "--force-shell-executor", "--concurrency", "4",
+         "--variable", "CI_COMMIT_REF_PROTECTED=true"],
+        cwd=project, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=900)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    jobs = passed(run)
+    # The parent's jobs (no merge-request job on a protected branch), then the child's, run by the trigger.
+    assert {"pib-plan", "pib-build"} <= jobs and "pib-check" not in jobs
+    child = {j.split("->", 1)[1].strip() for j in jobs if "->" in j}
+    assert child == {"build:a", "build:b", "build:c", "image:boot"}
+    child_file = project / ".gitlab-ci-local" / "artifacts" / "pib-plan" / "pib-child.yml"
+    assert load_yaml(child_file.read_text())["build:c"]["script"][0] == 'eval "$PIB_INSTALL"'
+
+    # Every component was published: a fresh machine restores all and builds nothing.
+    fresh, fresh_home = machine(plat, "fresh")
+    rc, data = plan(plat, fresh, fresh_home)
+    assert rc == 0 and set(actions(data).values()) == {"restorable"}
