@@ -1,5 +1,6 @@
-"""A small synthetic platform for CI tests: real git repositories, a workspace that is itself a git
-repository (what a CI runner checks out), one shared SeaweedFS S3 store and a publishing key."""
+"""Platforms for CI tests: a small synthetic one and the example, each with real git repositories, a
+workspace that is itself a git repository (what a CI runner checks out), one shared SeaweedFS S3 store and
+a publishing key."""
 
 from __future__ import annotations
 
@@ -113,6 +114,54 @@ public_keys = ["keys/publish.pub"]
     write(ws, {".gitignore": "/projects/\n/proto.*/\n/.proto.*\n/log/\n/output/\n/.pib/\n/.gitlab-ci-local/\n"})
     sh(["git", "init", "-q", "-b", "main"], ws)
     commit(ws, "workspace")
+    return plat
+
+
+# Jobs and machines without network: any HTTP(S) request but to the loopback store meets a closed port.
+NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+              "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+              "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
+
+# A job's first line: the CBE installed under the job's own HOME (a machine of its own), not in the
+# shared /opt/<name> a runner host may already have.
+OWN_CBE = 'printf \'[cbe]\\nroot = "%s/cbe"\\n\' "$HOME" > pib.local.toml'
+
+
+def own_cbe(ws: Path, home: Path) -> None:
+    """What OWN_CBE does in a job, for a machine outside the runner."""
+    (ws / "pib.local.toml").write_text(f'[cbe]\nroot = "{home}/cbe"\n')
+
+
+def example_platform(root: Path, server: Seaweed) -> Platform:
+    """The example platform as a CI project: its workspace a git repository with the shared S3 store and
+    the publishing key's public half committed; component repositories at absolute paths (jobs run in
+    copies of the checkout)."""
+    from examples.platform.make_workspace import make_workspace
+
+    bucket = f"example-ci-{uuid.uuid4().hex[:10]}"
+    server.client().create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    plat = Platform(root, server, bucket, {})
+    ws = make_workspace(root, name="workspace", repos=root / "repos")
+    (root / "keys").mkdir()
+    (ws / "keys").mkdir()
+    generate_keypair(plat.key, ws / "keys" / "publish.pub")
+    toml = ws / "pib.toml"
+    text = toml.read_text().replace('"../repos/', f'"{root / "repos"}/')
+    toml.write_text(text + f"""
+[[store]]
+name = "shared"
+type = "s3"
+bucket = "{bucket}"
+endpoint_url = "{server.endpoint_url}"
+region = "us-east-1"
+
+[trust]
+public_keys = ["keys/publish.pub"]
+""")
+    write(ws, {".gitignore": "/projects/\n/proto.*/\n/.proto.*\n/log/\n/output/\n/.pib/\n/.gitlab-ci-local/\n"
+                             "/pib.local.toml\n"})
+    sh(["git", "init", "-q", "-b", "main"], ws)
+    commit(ws, "the example platform")
     return plat
 
 

@@ -15,54 +15,27 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from examples.platform.make_workspace import make_workspace
-from pib.artifacts.signing import generate_keypair
 from pib.fetch import download_cache
-from tests.cifixture import Platform, passed, pib_cmd, run_pipeline
-from tests.gitutil import commit, sh, write
+from tests.cifixture import (
+    NO_NETWORK,
+    OWN_CBE,
+    Platform,
+    example_platform,
+    own_cbe,
+    passed,
+    pib_cmd,
+    run_pipeline,
+)
 from tests.services.seaweed import Seaweed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 PREBUILT = ("kernel", "extra", "boot", "lib")
-NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-              "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-              "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
-
-
-def example_platform(root: Path, server: Seaweed) -> Platform:
-    """The example as a CI project: its workspace a git repository with the shared S3 store and the
-    publishing key's public half committed; component repositories at absolute paths (jobs run in copies)."""
-    bucket = f"example-ci-{uuid.uuid4().hex[:10]}"
-    server.client().create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
-    plat = Platform(root, server, bucket, {})
-    ws = make_workspace(root, name="workspace", repos=root / "repos")
-    (root / "keys").mkdir()
-    (ws / "keys").mkdir()
-    generate_keypair(plat.key, ws / "keys" / "publish.pub")
-    toml = ws / "pib.toml"
-    text = toml.read_text().replace('"../repos/', f'"{root / "repos"}/')
-    toml.write_text(text + f"""
-[[store]]
-name = "shared"
-type = "s3"
-bucket = "{bucket}"
-endpoint_url = "{server.endpoint_url}"
-region = "us-east-1"
-
-[trust]
-public_keys = ["keys/publish.pub"]
-""")
-    write(ws, {".gitignore": "/projects/\n/proto.*/\n/.proto.*\n/log/\n/output/\n/.pib/\n/.gitlab-ci-local/\n"})
-    sh(["git", "init", "-q", "-b", "main"], ws)
-    commit(ws, "the example platform")
-    return plat
 
 
 def shared_env(cache: Path) -> dict[str, str]:
@@ -70,8 +43,10 @@ def shared_env(cache: Path) -> dict[str, str]:
 
 
 def machine(plat: Platform, name: str, cache: Path) -> tuple[Path, Path]:
+    """A machine outside the runner: a checkout, its own HOME and CBE root, configured."""
     ws = plat.workspace()
     home = plat.root / f"home-{name}"
+    own_cbe(ws, home)
     r = pib_cmd(ws, {**plat.env(home), **shared_env(cache)}, "configure", timeout=900)
     assert r.returncode == 0, r.stderr
     return ws, home
@@ -88,9 +63,6 @@ def test_example_pipeline_builds_publishes_and_boots_on_a_real_runner(tmp_path: 
     cache = download_cache()
     # Every pinned file the pipeline needs, in the cache the jobs share (the network only if it lacks them).
     seed = plat.workspace()
-    r = subprocess.run([sys.executable, "-m", "pib", "-C", str(seed), "configure", "--no-install"],
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900)
-    assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-m", "pib", "-C", str(seed), "fetch"],
                        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1800)
     assert r.returncode == 0, r.stderr
@@ -98,7 +70,8 @@ def test_example_pipeline_builds_publishes_and_boots_on_a_real_runner(tmp_path: 
     # The generating job: a checkout, `pib plan --format gitlab`.
     project, home = machine(plat, "generator", cache)
     pipeline = project / "pib-child.yml"
-    r = pib_cmd(project, {**plat.env(home), **shared_env(cache)}, "plan", "--format", "gitlab", "-o", str(pipeline))
+    r = pib_cmd(project, {**plat.env(home), **shared_env(cache)}, "plan", "--format", "gitlab", "-o", str(pipeline),
+                "--setup", OWN_CBE)
     assert r.returncode == 0, r.stderr
     from ruamel.yaml import YAML
 
@@ -109,10 +82,18 @@ def test_example_pipeline_builds_publishes_and_boots_on_a_real_runner(tmp_path: 
     run = run_pipeline(plat, project, pipeline, concurrency=4, extra_env=shared_env(cache), timeout=2000)
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-3000:]
     assert passed(run) == {f"build:{n}" for n in PREBUILT} | {"image:boot"}
-    image_job = next(p for p in (project / ".gitlab-ci-local" / "builds").iterdir() if p.name.startswith("image"))
+    state = project / ".gitlab-ci-local"
+    for job in (*(f"build:{n}" for n in PREBUILT), "image:boot"):
+        safe = job.replace(":", "Og")  # how gitlab-ci-local names a job's directories
+        log = (state / "output" / f"{safe}.log").read_text()
+        # Its own machine: the CBE installed under its own HOME, from the shared cache (no network).
+        assert f"at {state / 'builds' / safe / '.home' / 'cbe'}/" in log, log[-3000:]
     # The image job restored every prebuilt component, built core and booted the image.
-    log = run.stdout
-    assert "PIB-BOOT-OK" in log or "boot: passed" in log or (image_job / "output").exists(), log[-4000:]
+    log = (state / "output" / "imageOgboot.log").read_text()
+    marker = next((line for line in log.splitlines() if "boot: PASS" in line and "PIB-BOOT-OK" in line), "")
+    assert marker, log[-3000:]
+    booted = dict(f.split("=", 1) for f in marker.split("PIB-BOOT-OK", 1)[1].split() if "=" in f)
+    booted.pop("buildstamp")
 
     # A fresh machine restores every prebuilt component and builds only core.
     fresh, fresh_home = machine(plat, "fresh", cache)
@@ -125,3 +106,6 @@ def test_example_pipeline_builds_publishes_and_boots_on_a_real_runner(tmp_path: 
         **dict.fromkeys(PREBUILT, "restored"), "core": "built"}
     assert {c["component"]: c["store"] for c in built["components"] if c["action"] == "restored"} == dict.fromkeys(
         PREBUILT, "shared")
+    # The image the pipeline booted holds exactly these components: core built again from the same commit
+    # on the same restored lib has the same key.
+    assert booted == {c["component"]: c["key"] for c in built["components"]}

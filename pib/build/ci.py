@@ -299,9 +299,9 @@ def _header(what: str, report: PlanReport, last: str) -> str:
     out = f"# {what} written by `pib plan`; to build: {todo}\n"
     local = unpublished(report)
     if local:
-        out += (f"# Not prebuilt, so never published: {', '.join(local)}. No job of its own, whose artifact no other\n"
-                f"# job could restore: the {last} job builds it from its commit, its prebuilt dependencies\n"
-                "# restored from the stores.\n")
+        out += (f"# Not prebuilt, so never published (RFD 141): {', '.join(local)}. No other job could restore\n"
+                f"# what a job of its own built, so the {last} job builds it from its commit, after restoring\n"
+                "# its prebuilt dependencies from the stores.\n")
     return out
 
 
