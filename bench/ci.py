@@ -211,8 +211,9 @@ def example(args: argparse.Namespace, tmp: Path) -> str:
         "(jobs kernel, extra, boot, lib, then `image:boot`, which restores them, builds core, not prebuilt, and "
         "boots the image in QEMU) run by gitlab-ci-local 4.65.1 `--concurrency N --shell-isolation`, every job "
         "its own checkout copy, HOME, local store and CBE root. Every CBE install (each job's `pib configure`, "
-        "the one machine's) unpacks the pinned packages from one download cache filled first; no job has "
-        "network. Seconds of wall time, with the CPU seconds (user + system, every process) in brackets.",
+        "the one machine's) takes the signed CBE prefix from the store once a build has published it, else "
+        "unpacks the pinned packages from one download cache filled first; nothing comes from the network. "
+        "Seconds of wall time, with the CPU seconds (user + system, every process) in brackets.",
         "",
         "| N | `pib configure` (CBE from the cache) | `pib build -jN --publish --boot`, one machine | "
         "pipeline in gitlab-ci-local, `--concurrency N` | pipeline / one machine (configure included) | "
