@@ -90,6 +90,9 @@ def test_example_pipeline_builds_publishes_and_boots_on_a_real_runner(tmp_path: 
         assert f"at {state / 'builds' / safe / '.home' / 'cbe'}/" in log, log[-3000:]
     # The image job restored every prebuilt component, built core and booted the image.
     log = (state / "output" / "imageOgboot.log").read_text()
+    table = {parts[0]: parts[1] for parts in (line.split() for line in log.splitlines())
+             if len(parts) > 1 and parts[0] in (*PREBUILT, "core") and parts[1] in ("restored", "built")}
+    assert table == {**dict.fromkeys(PREBUILT, "restored"), "core": "built"}, log[-3000:]
     marker = next((line for line in log.splitlines() if "boot: PASS" in line and "PIB-BOOT-OK" in line), "")
     assert marker, log[-3000:]
     booted = dict(f.split("=", 1) for f in marker.split("PIB-BOOT-OK", 1)[1].split() if "=" in f)
