@@ -1,5 +1,6 @@
-"""A small synthetic platform for CI tests: real git repositories, a workspace that is itself a git
-repository (what a CI runner checks out), one shared SeaweedFS S3 store and a publishing key."""
+"""Platforms for CI tests: a small synthetic one and the example, each with real git repositories, a
+workspace that is itself a git repository (what a CI runner checks out), one shared SeaweedFS S3 store and
+a publishing key."""
 
 from __future__ import annotations
 
@@ -116,6 +117,72 @@ public_keys = ["keys/publish.pub"]
     return plat
 
 
+# Jobs and machines without network: any HTTP(S) request but to the loopback store meets a closed port.
+NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+              "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+              "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
+
+# A job's first line: the CBE installed under the job's own HOME (a machine of its own), not in the
+# shared /opt/<name> a runner host may already have.
+OWN_CBE = 'printf \'[cbe]\\nroot = "%s/cbe"\\n\' "$HOME" > pib.local.toml'
+
+
+def own_cbe(ws: Path, home: Path) -> None:
+    """What OWN_CBE does in a job, for a machine outside the runner."""
+    (ws / "pib.local.toml").write_text(f'[cbe]\nroot = "{home}/cbe"\n')
+
+
+def example_platform(root: Path, server: Seaweed) -> Platform:
+    """The example platform as a CI project: its workspace a git repository with the shared S3 store and
+    the publishing key's public half committed; component repositories at absolute paths (jobs run in
+    copies of the checkout)."""
+    from examples.platform.make_workspace import make_workspace
+
+    bucket = f"example-ci-{uuid.uuid4().hex[:10]}"
+    server.client().create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    plat = Platform(root, server, bucket, {})
+    ws = make_workspace(root, name="workspace", repos=root / "repos")
+    (root / "keys").mkdir()
+    (ws / "keys").mkdir()
+    generate_keypair(plat.key, ws / "keys" / "publish.pub")
+    toml = ws / "pib.toml"
+    text = toml.read_text().replace('"../repos/', f'"{root / "repos"}/')
+    toml.write_text(text + f"""
+[[store]]
+name = "shared"
+type = "s3"
+bucket = "{bucket}"
+endpoint_url = "{server.endpoint_url}"
+region = "us-east-1"
+
+[trust]
+public_keys = ["keys/publish.pub"]
+""")
+    write(ws, {".gitignore": "/projects/\n/proto.*/\n/.proto.*\n/log/\n/output/\n/.pib/\n/.gitlab-ci-local/\n"
+                             "/pib.local.toml\n"})
+    sh(["git", "init", "-q", "-b", "main"], ws)
+    commit(ws, "the example platform")
+    return plat
+
+
 def pib_cmd(ws: Path, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pib", "-C", str(ws), *args], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, env={**os.environ, **env}, timeout=timeout)
+
+
+def run_pipeline(plat: Platform, project: Path, pipeline: Path, concurrency: int = 4,
+                 extra_env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run a GitLab pipeline file with gitlab-ci-local's shell executor: every job in its own copy of the
+    checkout (--shell-isolation) with its own HOME, so separate machines that share only the S3 store."""
+    home = "$CI_PROJECT_DIR/.home"
+    env = {**os.environ, **plat.env(plat.root / "home-runner"), **(extra_env or {})}
+    return subprocess.run(
+        [str(NODE_BIN / "gitlab-ci-local"), "--file", pipeline.name, "--shell-isolation",
+         "--concurrency", str(concurrency), "--variable", f"HOME={home}",
+         "--variable", f"XDG_CACHE_HOME={home}/cache", "--variable", f"XDG_CONFIG_HOME={home}/config"],
+        cwd=project, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def passed(run: subprocess.CompletedProcess[str]) -> set[str]:
+    """The jobs gitlab-ci-local reports as passed."""
+    return {line.split("PASS", 1)[1].strip() for line in run.stdout.splitlines() if line.strip().startswith("PASS")}

@@ -18,7 +18,7 @@ import pytest
 
 from pib.build.ci import EXIT_MUST_BUILD
 from pib.errors import EXIT_CODES, Reason
-from tests.cifixture import NODE_BIN, Platform, make_platform, pib_cmd
+from tests.cifixture import NODE_BIN, Platform, make_platform, passed, pib_cmd, run_pipeline
 from tests.services.seaweed import Seaweed
 
 pytestmark = pytest.mark.integration
@@ -166,37 +166,98 @@ def test_pipelines_have_a_job_per_component_to_build_and_pass_the_engines_checks
     assert load_yaml((out / "gitlab-none.yml").read_text())["image:boot"]["needs"] == []
 
 
-def test_a_pipeline_of_a_component_that_is_not_prebuilt_is_refused(tmp_path: Path, seaweed: Seaweed) -> None:
-    plat = make_platform(tmp_path, seaweed, {"a": (), "b": ("a",)})
-    toml = plat.root / "workspace" / "pib.toml"
-    text = toml.read_text()
-    toml.write_text(text.replace("prebuilt = true\ndepends = []", "prebuilt = false\ndepends = []", 1))
+def _edit_toml(plat: Platform, old: str, new: str, why: str) -> None:
     from tests.gitutil import commit
 
-    commit(plat.root / "workspace", "a is not prebuilt")
+    toml = plat.root / "workspace" / "pib.toml"
+    text = toml.read_text()
+    assert old in text
+    toml.write_text(text.replace(old, new, 1))
+    commit(plat.root / "workspace", why)
+
+
+def test_a_component_that_is_not_prebuilt_is_built_by_the_image_job(tmp_path: Path, seaweed: Seaweed) -> None:
+    # c is not prebuilt (never published): no job of its own; the image job builds it, a and b restored.
+    plat = make_platform(tmp_path, seaweed, {"a": (), "b": ("a",), "c": ("b",)})
+    _edit_toml(plat, 'prebuilt = true\ndepends = ["b"]', 'prebuilt = false\ndepends = ["b"]', "c is not prebuilt")
+    ws, home = machine(plat, "one")
+    out = plat.root / "out"
+    for fmt in ("gitlab", "github"):
+        r = pib_cmd(ws, plat.env(home), "plan", "--format", fmt, "-o", str(out / f"{fmt}.yml"))
+        assert r.returncode == 0, r.stderr
+    check_schemas(out / "gitlab.yml", out / "github.yml")
+    text = (out / "gitlab.yml").read_text()
+    gl = load_yaml(text)
+    assert [k for k in gl if k != "stages"] == ["build:a", "build:b", "image:boot"]
+    assert gl["image:boot"]["needs"] == ["build:a", "build:b"]
+    assert gl["image:boot"]["script"][-1] == "pib build --deps-from-store"
+    # The file says why c has no job.
+    assert any(line.startswith("#") and "c" in line and "never published" in line for line in text.splitlines())
+    gh = load_yaml((out / "github.yml").read_text())
+    assert set(gh["jobs"]) == {"build-a", "build-b", "image"}
+
+    # The image job's build on a machine of its own: before a and b are published it refuses to build them...
+    img, img_home = machine(plat, "image")
+    r = pib_cmd(img, plat.env(img_home), "build", "--deps-from-store", "--json")
+    assert r.returncode == EXIT_CODES[Reason.PREBUILT_MISSING], r.stderr
+    assert json.loads(r.stdout)["error"]["reason"] == "prebuilt-missing"
+    assert not (img / "proto.a").exists() and not (img / "proto.c").exists()
+    # ...and once their jobs published them, restores them and builds c (never published) and the image.
+    for name in ("a", "b"):
+        job, job_home = machine(plat, f"job-{name}")
+        r = pib_cmd(job, plat.env(job_home), "build", name, "--publish", "--deps-from-store")
+        assert r.returncode == 0, r.stderr
+    r = pib_cmd(img, plat.env(img_home), "build", "--deps-from-store", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert {o["component"]: o["action"] for o in report["components"]} == {
+        "a": "restored", "b": "restored", "c": "built"}
+    assert {o["component"]: o["published"] for o in report["components"]}["c"] == []
+    assert report["image"]["action"] == "built"
+
+    # A plan of c alone has no image job: a last job builds c without making an image.
+    r = pib_cmd(ws, plat.env(home), "plan", "c", "--format", "gitlab", "-o", str(out / "gitlab-c.yml"))
+    assert r.returncode == 0, r.stderr
+    part = load_yaml((out / "gitlab-c.yml").read_text())
+    assert [k for k in part if k != "stages"] == ["build:unpublished"]  # a and b are in the store now
+    assert part["build:unpublished"]["script"][-1] == "pib build c --deps-from-store --no-image"
+
+
+def test_a_prebuilt_component_on_one_that_is_not_is_refused(tmp_path: Path, seaweed: Seaweed) -> None:
+    plat = make_platform(tmp_path, seaweed, {"a": (), "b": ("a",)})
+    _edit_toml(plat, "prebuilt = true\ndepends = []", "prebuilt = false\ndepends = []", "a is not prebuilt")
     ws, home = machine(plat, "one")
     r = pib_cmd(ws, plat.env(home), "plan", "--format", "gitlab", "--json")
     assert r.returncode == EXIT_CODES[Reason.CONFIG], r.stderr
     err = json.loads(r.stdout)["error"]
+    assert err["reason"] == "config"
     assert err["where"].startswith(f"{ws / 'pib.toml'}:")
-    assert "'a'" in err["message"] and "prebuilt" in err["message"]
+    assert "'b'" in err["message"] and "'a'" in err["message"]
     assert "Traceback" not in r.stderr
+
+
+def test_a_pipeline_of_a_network_or_dirty_component_is_refused(tmp_path: Path, seaweed: Seaweed) -> None:
+    plat = make_platform(tmp_path, seaweed, {"a": (), "b": ("a",)})
+    _edit_toml(plat, 'prebuilt = true\ndepends = ["a"]', 'prebuilt = false\nnetwork = true\ndepends = ["a"]',
+               "b downloads")
+    ws, home = machine(plat, "one")
+    r = pib_cmd(ws, plat.env(home), "plan", "--format", "gitlab", "--json")
+    assert r.returncode == EXIT_CODES[Reason.PUBLISH], r.stderr
+    err = json.loads(r.stdout)["error"]
+    assert "'b'" in err["message"] and err["where"].startswith(f"{ws / 'pib.toml'}:")
+
+    # Uncommitted changes in a checkout: CI builds commits.
+    plat2 = make_platform(tmp_path / "two", seaweed, {"a": ()})
+    ws, home = machine(plat2, "one")
+    (ws / "projects" / "a" / "build.sh").write_text("#!/bin/sh\nexit 0\n")
+    r = pib_cmd(ws, plat2.env(home), "plan", "--format", "gitlab", "--json")
+    assert r.returncode == EXIT_CODES[Reason.PUBLISH], r.stderr
+    err = json.loads(r.stdout)["error"]
+    assert "'a'" in err["message"] and err["where"].startswith(f"{ws / 'pib.toml'}:")
 
 
 # --------------------------------------------------------------------------
 # The generated GitLab pipeline run by a real GitLab CI runner (gitlab-ci-local, shell executor)
-
-
-def run_pipeline(plat: Platform, project: Path, pipeline: Path, concurrency: int = 4) -> subprocess.CompletedProcess[str]:
-    """Every job in its own copy of the checkout (--shell-isolation) with its own HOME: separate machines that
-    share only the S3 store."""
-    home = "$CI_PROJECT_DIR/.home"
-    env = {**os.environ, **plat.env(plat.root / "home-runner")}
-    return subprocess.run(
-        [str(NODE_BIN / "gitlab-ci-local"), "--file", pipeline.name, "--shell-isolation",
-         "--concurrency", str(concurrency), "--variable", f"HOME={home}",
-         "--variable", f"XDG_CACHE_HOME={home}/cache", "--variable", f"XDG_CONFIG_HOME={home}/config"],
-        cwd=project, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=900)
 
 
 def generate(plat: Platform, name: str) -> tuple[Path, Path, dict[str, Any]]:
@@ -206,10 +267,6 @@ def generate(plat: Platform, name: str) -> tuple[Path, Path, dict[str, Any]]:
     r = pib_cmd(project, plat.env(home), "plan", "--format", "gitlab", "-o", str(pipeline))
     assert r.returncode == 0, r.stderr
     return project, pipeline, load_yaml(pipeline.read_text())
-
-
-def passed(run: subprocess.CompletedProcess[str]) -> set[str]:
-    return {line.split("PASS", 1)[1].strip() for line in run.stdout.splitlines() if line.strip().startswith("PASS")}
 
 
 def stamps(ws: Path, name: str) -> tuple[float, float]:
@@ -254,3 +311,57 @@ def test_generated_gitlab_pipeline_runs_on_a_real_runner(tmp_path: Path, seaweed
     assert r.returncode == 0, r.stderr
     assert {o["action"] for o in json.loads(r.stdout)["components"]} == {"restored"}
     assert (fresh / "proto.e" / "share" / "e" / "data").read_text() == "e 2\n"
+
+
+# --------------------------------------------------------------------------
+# The recommended parent pipeline (docs/ci.md): a job writes the child pipeline, a trigger job runs it
+
+
+def docs_parent_pipeline() -> str:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "ci.md").read_text()
+    return next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "trigger:" in b)
+
+
+@pytest.mark.slow
+def test_the_documented_parent_pipeline_triggers_the_generated_child(tmp_path: Path, seaweed: Seaweed) -> None:
+    from pib.build.ci import to_yaml
+    from tests.gitutil import commit
+
+    plat = make_platform(tmp_path, seaweed, {"a": (), "b": (), "c": ("a",)})
+    parent = plat.root / "parent.yml"
+    parent.write_text(docs_parent_pipeline())
+    r = subprocess.run([str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci",
+                        str(parent)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    # The documented file as it is, but for the runner: pib from this virtual environment instead of a pip
+    # install, and each job its own HOME. Those go in the file's global variables, the ones the trigger job
+    # passes down to the child pipeline (gitlab-ci-local passes the child none of its command line's).
+    doc = load_yaml(parent.read_text())
+    home = "$CI_PROJECT_DIR/.home"
+    doc["variables"] = {"PIB_INSTALL": f"export PATH={Path(sys.executable).parent}:$PATH", "HOME": home,
+                        "XDG_CACHE_HOME": f"{home}/cache", "XDG_CONFIG_HOME": f"{home}/config"}
+    ws = plat.root / "workspace"
+    (ws / ".gitlab-ci.yml").write_text(to_yaml(doc))
+    commit(ws, "CI")
+    project = plat.workspace()
+    env = {**os.environ, **plat.env(plat.root / "home-runner")}
+    run = subprocess.run(
+        [str(NODE_BIN / "gitlab-ci-local"), "--shell-isolation", "--force-shell-executor", "--concurrency", "4",
+         "--variable", "CI_COMMIT_REF_PROTECTED=true"],
+        cwd=project, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=900)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    jobs = passed(run)
+    # The parent's jobs (no merge-request job on a protected branch), then the child's, run by the trigger.
+    assert {"pib-plan", "pib-build"} <= jobs and "pib-check" not in jobs
+    child = {j.split("->", 1)[1].strip() for j in jobs if "->" in j}
+    assert child == {"build:a", "build:b", "build:c", "image:boot"}
+    child_file = project / ".gitlab-ci-local" / "artifacts" / "pib-plan" / "pib-child.yml"
+    assert load_yaml(child_file.read_text())["build:c"]["script"][0] == 'eval "$PIB_INSTALL"'
+
+    # Every component was published: a fresh machine restores all and builds nothing.
+    fresh, fresh_home = machine(plat, "fresh")
+    rc, data = plan(plat, fresh, fresh_home)
+    assert rc == 0 and set(actions(data).values()) == {"restorable"}

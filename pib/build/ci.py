@@ -6,7 +6,9 @@ from a store, or to be built. From that report this module writes a GitLab CI
 child pipeline or a GitHub Actions workflow: one job per component no shared
 store holds, `needs:` from the dependency graph, and a last job that makes
 the image from the stores. Jobs on different machines meet only through the
-shared stores, so every component a job touches must be prebuilt.
+shared stores. A component that is not prebuilt is never published (RFD 141),
+so it gets no job of its own: the last job, which makes the image, builds it
+from its commit after restoring its prebuilt dependencies.
 """
 
 from __future__ import annotations
@@ -83,16 +85,17 @@ class Job(NamedTuple):
 
 
 def jobs(cfg: Config, report: PlanReport, *, every: bool = False) -> list[Job]:
-    """The component jobs: those no shared store holds (all with `every`), in dependency order.
+    """The component jobs: prebuilt components no shared store holds (all with `every`), in dependency order.
 
     A job needs every job of its dependency closure (not only of its direct dependencies): `pib build X`
     restores X's whole closure, and a dependency the stores hold may itself depend on one that gets a job.
+    Components that are not prebuilt get no job: the last job builds them (`unpublished`).
     """
     local = cfg.local_store.name
     by_name = {s.component: s for s in report.steps}
     _check_shareable(cfg, report)
-    chosen = [s.component for s in report.steps
-              if every or s.action == BUILD or not any(n != local for n in s.stores)]
+    chosen = [s.component for s in report.steps if s.prebuilt
+              and (every or s.action == BUILD or not any(n != local for n in s.stores))]
     closure: dict[str, set[str]] = {}
     for s in report.steps:  # dependency order: a dependency's closure is known first
         closure[s.component] = set().union(*({d} | closure[d] for d in s.depends)) if s.depends else set()
@@ -105,25 +108,35 @@ def jobs(cfg: Config, report: PlanReport, *, every: bool = False) -> list[Job]:
     return out
 
 
+def unpublished(report: PlanReport) -> tuple[str, ...]:
+    """Components that are not prebuilt: never published, so the last job of a pipeline builds them."""
+    return tuple(s.component for s in report.steps if not s.prebuilt)
+
+
 def _check_shareable(cfg: Config, report: PlanReport) -> None:
     if not any(s.publish for s in cfg.stores):
         raise PibError("a CI pipeline needs a shared store that takes published artifacts, and none is configured",
                        reason=Reason.CONFIG, where=cfg.sources.get("store"),
                        hint="add an http or s3 [[store]] (publish = true) to pib.toml; see docs/ci.md")
+    local = {s.component for s in report.steps if not s.prebuilt}
     for s in report.steps:
         c = cfg.component(s.component)
-        if not c.prebuilt:
-            raise PibError(
-                f"component {c.name!r} is not prebuilt: CI jobs on separate machines meet only through the "
-                "stores, so each one would build it again", reason=Reason.CONFIG,
-                where=cfg.sources.get(f"components.{c.name}.prebuilt", c.where),
-                hint=f"set prebuilt = true for {c.name} in pib.toml")
         if s.local_only:
             why = "is built with network access" if c.network else "has uncommitted changes"
-            raise PibError(f"component {c.name!r} {why}, so its artifacts are never shared",
-                           reason=Reason.PUBLISH, where=c.where if c.network else None,
+            raise PibError(f"component {c.name!r} {why}, so its artifacts are never shared and its build is not "
+                           "the commit CI checks out", reason=Reason.PUBLISH,
+                           where=cfg.sources.get(f"components.{c.name}.network", c.where) if c.network else c.where,
                            hint="commit the changes (CI builds commits)" if not c.network
                            else "declare its downloads as sources and drop network = true")
+        behind = [d for d in s.depends if d in local]
+        if c.prebuilt and behind:
+            # Its artifact would be keyed by an output only the job that built it has: every job restoring it
+            # would have to rebuild that dependency into the very same bytes first.
+            raise PibError(
+                f"component {c.name!r} is prebuilt but depends on {behind[0]!r}, which is not: CI jobs on separate "
+                f"machines share only published artifacts, and {behind[0]} is never published",
+                reason=Reason.CONFIG, where=cfg.sources.get(f"components.{c.name}.depends", c.where),
+                hint=f"set prebuilt = true for {behind[0]}, or drop prebuilt = true from {c.name}, in pib.toml")
 
 
 def _workspace_dir(cfg: Config) -> str:
@@ -147,6 +160,18 @@ def _image_lines(cfg: Config, opts: PipelineOptions, wsdir: str) -> list[str]:
     return [_pib(opts, wsdir, "configure"), _pib(opts, wsdir, "build", "--deps-from-store", *boot)]
 
 
+def _last_job(cfg: Config, report: PlanReport, opts: PipelineOptions) -> str:
+    """What the last job does: "image" (make it, building the unpublished components), "local" (build the
+    unpublished components of a plan without an image) or "" (no last job)."""
+    if cfg.image is not None and opts.image:
+        return "image"
+    return "local" if unpublished(report) else ""
+
+
+def _local_lines(opts: PipelineOptions, wsdir: str, names: tuple[str, ...]) -> list[str]:
+    return [_pib(opts, wsdir, "configure"), _pib(opts, wsdir, "build", *names, "--deps-from-store", "--no-image")]
+
+
 def _build_lines(opts: PipelineOptions, wsdir: str, name: str) -> list[str]:
     return [_pib(opts, wsdir, "configure"), _pib(opts, wsdir, "build", name, "--publish", "--deps-from-store")]
 
@@ -164,7 +189,8 @@ def gitlab(cfg: Config, report: PlanReport, opts: PipelineOptions = _DEFAULTS) -
             "needs": [names[d] for d in j.needs],
             "script": [*opts.setup, *_build_lines(opts, wsdir, j.component)],
         }
-    if cfg.image is not None and opts.image:
+    last = _last_job(cfg, report, opts)
+    if last == "image":
         out = cfg.workspace.output_dir.resolve()
         artifacts: dict[str, Any] = {}
         if out.is_relative_to(cfg.workspace.root.resolve()):
@@ -176,11 +202,18 @@ def gitlab(cfg: Config, report: PlanReport, opts: PipelineOptions = _DEFAULTS) -
             "script": [*opts.setup, *_image_lines(cfg, opts, wsdir)],
             **artifacts,
         }
-    if not todo and "image:boot" not in doc:
+    elif last == "local":
+        doc["build:unpublished"] = {
+            "stage": "image", **tags,
+            "needs": [names[j.component] for j in todo],
+            "script": [*opts.setup, *_local_lines(opts, wsdir, unpublished(report))],
+        }
+    if not todo and not last:
         # A child pipeline must have a job.
         doc["up-to-date"] = {"stage": "build", **tags, "needs": [],
                              "script": ["echo every component is in the stores: nothing to build"]}
-    return _header("GitLab CI child pipeline", report) + to_yaml(doc)
+    return _header("GitLab CI child pipeline", report, "image:boot" if last == "image" else "build:unpublished") \
+        + to_yaml(doc)
 
 
 _GITHUB_ID = re.compile(r"[^A-Za-z0-9_-]")
@@ -221,16 +254,21 @@ def github(cfg: Config, report: PlanReport, opts: PipelineOptions = _DEFAULTS) -
             del job_docs[ids[j.component]]["needs"]
         if opts.environment:
             job_docs[ids[j.component]]["environment"] = opts.environment
-    image = cfg.image is not None and opts.image
-    if image or not todo:
+    last = _last_job(cfg, report, opts)
+    if last or not todo:
         steps: list[dict[str, Any]] = [{"uses": "actions/checkout@v4"}]
-        if image:
+        if last == "image":
             steps.append({"name": "pib build (image from the stores)",
                           "run": "\n".join([*opts.setup, *_image_lines(cfg, opts, wsdir)])})
+        elif last == "local":
+            steps.append({"name": "pib build (components that are not prebuilt)",
+                          "run": "\n".join([*opts.setup, *_local_lines(opts, wsdir, unpublished(report))])})
         else:
             steps.append({"name": "nothing to build", "run": "echo every component is in the stores"})
-        job_docs["image"] = {"name": "image" if image else "up to date", "runs-on": runs_on,
-                             **({"needs": [ids[j.component] for j in todo]} if todo else {}), "steps": steps}
+        title = {"image": "image", "local": "unpublished components", "": "up to date"}[last]
+        job_docs["image" if last != "local" else "unpublished"] = {
+            "name": title, "runs-on": runs_on, **({"needs": [ids[j.component] for j in todo]} if todo else {}),
+            "steps": steps}
     doc: dict[str, Any] = {
         "name": "pib platform",
         "on": {"workflow_dispatch": {}, "push": {"branches": ["main"]}},
@@ -240,7 +278,7 @@ def github(cfg: Config, report: PlanReport, opts: PipelineOptions = _DEFAULTS) -
     if secrets:
         doc["env"] = {name: f"${{{{ secrets.{name} }}}}" for name in secrets}
     doc["jobs"] = job_docs
-    return _header("GitHub Actions workflow", report) + to_yaml(doc)
+    return _header("GitHub Actions workflow", report, "image" if last != "local" else "unpublished") + to_yaml(doc)
 
 
 def _secret_env(cfg: Config) -> list[str]:
@@ -256,9 +294,15 @@ def _secret_env(cfg: Config) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _header(what: str, report: PlanReport) -> str:
+def _header(what: str, report: PlanReport, last: str) -> str:
     todo = ", ".join(report.must_build) or "nothing"
-    return f"# {what} written by `pib plan`; to build: {todo}\n"
+    out = f"# {what} written by `pib plan`; to build: {todo}\n"
+    local = unpublished(report)
+    if local:
+        out += (f"# Not prebuilt, so never published (RFD 141): {', '.join(local)}. No other job could restore\n"
+                f"# what a job of its own built, so the {last} job builds it from its commit, after restoring\n"
+                "# its prebuilt dependencies from the stores.\n")
+    return out
 
 
 # --------------------------------------------------------------------------

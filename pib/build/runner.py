@@ -178,7 +178,8 @@ class BuildOptions(NamedTuple):
     publish: bool = False
     require_prebuilt: bool = False
     forced: tuple[str, ...] = ()  # with force: only these are rebuilt (empty: all); their dependencies are not
-    # A CI job's build: everything but `targets` must be up to date or restored, never built on this machine.
+    # A CI job's build: every prebuilt component but `targets` must be up to date or restored, never built
+    # on this machine (one that is not prebuilt is in no store: it is built where it is needed).
     deps_from_store: bool = False
     targets: tuple[str, ...] = ()
 
@@ -450,10 +451,10 @@ class Builder:
             if self.opts.require_prebuilt:
                 raise PibError(f"no prebuilt artifact for {c.name} ({note})", reason=Reason.PREBUILT_MISSING,
                                hint="publish one from CI, or build without --require-prebuilt")
-        if self.opts.deps_from_store and c.name not in self.opts.targets:
-            why = note if c.prebuilt else "it is not prebuilt = true, so no store holds it"
-            raise PibError(f"no prebuilt artifact for dependency {c.name} ({why}); --deps-from-store never builds "
-                           "a dependency", reason=Reason.PREBUILT_MISSING,
+        # A component that is not prebuilt is never in a store: the job that needs it builds it (the image job).
+        if self.opts.deps_from_store and c.prebuilt and c.name not in self.opts.targets:
+            raise PibError(f"no prebuilt artifact for dependency {c.name} ({note}); --deps-from-store never builds "
+                           "a prebuilt dependency", reason=Reason.PREBUILT_MISSING,
                            hint=f"build and publish {c.name} first (its own CI job), or build without --deps-from-store")
         self._emit(c.name, State.BUILDING, start, note)
         new = proto_tmp(c.proto)

@@ -332,8 +332,9 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
         b.add_argument("--require-prebuilt", action="store_true",
                        help="a prebuilt component without an artifact is an error")
         b.add_argument("--deps-from-store", action="store_true",
-                       help="build only the named components (none: only the image); every other one must be "
-                            "up to date or restored from a store, else it is an error (a CI job's build)")
+                       help="build only the named components and those not prebuilt (none named: the image); "
+                            "every other one must be up to date or restored from a store, else it is an error "
+                            "(a CI job's build)")
         b.add_argument("--no-image", action="store_true", help="build components only")
         b.add_argument("--boot", action="store_true", help="then boot the image in QEMU (like pib boot)")
         b.add_argument("--wait", action="store_true", help="wait for another build of this workspace to end")
