@@ -32,10 +32,11 @@ FAMILIES = {
                                    "nothing half in place, next run gives the clean image"),
     "hostile": ("tests/test_hostile.py", "crafted artifact in the store under the component's key; refused "
                                          "(reason verify), nothing outside touched, built locally"),
-    "hostile build": ("tests/test_hostile_build.py",
+    "hostile build": ("tests/test_hostile_build.py tests/test_hostile_output.py",
                       "a sandboxed build leaves a link to the machine key (file, directory, relative, chained, "
-                      "the kernel), a fifo, a socket or a setuid, setgid or sticky bit; refused (reason build), "
-                      "nothing put in place, kept or imaged, the key nowhere"),
+                      "the kernel), a fifo, a socket or a setuid, setgid or sticky bit: refused (reason build), "
+                      "nothing put in place, kept or imaged, the key nowhere; escape sequences in a log tail, an "
+                      "HTTP reason phrase or an unverified key document reach the terminal escaped"),
     "outage": ("tests/test_outage.py", "store down, killed mid-transfer or misbehaving; bounded time, "
                                        "warning, local build"),
     "concurrency": ("tests/test_concurrency.py", "4 simultaneous builds sharing stores; images right, "
