@@ -87,8 +87,8 @@ compression = "gzip"
     return ws
 
 
-def _build(ws: Path) -> tuple[int, dict[str, object]]:
-    r = pib(ws, "build", "--json")
+def _build(ws: Path, *args: str) -> tuple[int, dict[str, object]]:
+    r = pib(ws, "build", "--json", *args)
     return r.returncode, json.loads(r.stdout)
 
 
@@ -161,3 +161,40 @@ def test_the_image_reads_no_link_out_of_a_proto_area(tmp_path: Path) -> None:
         r = pib(ws, "image", "--json")
         assert r.returncode == EXIT_CODES[Reason.IMAGE], r.stdout
         assert not [name for name, data in _files(ws).items() if secret in data]
+
+
+UNKEYED = """\
+#!/bin/sh
+# What of the checkout this build can see, beside what its key covers.
+for p in local.cfg out/stale.o vendor/lib.c; do
+  if [ -s "$p" ]; then echo "$p seen"; else echo "$p hidden"; fi
+done > "$DESTDIR/seen.txt"
+"""
+
+
+def test_a_build_sees_nothing_its_key_does_not_cover(tmp_path: Path) -> None:
+    """Ignored files (a local configuration, products of an earlier in-tree build) and a nested repository
+    in a read-only checkout are hidden from its build: were they visible, they would change the bytes an
+    artifact holds without changing its key, and `build --publish` would share them under that key."""
+    with tally("hostile build", "files no key covers (ignored, a nested repository) in a checkout"):
+        make_repo(tmp_path / "repos" / "u", {"build.sh": UNKEYED, ".gitignore": "*.cfg\nout/\n"})
+        ws = tmp_path / "ws"
+        ws.mkdir()
+        (ws / "pib.toml").write_text('[platform]\nmin_version = "1"\n[sandbox]\nmode = "required"\n'
+                                     '[components.u]\nsource = "../repos/u"\nbuild = ["./build.sh"]\n')
+        assert pib(ws, "configure").returncode == 0
+        rc, clean = _build(ws)
+        assert rc == 0, clean
+        checkout = ws / "projects" / "u"
+        (checkout / "local.cfg").write_text("a developer's setting\n")
+        (checkout / "out").mkdir()
+        (checkout / "out" / "stale.o").write_text("an object of an earlier build\n")
+        make_repo(checkout / "vendor", {"lib.c": "int lib;\n"})
+        rc, again = _build(ws, "--force")
+        assert rc == 0, again
+        assert again["components"][0]["key"] == clean["components"][0]["key"]  # type: ignore[index]
+        assert (ws / "proto.u" / "seen.txt").read_text().split("\n")[:3] == [
+            "local.cfg hidden", "out/stale.o hidden", "vendor/lib.c hidden"]
+        # Hidden, not touched.
+        assert (checkout / "local.cfg").read_text() == "a developer's setting\n"
+        assert (checkout / "vendor" / "lib.c").is_file() and (checkout / "out" / "stale.o").is_file()
