@@ -32,11 +32,12 @@ FAMILIES = {
                                    "nothing half in place, next run gives the clean image"),
     "hostile": ("tests/test_hostile.py", "crafted artifact in the store under the component's key; refused "
                                          "(reason verify), nothing outside touched, built locally"),
-    "hostile build": ("tests/test_hostile_build.py tests/test_hostile_output.py",
+    "hostile build": ("tests/test_hostile_build.py tests/test_hostile_output.py tests/test_hostile_git.py",
                       "a sandboxed build leaves a link to the machine key (file, directory, relative, chained, "
                       "the kernel), a fifo, a socket or a setuid, setgid or sticky bit: refused (reason build), "
                       "nothing put in place, kept or imaged, the key nowhere; escape sequences in a log tail, an "
-                      "HTTP reason phrase or an unverified key document reach the terminal escaped"),
+                      "HTTP reason phrase or an unverified key document reach the terminal escaped; core.ignorecase "
+                      "in a repository's config hides no file from the key"),
     "hostile store": ("tests/test_hostile_store.py", "local store metadata that is a fifo or a link to /dev/zero; "
                                                      "build, status and explain end within seconds with a store "
                                                      "warning and a local build"),
@@ -218,6 +219,9 @@ instead, and their case names below say which ran.
 - A build saw the files of its checkout that its key does not cover (ignored by a `.gitignore`, nested
   repositories): a local setting or a stale object changed the artifact without changing its key, and
   `build --publish` shared it. They are now hidden from the build (`writable_source` builds excepted).
+- `core.ignorecase = true` in a repository's own `.git/config` made a new file differing from a tracked one
+  in case only (`TOOL.sh` beside `tool.sh`) no content: the tree stayed clean and the key unchanged. The
+  key's git commands now pin it off (and the stat check and index hash at their defaults).
 - Local store metadata that was a fifo held `pib build`, `status` and `explain` forever (the reading thread
   never returned, so not even SIGTERM ended pib); a link to /dev/zero was read until memory ran out. It is
   now read like every record: regular files only, at most 1 MiB, never blocking; else a store warning.

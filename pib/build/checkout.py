@@ -59,6 +59,10 @@ HERMETIC = (
     "-c", "core.excludesFile=/dev/null", "-c", "core.attributesFile=/dev/null", "-c", "core.autocrlf=false",
     "-c", "core.safecrlf=false", "-c", "core.fileMode=true", "-c", "core.symlinks=true",
     "-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false", "-c", "core.quotePath=false",
+    # A repository's own config too: with ignorecase a file differing from a tracked one in case only is
+    # not content; with a lax stat check or a skipped index hash an edit can go unseen.
+    "-c", "core.ignorecase=false", "-c", "core.checkStat=default", "-c", "core.trustctime=true",
+    "-c", "index.skipHash=false",
 )
 
 
