@@ -7,7 +7,8 @@ dropped, only these exist:
   read-only   the system directories (/usr, the /bin and /lib* links or
               directories, cbe.system_path, the dynamic linker's cache and
               /etc/alternatives), a minimal /etc/passwd, group and hosts, the
-              CBE prefix, the component's checkout (its .git always read-only),
+              CBE prefix, the component's checkout (its .git always read-only; what
+              its key does not cover, ignored files and nested repositories, hidden),
               the proto areas of its dependencies, its key files, its declared
               sources ($PIB_SOURCES) and sandbox.ro_paths, each at its real path
   writable    DESTDIR and PIB_BUILD_DIR (and the checkout of a component that
@@ -215,7 +216,13 @@ def bwrap_args(cfg: Config, comp: ComponentConfig, env: Mapping[str, str], *, de
     mounts.bind(comp.checkout, writable=comp.writable_source)
     if comp.writable_source and (comp.checkout / ".git").exists():
         mounts.ro(comp.checkout / ".git")  # git runs hooks and fsmonitor from there, outside the sandbox
-    for path in hidden:  # what the key does not cover: an empty directory or file in its place
+    # What the key does not cover: an empty directory or file in its place (not where a declared input
+    # or a writable place is mounted later: that one is bound on its own).
+    later = [destdir, *(cfg.component(d).proto for d in comp.depends), *comp.key_files, *cfg.sandbox.ro_paths,
+             *(Path(env[k]) for k in ("PIB_BUILD_DIR", "PIB_SOURCES", "HOME") if Path(env.get(k) or "-").is_absolute())]
+    for path in hidden:
+        if any(m == path or m.is_relative_to(path) for m in later):
+            continue
         if path.is_dir():
             mounts.args += ["--tmpfs", str(path), "--remount-ro", str(path)]
         else:
