@@ -32,6 +32,18 @@ FAMILIES = {
                                    "nothing half in place, next run gives the clean image"),
     "hostile": ("tests/test_hostile.py", "crafted artifact in the store under the component's key; refused "
                                          "(reason verify), nothing outside touched, built locally"),
+    "hostile build": ("tests/test_hostile_build.py tests/test_hostile_output.py tests/test_hostile_git.py",
+                      "a sandboxed build leaves a link to the machine key (file, directory, relative, chained, "
+                      "the kernel), a fifo, a socket or a setuid, setgid or sticky bit: refused (reason build), "
+                      "nothing put in place, kept or imaged, the key nowhere; escape sequences in a log tail, an "
+                      "HTTP reason phrase or an unverified key document reach the terminal escaped; core.ignorecase "
+                      "in a repository's config hides no file from the key"),
+    "hostile store": ("tests/test_hostile_store.py", "local store metadata that is a fifo or a link to /dev/zero; "
+                                                     "build, status and explain end within seconds with a store "
+                                                     "warning and a local build"),
+    "signal": ("tests/test_signal.py", "SIGTERM or SIGINT to pib alone at a point of a build, restore, image, "
+                                       "publish or CBE install (its handlers run); exit 130 soon, nothing half "
+                                       "in place, next run gives the clean image"),
     "outage": ("tests/test_outage.py", "store down, killed mid-transfer or misbehaving; bounded time, "
                                        "warning, local build"),
     "concurrency": ("tests/test_concurrency.py", "4 simultaneous builds sharing stores; images right, "
@@ -196,6 +208,26 @@ instead, and their case names below say which ran.
 - The fuzzer found that a byte that is not ASCII in a memo of the private index (`.pib/index/NAME.tree`,
   `NAME.trees`) crashed `pib build` (`UnicodeDecodeError`); a damaged memo is now not believed (the tree
   is computed again).
+- A sandboxed build could not read the machine's signing key, but it could name it: a symlink in its proto
+  area to `~/.config/pib/machine.key` (or to its directory), listed in its manifest or named as the kernel,
+  put the private key into the boot archive, because the image step ran outside the sandbox and followed
+  it. A build may now leave only what a restore accepts (no link that is absolute or leaves the proto area,
+  no special file, no setuid, setgid or sticky bit: a build error, nothing put in place), and the image
+  step reads a component's files only inside its proto area.
+- A build that left a fifo, a socket or a setuid file was kept and published; every restore then refused
+  the artifact (the socket was silently dropped from the archive). It is now a build error.
+- A build saw the files of its checkout that its key does not cover (ignored by a `.gitignore`, nested
+  repositories): a local setting or a stale object changed the artifact without changing its key, and
+  `build --publish` shared it. They are now hidden from the build (`writable_source` builds excepted).
+- `core.ignorecase = true` in a repository's own `.git/config` made a new file differing from a tracked one
+  in case only (`TOOL.sh` beside `tool.sh`) no content: the tree stayed clean and the key unchanged. The
+  key's git commands now pin it off (and the stat check and index hash at their defaults).
+- Local store metadata that was a fifo held `pib build`, `status` and `explain` forever (the reading thread
+  never returned, so not even SIGTERM ended pib); a link to /dev/zero was read until memory ran out. It is
+  now read like every record: regular files only, at most 1 MiB, never blocking; else a store warning.
+- pib printed what others wrote as it was: escape sequences in a build's log tail, a store's HTTP reason
+  phrase or the key document of an unverified artifact (`pib explain`) reached the terminal (retitling it,
+  clearing it, setting the clipboard). Every control character pib prints is now escaped (`\\x1b`).
 
 ## Known limits
 
@@ -206,6 +238,11 @@ instead, and their case names below say which ran.
 - A NUL byte in a quoted key name is reported at the line of its table, not of the key.
 - The leftovers of a kill inside `git add` (its lock file, a truncated index) are planted by the tests as
   such a kill leaves them, not produced by a SIGKILL timed inside git.
+- A build with `writable_source = true` sees the ignored files of its checkout (its own earlier products
+  among them); with `sandbox.mode = "none"` (or where bubblewrap cannot run) a build sees and may write
+  anything the user can, and a process it leaves behind may write into its proto area after pib packed it.
+- The signal cases send SIGTERM or SIGINT at five points; a probe of all 22 function points of the kill
+  family with SIGTERM (and of these five with SIGINT) held before any change, so those stay a guard.
 
 {KEY_SOUNDNESS}
 ## Every case

@@ -496,31 +496,43 @@ class Reader:
 
     def _resolve(self, name: str, target: str) -> None:
         """Resolve a symlink against the member table; refuse if it leaves the tree."""
-        hops = 0
-        stack: list[str] = [p for p in posixpath.dirname(name).split("/") if p]
-        todo = [p for p in target.split("/") if p not in ("", ".")]
-        todo.reverse()
-        while todo:
-            part = todo.pop()
-            if part == "..":
-                if not stack:
-                    raise self.refuse(f"{name}: symlink to {target!r} points outside the tree")
-                stack.pop()
-                continue
-            here = "/".join([*stack, part])
-            member = self.members.get(here)
-            if member is not None and member.kind == "symlink":
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    raise self.refuse(f"{name}: symlink loop")
-                if member.target.startswith("/"):
-                    if self.limits.allow_absolute_links:
-                        return  # leaves the tree by design; the writer never follows it
-                    raise self.refuse(f"{name}: symlink chain reaches an absolute target")
-                more = [p for p in member.target.split("/") if p not in ("", ".")]
-                todo.extend(reversed(more))
-                continue
-            stack.append(part)
+        why = link_escape(name, target, lambda n: m.target if (m := self.members.get(n)) is not None
+                          and m.kind == "symlink" else None, allow_absolute=self.limits.allow_absolute_links)
+        if why:
+            raise self.refuse(why)
+
+
+def link_escape(name: str, target: str, link_at: Callable[[str], str | None], *,
+                allow_absolute: bool = False) -> str | None:
+    """Why the symlink `name` -> `target` leaves its tree (None if it stays inside), resolved lexically:
+    `link_at(path)` is the target of the symlink at that tree path, None if there is none.
+    The one rule for archives and for trees a build leaves."""
+    if not target or target.startswith("/"):
+        return None if allow_absolute and target else f"{name}: symlink target {target!r} is absolute or empty"
+    hops = 0
+    stack: list[str] = [p for p in posixpath.dirname(name).split("/") if p]
+    todo = [p for p in target.split("/") if p not in ("", ".")]
+    todo.reverse()
+    while todo:
+        part = todo.pop()
+        if part == "..":
+            if not stack:
+                return f"{name}: symlink to {target!r} points outside the tree"
+            stack.pop()
+            continue
+        here = "/".join([*stack, part])
+        link = link_at(here)
+        if link is not None:
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                return f"{name}: symlink loop"
+            if link.startswith("/"):
+                return None if allow_absolute else f"{name}: symlink chain reaches an absolute target"
+            more = [p for p in link.split("/") if p not in ("", ".")]
+            todo.extend(reversed(more))
+            continue
+        stack.append(part)
+    return None
 
 
 def audit(tree: Path, members: int, limits: Limits, archive: Path) -> None:

@@ -59,6 +59,10 @@ HERMETIC = (
     "-c", "core.excludesFile=/dev/null", "-c", "core.attributesFile=/dev/null", "-c", "core.autocrlf=false",
     "-c", "core.safecrlf=false", "-c", "core.fileMode=true", "-c", "core.symlinks=true",
     "-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false", "-c", "core.quotePath=false",
+    # A repository's own config too: with ignorecase a file differing from a tracked one in case only is
+    # not content; with a lax stat check or a skipped index hash an edit can go unseen.
+    "-c", "core.ignorecase=false", "-c", "core.checkStat=default", "-c", "core.trustctime=true",
+    "-c", "index.skipHash=false",
 )
 
 
@@ -605,6 +609,28 @@ def untracked_files(checkout: Path) -> list[str]:
     """Untracked files no .gitignore of the tree ignores: work a user has not committed yet."""
     out = git(["ls-files", "-z", "--others", "--exclude-per-directory=.gitignore"], checkout, hermetic=True)
     return sorted(p for p in out.split("\0") if p)
+
+
+def unkeyed_paths(checkout: Path) -> list[str]:
+    """What lies in the working tree that no key covers: untracked paths a .gitignore of the tree ignores
+    (a directory all of whose content is, as "DIR/") and nested repositories that are not submodules
+    ("DIR/"). A local configuration file, or what an earlier build in the checkout left."""
+    ignored = git(["ls-files", "-z", "--others", "--ignored", "--directory", "--exclude-per-directory=.gitignore"],
+                  checkout, hermetic=True)
+    others = git(["ls-files", "-z", "--others", "--exclude-per-directory=.gitignore"], checkout, hermetic=True)
+    found = {p for p in ignored.split("\0") if p} | {p for p in others.split("\0") if p.endswith("/")}
+    dirs = {p for p in found if p.endswith("/")}
+    # git lists the content of an ignored directory beside it at times: the directory says it all
+    return sorted(p for p in found if next(_prefixes(p, dirs), None) is None)
+
+
+def _prefixes(path: str, dirs: set[str]) -> Iterator[str]:
+    """The directories ("D/") in `dirs` above `path`."""
+    cut = path.find("/")
+    while 0 <= cut < len(path) - 1:
+        if path[:cut + 1] in dirs:
+            yield path[:cut + 1]
+        cut = path.find("/", cut + 1)
 
 
 def changed_files(checkout: Path, old_tree: str, new_tree: str) -> list[str]:

@@ -18,6 +18,7 @@ import os
 import stat
 from pathlib import Path
 
+from pib.artifacts.tarread import link_escape
 from pib.fsutil import sha256_file
 
 FORMAT = 1
@@ -50,6 +51,37 @@ def output_digest(proto: Path) -> str:
             h.update(len(part).to_bytes(8, "big"))
             h.update(part)
     return _PREFIX + h.hexdigest()
+
+
+_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+
+
+def refusals(tree: Path, *, most: int = 20) -> list[str]:
+    """What in the tree a build left would make its artifact refused on restore (the archive policy of
+    pib.artifacts.tarread): a special file, a setuid, setgid or sticky bit, a symlink that is absolute
+    or leaves the tree. A proto area holds such things only by mistake or malice: the image takes
+    modes and owners from the manifests, and a link out of the tree is a way for a build to make
+    steps outside its sandbox (image, pack, a dependent) read the host's files."""
+    out: list[str] = []
+    links: dict[str, str] = {}
+    for rel, full in _entries(tree):
+        st = os.lstat(full)
+        kind = stat.S_IFMT(st.st_mode)
+        if kind == stat.S_IFLNK:
+            links[rel] = os.readlink(full)
+        elif kind not in (stat.S_IFDIR, stat.S_IFREG):
+            out.append(f"{rel}: a {_KIND_NAMES.get(kind, 'special file')}")
+        elif st.st_mode & _SPECIAL_BITS:
+            out.append(f"{rel}: mode {stat.S_IMODE(st.st_mode):04o} has a setuid, setgid or sticky bit")
+    for rel, target in sorted(links.items()):
+        why = link_escape(rel, target, links.get)
+        if why:
+            out.append(why)
+    return out[:most]
+
+
+_KIND_NAMES = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
+               stat.S_IFBLK: "block device"}
 
 
 def _entries(root: Path) -> list[tuple[str, str]]:

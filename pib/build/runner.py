@@ -506,6 +506,18 @@ class Builder:
                 hint="put build products in .gitignore, and do not change a checkout while it builds; "
                      "then build again",
             )
+        # What a restore would refuse is not kept either: it would reach the image, the stores and
+        # dependents, and steps outside the sandbox would follow a link out of the tree.
+        refused = output.refusals(dest)
+        if refused:
+            remove_tree(dest)
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            raise PibError(
+                f"the build of {c.name} left {refused[0]}{more}; nothing was put in place, kept or published",
+                reason=Reason.BUILD, detail="\n".join(refused),
+                hint="a proto area holds only directories, regular files and symlinks that stay inside it: "
+                     "set modes and owners in the manifest (the image takes them from there) and make links "
+                     "relative, within the proto area")
         return res
 
     def _check_reproducible(self, p: Plan, digest: str, how: str) -> None:

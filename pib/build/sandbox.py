@@ -7,7 +7,8 @@ dropped, only these exist:
   read-only   the system directories (/usr, the /bin and /lib* links or
               directories, cbe.system_path, the dynamic linker's cache and
               /etc/alternatives), a minimal /etc/passwd, group and hosts, the
-              CBE prefix, the component's checkout (its .git always read-only),
+              CBE prefix, the component's checkout (its .git always read-only; what
+              its key does not cover, ignored files and nested repositories, hidden),
               the proto areas of its dependencies, its key files, its declared
               sources ($PIB_SOURCES) and sandbox.ro_paths, each at its real path
   writable    DESTDIR and PIB_BUILD_DIR (and the checkout of a component that
@@ -34,8 +35,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pib.build.checkout import unkeyed_paths
 from pib.config.types import ComponentConfig, Config
-from pib.errors import ConfigError, local_error
+from pib.errors import ConfigError, PibError, Reason, local_error
 from pib.fsutil import write_atomic
 from pib.run import BASE_PATH, minimal_env, run
 
@@ -49,6 +51,7 @@ SYSTEM_FILES = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/et
 NETWORK_FILES = ("/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf", "/etc/ssl",
                  "/etc/ca-certificates", "/etc/pki")
 HOSTNAME = "pib-build"
+MAX_HIDDEN = 2000  # paths of a checkout hidden from its build, each a mount
 
 
 def key_fields(cfg: Config, comp: ComponentConfig) -> dict[str, Any]:
@@ -80,7 +83,10 @@ class Sandbox:
         if bwrap is None:
             return list(argv), dict(env)
         etc = self._etc(env)
-        return [bwrap, *bwrap_args(self.cfg, plan.comp, env, destdir=destdir, etc=etc), "--", *argv], dict(env)
+        comp = plan.comp
+        hidden = () if comp.writable_source else hidden_paths(comp.checkout)
+        return [bwrap, *bwrap_args(self.cfg, comp, env, destdir=destdir, etc=etc, hidden=hidden), "--", *argv], \
+            dict(env)
 
     def bwrap(self) -> str | None:
         """The bubblewrap to run builds with, None to run them unisolated."""
@@ -165,8 +171,27 @@ def write_files(etc: Path, *, home: str) -> None:
     write_atomic(etc / "hosts", f"127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost\n")
 
 
+def hidden_paths(checkout: Path) -> list[Path]:
+    """What of a checkout a build must not see: what its key does not cover (ignored files, nested
+    repositories). Were they visible, a local file or a stale product of an earlier build could change
+    the bytes of an artifact without changing its key."""
+    unkeyed = unkeyed_paths(checkout)
+    if len(unkeyed) > MAX_HIDDEN:
+        raise PibError(f"{checkout} holds {len(unkeyed)} paths no key covers (ignored by a .gitignore, or "
+                       f"nested repositories), e.g. {unkeyed[0]}; a sandboxed build may not see them, and "
+                       f"pib hides at most {MAX_HIDDEN}", reason=Reason.SOURCE,
+                       hint=f"remove them (git -C {checkout} clean -ndX lists the ignored ones), or build out of "
+                            "the checkout")
+    out = []
+    for rel in unkeyed:
+        path = checkout / rel.rstrip("/")
+        if not path.is_symlink():  # a link's target is what a build reaches: mounted or not, on its own
+            out.append(path)
+    return out
+
+
 def bwrap_args(cfg: Config, comp: ComponentConfig, env: Mapping[str, str], *, destdir: Path,
-               etc: Path) -> list[str]:
+               etc: Path, hidden: Sequence[Path] = ()) -> list[str]:
     """bwrap's options for one build (everything before `--` and the command)."""
     args = ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--hostname", HOSTNAME]
@@ -194,6 +219,17 @@ def bwrap_args(cfg: Config, comp: ComponentConfig, env: Mapping[str, str], *, de
     mounts.bind(comp.checkout, writable=comp.writable_source)
     if comp.writable_source and (comp.checkout / ".git").exists():
         mounts.ro(comp.checkout / ".git")  # git runs hooks and fsmonitor from there, outside the sandbox
+    # What the key does not cover: an empty directory or file in its place (not where a declared input
+    # or a writable place is mounted later: that one is bound on its own).
+    later = [destdir, *(cfg.component(d).proto for d in comp.depends), *comp.key_files, *cfg.sandbox.ro_paths,
+             *(Path(env[k]) for k in ("PIB_BUILD_DIR", "PIB_SOURCES", "HOME") if Path(env.get(k) or "-").is_absolute())]
+    for path in hidden:
+        if any(m == path or m.is_relative_to(path) for m in later):
+            continue
+        if path.is_dir():
+            mounts.args += ["--tmpfs", str(path), "--remount-ro", str(path)]
+        else:
+            mounts.args += ["--ro-bind", "/dev/null", str(path)]
     for d in comp.depends:
         mounts.ro(cfg.component(d).proto)
     for key_file in comp.key_files:

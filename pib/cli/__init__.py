@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pib.cli.common import common_options, emit_json, load_config, want_json
+from pib.cli.common import Printable, common_options, emit_json, load_config, want_json
 
 # Command groups living in their own modules; each has register(subparsers).
 # Only the one being run is imported.
@@ -389,8 +389,6 @@ def _stop_on_signals() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pib.errors import PibError
-
     if argv is None:
         argv = sys.argv[1:]
     _stop_on_signals()
@@ -399,6 +397,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         p.print_help()
         return 2
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = Printable(sys.stdout), Printable(sys.stderr)  # type: ignore[assignment]
+    try:
+        return _run(args)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pib.errors import PibError
+
     try:
         rc = int(args.func(args))
         sys.stdout.flush()  # a reader that went away shows up here, not in the interpreter's exit

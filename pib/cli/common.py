@@ -24,6 +24,30 @@ def common_options() -> argparse.ArgumentParser:
     return p
 
 
+# Control characters other than tab and newline, C1 included: written as \\xNN, never as themselves.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0b, 0x20), *range(0x7f, 0xa0))}
+
+
+class Printable:
+    """A text stream that writes what it is given with control characters escaped.
+
+    pib prints what others wrote: a build's log tail, a store's HTTP reason phrase, the key
+    document of an unverified artifact, file names from a repository. Any of them could hold
+    escape sequences that retitle the terminal, rewrite what is on screen or, on some terminals,
+    set the clipboard. pib's own cursor movements (the live view) go to `unescaped`.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.unescaped = stream
+
+    def write(self, text: str) -> int:
+        self.unescaped.write(text.translate(_ESCAPES))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.unescaped, name)
+
+
 def load_config(args: argparse.Namespace) -> Config:
     from pib.config.loader import find_workspace, load
 

@@ -173,7 +173,8 @@ class Progress:
         out = f"\x1b[{self._drawn}F" if self._drawn else ""
         # Erase below: the view may have fewer lines than last time.
         out += "\x1b[J" + "".join(f"{line}\n" for line in lines)
-        self.stream.write(out)
+        # The view's own cursor movements; its lines are fitted, control characters gone.
+        getattr(self.stream, "unescaped", self.stream).write(out)
         self.stream.flush()
         self._drawn = len(lines)
 

@@ -118,6 +118,14 @@ def grub_files(cfg: Config, spec: MediaSpec) -> Grub:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise PibError(f"GRUB files missing: {missing[0]}{more}", reason=Reason.IMAGE, where=spec.where,
                        hint=hint)
+    if spec.bootloader is not None:
+        # A link out of the bootloader's proto area would put a host file (a key) on the media.
+        top = cfg.component(spec.bootloader).proto.resolve()
+        outside = [str(d / f) for d, files in ((grub.pc, PC_FILES), (grub.efi, EFI_FILES)) for f in files
+                   if not (d / f).resolve().is_relative_to(top)]
+        if outside:
+            raise PibError(f"GRUB file {outside[0]} leads outside the proto area of {spec.bootloader}",
+                           reason=Reason.IMAGE, where=spec.where, hint=f"build {spec.bootloader} again")
     return grub
 
 

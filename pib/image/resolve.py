@@ -52,7 +52,7 @@ class Resolved:
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # missing | parent | hardlink | user | group | passwd | release
+    kind: str  # missing | outside | parent | hardlink | user | group | passwd | release
     path: str
     where: Location
     message: str
@@ -129,6 +129,17 @@ def _within(path: str, by_path: Mapping[str, Entry]) -> Entry | None:
     return by_path.get("/".join(done)) if done else None
 
 
+def _real(path: str, area: int, parent: str, base: str, real_dirs: dict[tuple[int, str], str]) -> str:
+    """Where `path` (the file `base` in directory `parent` of an area) really is, symlinks resolved; one
+    realpath per directory, one lstat per file."""
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    d = real_dirs.get((area, parent))
+    if d is None:
+        d = real_dirs[(area, parent)] = os.path.realpath(os.path.dirname(path))
+    return f"{d}/{base}"
+
+
 def _read_db(source: str, where: Location, id_field: int, problems: list[Problem]) -> dict[str, int]:
     out: dict[str, int] = {}
     try:
@@ -193,6 +204,8 @@ def resolve(
     # One listing per (area, directory) instead of a failed stat per area per file.
     roots = [(name, os.fspath(root)) for name, root in search]
     listings: dict[tuple[int, str], set[str]] = {}
+    n_overlays = len(spec.overlays)
+    real_dirs: dict[tuple[int, str], str] = {}  # (area, directory) -> where it really is
 
     for e in entries:
         parent = e.path.rpartition("/")[0]
@@ -218,6 +231,17 @@ def resolve(
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode):
+                    if i >= n_overlays:
+                        # A component's file is read where it really is, and only inside its proto area: a
+                        # link out of it (a build's doing) must not put a host file into the image.
+                        real = _real(candidate, i, parent, base, real_dirs)
+                        top = real_dirs.get((i, "")) or real_dirs.setdefault((i, ""), os.path.realpath(root))
+                        if not real.startswith(top + "/"):
+                            problems.append(Problem("outside", e.path, e.where,
+                                                    f"file {e.path!r} of {name} leads outside its proto area "
+                                                    f"(to {real}); build the component again"))
+                            break
+                        candidate = real
                     found[e.path] = (name, candidate, st.st_size)
                     break
             else:

@@ -547,10 +547,14 @@ def assemble(
             check_path(k.path, spec.where or Location("<image>"), "image.kernel path")
             area = area_by_name.get(k.component)
             src = area.path / k.path if area is not None else None
-            if src is None or not src.is_file():
+            if area is None or src is None or not src.is_file():
                 raise PibError(f"kernel {k.component}:{k.path} not found" + (f" at {src}" if src else ""),
                                reason=Reason.IMAGE, where=spec.where,
                                hint="build that component, or fix image.kernel in pib.toml")
+            src = src.resolve()
+            if not src.is_relative_to(area.path.resolve()):  # a link out of the proto area: a host file
+                raise PibError(f"kernel {k.component}:{k.path} leads outside its proto area (to {src})",
+                               reason=Reason.IMAGE, where=spec.where, hint=f"build {k.component} again")
             dst = pdir / k.out_name
             kdigest, ksize = _copy_hashed(src, dst)
             kernels.append(Path(output_root / name / k.out_name))

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from pib.errors import StoreError
 from pib.flock import open_lock_file, take
-from pib.fsutil import sha256_file
+from pib.fsutil import read_small, sha256_file
 from pib.store import (
     ARCHIVE_SUFFIX,
+    MAX_META,
     META_SUFFIX,
     Entries,
     NotFound,
@@ -104,11 +105,14 @@ class LocalStore:
     def get_meta(self, component: str, key: str) -> bytes:
         check_names(component, key)
         try:
-            return self._meta(component, key).read_bytes()
+            # Bounded and never blocking: a fifo or a link to /dev/zero in its place must not hold a build
+            # (or status, or explain) forever.
+            return read_small(self._meta(component, key), MAX_META)
         except FileNotFoundError:
             raise NotFound(f"{self.name}: no artifact {component}/{key}") from None
         except OSError as exc:
-            raise StoreError(f"{self.name}: cannot read {component}/{key}: {exc.strerror}") from exc
+            raise StoreError(f"{self.name}: cannot read the metadata of {component}/{key}: {exc.strerror}",
+                             hint=f"delete the entry (pib cache rm {component} {key})") from exc
 
     def get_archive(self, component: str, key: str, sha256: str, dest: Path, max_size: int) -> None:
         check_names(component, key)

@@ -10,6 +10,7 @@ The first path segment picks the behaviour for every request under it:
   /dripheaders/...  sends its status line and headers one byte every 0.2 s, forever
   /nolength/... answers 200 with no Content-Length and sends bytes until the client hangs up
   /chunked/...  answers 200 with a chunked body that never ends
+  /escape/...   answers 500 with terminal escape sequences in its reason phrase
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import pytest
 from tests.services.ports import free_ports
 
 MODES = ("500", "503", "stall", "truncated", "shortlength", "drip", "drip554", "dripheaders", "nolength", "chunked")
+# Retitles the terminal, clears the screen and (on terminals that allow it) sets the clipboard.
+ESCAPES = b"\x1b]0;pwned\x07\x1b[2J\x1b]52;c;cm0gLXJmIH4K\x07\x9b31m"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class _Handler(socketserver.BaseRequestHandler):
                 body = b"broken\n"
                 sock.sendall(f"HTTP/1.1 {mode} Oops\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
                              .encode() + body)
+            elif mode == "escape":
+                sock.sendall(b"HTTP/1.1 500 " + ESCAPES + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             elif mode == "stall":
                 stop.wait(60)
             elif mode == "truncated":
