@@ -73,6 +73,23 @@ class Platform:
         commit(repo, f"{name} {version}")
 
 
+_IGNORED = "/projects/\n/proto.*/\n/.proto.*\n/log/\n/output/\n/.pib/\n/.gitlab-ci-local/\n"
+
+
+def _shared_store(bucket: str, server: Seaweed) -> str:
+    """The pib.toml tables every job shares: the S3 store and the publishing key it trusts."""
+    return f"""[[store]]
+name = "shared"
+type = "s3"
+bucket = "{bucket}"
+endpoint_url = "{server.endpoint_url}"
+region = "us-east-1"
+
+[trust]
+public_keys = ["keys/publish.pub"]
+"""
+
+
 def make_platform(root: Path, server: Seaweed, graph: dict[str, tuple[str, ...]], *, stamped: tuple[str, ...] = (),
                   sleep: float = 0, image: bool = True, extra: str = "") -> Platform:
     bucket = f"ci-{uuid.uuid4().hex[:10]}"
@@ -100,18 +117,9 @@ def make_platform(root: Path, server: Seaweed, graph: dict[str, tuple[str, ...]]
 [platform]
 min_version = "1"
 
-{comps}[[store]]
-name = "shared"
-type = "s3"
-bucket = "{bucket}"
-endpoint_url = "{server.endpoint_url}"
-region = "us-east-1"
-
-[trust]
-public_keys = ["keys/publish.pub"]
-
+{comps}{_shared_store(bucket, server)}
 {image_section}{extra}""")
-    write(ws, {".gitignore": "/projects/\n/proto.*/\n/.proto.*\n/log/\n/output/\n/.pib/\n/.gitlab-ci-local/\n"})
+    write(ws, {".gitignore": _IGNORED})
     sh(["git", "init", "-q", "-b", "main"], ws)
     commit(ws, "workspace")
     return plat
@@ -147,19 +155,8 @@ def example_platform(root: Path, server: Seaweed) -> Platform:
     generate_keypair(plat.key, ws / "keys" / "publish.pub")
     toml = ws / "pib.toml"
     text = toml.read_text().replace('"../repos/', f'"{root / "repos"}/')
-    toml.write_text(text + f"""
-[[store]]
-name = "shared"
-type = "s3"
-bucket = "{bucket}"
-endpoint_url = "{server.endpoint_url}"
-region = "us-east-1"
-
-[trust]
-public_keys = ["keys/publish.pub"]
-""")
-    write(ws, {".gitignore": "/projects/\n/proto.*/\n/.proto.*\n/log/\n/output/\n/.pib/\n/.gitlab-ci-local/\n"
-                             "/pib.local.toml\n"})
+    toml.write_text(text + "\n" + _shared_store(bucket, server))
+    write(ws, {".gitignore": _IGNORED + "/pib.local.toml\n"})
     sh(["git", "init", "-q", "-b", "main"], ws)
     commit(ws, "the example platform")
     return plat
