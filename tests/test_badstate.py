@@ -262,3 +262,21 @@ def test_no_free_inode_for_the_pack_scratch_directory(kit: Kit, mounts: list[Cal
         assert [p.name for p in small.iterdir()] == ["proto.base"]
         assert tree_digest(small / "proto.base") == kit.refs["plain"][1]["base"]
         assert data["image"]["sha256"] == kit.refs["plain"][0]  # type: ignore[index]
+
+
+def test_configure_into_a_read_only_projects_directory(kit: Kit, mounts: list[Callable[[], object]]) -> None:
+    with tally("bad state", "projects read-only at configure: workspace error naming it, recovers"):
+        ws = new_ws(kit, "ro-projects")
+        projects = ws / "projects"
+        if projects.exists():
+            shutil.rmtree(projects)
+        umount = _mount(projects, "read-only", mounts)
+        r = pib(kit, ws, "configure", "--json")
+        assert r.returncode == WORKSPACE, r.stderr
+        err = _json(r)["error"]
+        assert err["reason"] == "workspace", err  # type: ignore[index]
+        assert str(projects) in err["message"], err  # type: ignore[index]
+        umount()
+        assert pib(kit, ws, "configure").returncode == 0
+        _recovers(kit, ws)
+

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import hashlib
 import json
 import math
@@ -143,7 +144,12 @@ def ensure_checkout(comp: ComponentConfig, *, update: bool = False, log: Log | N
                 hint=f"move it away, or run: pib clobber {comp.name}",
             )
         _check_source(comp, sources)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(dest.parent, os.W_OK):  # a read-only mount: the workspace's problem, not the source's
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dest.parent))
+        except OSError as exc:
+            raise local_error(dest.parent, exc, f"check out {comp.name} in") from None
         tmp = dest.with_name(f".{dest.name}.cloning")
         remove_tree(tmp)
         args = ["clone", "--quiet"]
