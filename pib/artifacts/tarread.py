@@ -342,31 +342,23 @@ class Reader:
             self._member(typeflag, name_raw, link_raw, mode, mtime, size)
             if typeflag != _FILE:
                 continue
-            # The member's data: handed on as views of the decompressed buffers, never copied.
-            left = size
-            while left:
+            # The member's data and its padding to the next block; the data handed on as views of the
+            # decompressed buffers, never copied.
+            done, whole = 0, _padded(size)
+            while done < whole:
                 if pos == end:
                     buf = read()
                     if not buf:
-                        raise self.refuse("archive is truncated (in a member's data)")
+                        where = "data" if done < size else "padding"
+                        raise self.refuse(f"archive is truncated (in a member's {where})")
                     pos, end = 0, len(buf)
-                take = left if left < end - pos else end - pos
-                if writer is not None:
-                    writer.write(memoryview(buf)[pos:pos + take])
+                take = min(whole - done, end - pos)
+                if writer is not None and done < size:
+                    writer.write(memoryview(buf)[pos:pos + min(take, size - done)])
                 pos += take
-                left -= take
+                done += take
             if writer is not None:
                 writer.close(mtime)
-            skip = _padded(size) - size
-            while skip:
-                if pos == end:
-                    buf = read()
-                    if not buf:
-                        raise self.refuse("archive is truncated (in a member's padding)")
-                    pos, end = 0, len(buf)
-                take = min(skip, end - pos)
-                pos += take
-                skip -= take
         # Only zeros may follow the end marker (the packer's record padding).
         rest = buf[pos:end]
         while True:
