@@ -166,6 +166,14 @@ def symlink_atomic(target: str, link: Path) -> None:
 # Trees
 
 
+def writable_dir(path: Path) -> None:
+    """Make `path` (and its parents) a directory this process can write in, or raise OSError: a
+    read-only mount too, which mkdir(exist_ok=True) does not notice."""
+    path.mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+
 def remove_tree(path: Path) -> None:
     """Remove a file, a link or a whole tree, read-only directories included.
 

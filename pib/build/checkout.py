@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import hashlib
 import json
 import math
@@ -36,7 +35,7 @@ from typing import NamedTuple
 from pib.config.types import ComponentConfig
 from pib.errors import Location, PibError, Reason, local_error
 from pib.flock import held
-from pib.fsutil import remove_tree, write_atomic
+from pib.fsutil import remove_tree, writable_dir, write_atomic
 from pib.parallel import parallel_map
 from pib.run import Log, minimal_env, run
 
@@ -145,9 +144,7 @@ def ensure_checkout(comp: ComponentConfig, *, update: bool = False, log: Log | N
             )
         _check_source(comp, sources)
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if not os.access(dest.parent, os.W_OK):  # a read-only mount: the workspace's problem, not the source's
-                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dest.parent))
+            writable_dir(dest.parent)  # a read-only projects directory is the workspace's problem, not the source's
         except OSError as exc:
             raise local_error(dest.parent, exc, f"check out {comp.name} in") from None
         tmp = dest.with_name(f".{dest.name}.cloning")

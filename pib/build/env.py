@@ -8,7 +8,6 @@ the component's own.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pib.config.types import Config, StoreSpec
 from pib.errors import local_error
+from pib.fsutil import writable_dir
 from pib.run import BASE_PATH, Log
 
 if TYPE_CHECKING:
@@ -84,9 +84,7 @@ def component_env(cfg: Config, plan: Plan, benv: BuildEnv, destdir: Path, *,
     home = cfg.workspace.state_dir / "home"
     for place in (build_dir, home):
         try:
-            place.mkdir(parents=True, exist_ok=True)
-            if not os.access(place, os.W_OK):  # a read-only mount: say so here, not in the middle of a build's log
-                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(place))
+            writable_dir(place)  # a read-only mount: said here, not in the middle of a build's log
         except OSError as exc:
             raise local_error(place, exc, f"prepare the build of {c.name} in") from None
     extra = {
