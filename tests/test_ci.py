@@ -109,6 +109,28 @@ def test_deps_from_store_never_builds_a_dependency(plat: Platform) -> None:
     assert outcomes == {"a": "restored", "b": "restored", "c": "built"}
 
 
+def test_deps_from_store_does_not_build_a_dependency_whose_shared_artifact_is_altered(plat: Platform) -> None:
+    # A job on an agent meets a dependency whose archive in the shared store no longer matches its signed
+    # metadata: it is neither restored nor built there; the job stops naming it.
+    other, other_home = machine(plat, "two")
+    assert pib_cmd(other, plat.env(other_home), "build", "a", "b", "--publish").returncode == 0
+    client: Any = plat.server.client()
+    listed = client.list_objects_v2(Bucket=plat.bucket)["Contents"]
+    archives = [o["Key"] for o in listed if o["Key"].split("/")[-2:-1] == ["a"] and o["Key"].endswith(".tar.zst")]
+    assert len(archives) == 1, listed
+    body = bytearray(client.get_object(Bucket=plat.bucket, Key=archives[0])["Body"].read())
+    body[len(body) // 2] ^= 0xFF  # same size, other bytes
+    client.put_object(Bucket=plat.bucket, Key=archives[0], Body=bytes(body))
+
+    ws, home = machine(plat, "one")
+    r = pib_cmd(ws, plat.env(home), "build", "c", "--deps-from-store", "--json")
+    assert r.returncode == EXIT_CODES[Reason.PREBUILT_MISSING], r.stderr
+    assert "dependency a" in json.loads(r.stdout)["error"]["message"]
+    outcomes = {o["component"]: o["action"] for o in json.loads(r.stdout)["components"]}
+    assert "built" not in outcomes.values(), outcomes
+    assert not (ws / "proto.a").exists() and not (ws / "proto.c").exists()
+
+
 def check_schemas(gitlab: Path, github: Path) -> None:
     for path, schema in ((gitlab, "vendor.gitlab-ci"), (github, "vendor.github-workflows")):
         r = subprocess.run([str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", schema,
