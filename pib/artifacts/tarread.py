@@ -38,6 +38,7 @@ import queue
 import re
 import stat
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ class Writer:
         self._bytes = 0
         self._queue: queue.Queue[list[tuple[Any, ...]] | None] = queue.Queue(self.QUEUED)
         self._error: BaseException | None = None
+        self.cpu = 0.0  # CPU seconds of the writing thread, once it has ended
         self._thread = threading.Thread(target=self._work, name="unpack-write", daemon=True)
         self._thread.start()
 
@@ -199,9 +201,11 @@ class Writer:
     # ---- the writing thread
 
     def _work(self) -> None:
+        start = time.thread_time()
         while True:
             batch = self._queue.get()
             if batch is None:
+                self.cpu = time.thread_time() - start
                 return
             if self._error is not None:
                 continue  # failed or stopped: drop the rest until told to end
