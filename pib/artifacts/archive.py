@@ -18,12 +18,15 @@ Unpacking is where safety matters, so one parser decides and writes
    in bounded pieces counted against the byte bound, so a bomb cannot
    exhaust memory or disk.
 3. pib's tar reader parses every header (only what pib's packer writes) and
-   checks it against the policy; a writer thread creates the members in
-   archive order, relative to directory descriptors, with O_NOFOLLOW|O_EXCL,
-   into a fresh directory inside a private 0700 temporary directory beside
-   the destination. File data is written straight from the decompressed
-   buffers. Two threads, like `tar -I zstd` with its two processes: the
-   system calls no longer wait for the parsing.
+   checks it against the policy; a writer creates the members in archive
+   order, relative to directory descriptors, with O_NOFOLLOW|O_EXCL, into a
+   fresh directory inside a private 0700 temporary directory beside the
+   destination. File data is written straight from the decompressed
+   buffers. The writer runs beside the reader, as tar runs beside zstd: a
+   thread for small archives; for large ones a forked process, which has an
+   interpreter lock of its own and reads the data from shared memory
+   (tarread.WriterProcess). It decides nothing: it carries out what the
+   reader passed.
 4. Every symlink is resolved against the complete member table; the hash
    must match; then an lstat walk of the extracted tree refuses anything
    outside the policy (special files, special mode bits, entries the archive
@@ -36,18 +39,20 @@ Any refusal raises VerifyError and removes the temporary directory.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import queue
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
 import zstandard
 
-from pib.artifacts.tarread import BLOCK, Limits, Reader, Writer, audit, refuse
+from pib.artifacts.tarread import BLOCK, Limits, Reader, Writer, WriterProcess, audit, refuse
 from pib.errors import PibError, Reason, VerifyError
 from pib.fsutil import remove_tree, replace_dir, sha256_file
 from pib.run import Log, minimal_env, run
@@ -58,6 +63,9 @@ READ_SIZE = 1 << 20  # decompressed bytes per read: bounds memory per step
 # Compressed bytes per read of the archive. Each read takes the interpreter lock from the parsing thread;
 # zstd's own 128 KiB made ten times as many hand-overs, each of which can wait for the lock.
 COMPRESSED_READ = 1 << 20
+# From this compressed size up, a forked process writes the tree (tarread.WriterProcess): the fork costs
+# less than the interpreter lock a writing thread waits for.
+PROCESS_FROM = 4 << 20
 NO_SPECIAL_BITS = Limits()  # the default policy
 
 
@@ -249,7 +257,8 @@ class _Decompressed:
     than with the decompression inline.
     """
 
-    def __init__(self, path: Path, limits: Limits, *, hashed: bool = True) -> None:
+    def __init__(self, path: Path, limits: Limits, *, hashed: bool = True,
+                 into: Callable[[], mmap.mmap] | None = None) -> None:
         self.path = path
         # Headers and padding come on top of member data; allow for them.
         self.bound = limits.max_bytes + (limits.max_members + 64) * 3 * BLOCK
@@ -260,13 +269,19 @@ class _Decompressed:
         self._fh: BinaryIO = cast(BinaryIO, self._hashed) if self._hashed is not None else self._raw
         self._reader = zstandard.ZstdDecompressor().stream_reader(self._fh, read_size=COMPRESSED_READ,
                                                                   read_across_frames=True)
+        self._into = into  # where to decompress each piece: a new bytes object when None
         self._done = False
 
-    def read(self) -> bytes:
+    def read(self) -> bytes | mmap.mmap:
         if self._done:
             return b""
         try:
-            chunk: bytes = self._reader.read(READ_SIZE)
+            if self._into is None:
+                chunk: bytes | mmap.mmap = self._reader.read(READ_SIZE)
+            else:
+                buf = self._into()
+                n = self._reader.readinto(buf)
+                chunk = buf if n == len(buf) else buf[:n]
         except zstandard.ZstdError as exc:
             self._done = True
             raise _refuse(self.path, f"corrupt zstd data ({exc})") from exc
@@ -376,9 +391,9 @@ def unpack(
     try:
         tree = private / "tree"
         tree.mkdir()
-        writer = Writer(tree)
+        writer, into = _writer(tree, archive.stat().st_size >= PROCESS_FROM)
+        stream = _Decompressed(archive, limits, hashed=sha256 is not None, into=into)
         reader = Reader(archive, limits, writer)
-        stream = _Decompressed(archive, limits, hashed=sha256 is not None)
         read_cpu = time.thread_time()
         try:
             try:
@@ -402,6 +417,17 @@ def unpack(
         remove_tree(private)
     return UnpackResult(len(reader.members), stream.count, time.monotonic() - start, read_cpu, writer.cpu,
                         audit_seconds)
+
+
+def _writer(tree: Path, large: bool) -> tuple[Writer, Callable[[], mmap.mmap] | None]:
+    """The writer for an archive, and where to decompress into for it."""
+    if large:
+        try:
+            forked = WriterProcess(tree)
+            return forked, forked.buffer
+        except OSError:  # no process to be had (a process limit, no memory): the thread does the same
+            pass
+    return Writer(tree), None
 
 
 def _mismatch(archive: Path) -> VerifyError:

@@ -31,21 +31,26 @@ at the end, deepest first.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import marshal
+import mmap
 import os
 import posixpath
 import queue
 import re
+import signal
 import stat
+import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pib.errors import VerifyError
+from pib.errors import PibError, Reason, VerifyError
 
 BLOCK = 512
 MAX_LONGNAME = 4096 + 1  # PATH_MAX and its NUL
@@ -67,9 +72,10 @@ _KINDS = {ord("3"): "character device", ord("4"): "block device", ord("6"): "fif
           0: "old-style file", ord("x"): "pax header", ord("g"): "pax global header", ord("S"): "sparse file",
           ord("M"): "multi-volume continuation", ord("V"): "volume label", ord("D"): "GNU dump directory"}
 
-_OP_MKDIR, _OP_FILE, _OP_WRITE, _OP_CLOSE, _OP_SYMLINK, _OP_HARDLINK = range(6)
+_OP_MKDIR, _OP_FILE, _OP_WRITE, _OP_CLOSE, _OP_SYMLINK, _OP_HARDLINK, _OP_SHARED = range(7)
 _OPEN_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+Buffer = bytes | mmap.mmap  # what the reader parses: a decompressed piece (slices of either are bytes)
 # errors that only a member clashing with another (or a path through a non-directory) can cause
 _CLASH = {errno.EEXIST, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENOENT}
 
@@ -115,9 +121,16 @@ class Writer:
         self._umask = _current_umask()
         self._ops: list[tuple[Any, ...]] = []
         self._bytes = 0
-        self._queue: queue.Queue[list[tuple[Any, ...]] | None] = queue.Queue(self.QUEUED)
         self._error: BaseException | None = None
-        self.cpu = 0.0  # CPU seconds of the writing thread, once it has ended
+        self.cpu = 0.0  # CPU seconds of the writing thread (or process), once it has ended
+        try:
+            self._start()
+        except BaseException:
+            os.close(self.root_fd)
+            raise
+
+    def _start(self) -> None:
+        self._queue: queue.Queue[list[tuple[Any, ...]] | None] = queue.Queue(self.QUEUED)
         self._thread = threading.Thread(target=self._work, name="unpack-write", daemon=True)
         self._thread.start()
 
@@ -131,9 +144,9 @@ class Writer:
     def file(self, name: str, mode: int, mtime: int) -> None:
         self._push((_OP_FILE, name, mode))
 
-    def write(self, data: memoryview) -> None:
-        self._ops.append((_OP_WRITE, data))
-        self._bytes += len(data)
+    def write(self, buf: Buffer, start: int, stop: int) -> None:
+        self._ops.append((_OP_WRITE, memoryview(buf)[start:stop]))
+        self._bytes += stop - start
         if self._bytes >= self.BATCH_BYTES:
             self._flush()
 
@@ -214,12 +227,13 @@ class Writer:
             except BaseException as exc:  # handed to the reader's thread, which raises it
                 self._error = exc
 
-    def _apply(self, batch: list[tuple[Any, ...]]) -> None:
+    def _apply(self, batch: list[tuple[Any, ...]], shared: Sequence[mmap.mmap] = ()) -> None:
+        """Carry out a batch. A write's data is a view or bytes, or (_OP_SHARED) a range of a shared buffer."""
         write, umask = os.write, self._umask
         for op in batch:
             kind = op[0]
-            if kind == _OP_WRITE:
-                data = op[1]
+            if kind in (_OP_WRITE, _OP_SHARED):
+                data = memoryview(shared[op[1]])[op[2]:op[3]] if kind == _OP_SHARED else op[1]
                 while data:
                     data = data[write(self._fd, data):]
             elif kind == _OP_FILE:
@@ -261,6 +275,200 @@ class Writer:
         return self._cur_fd
 
 
+class WriterProcess(Writer):
+    """The same operations, carried out by a forked process instead of a thread.
+
+    A thread shares the interpreter lock with the reader: after each of its
+    system calls it waits for the reader's Python to let go, so the two
+    overlap only in part. The forked process has a lock of its own. The
+    reader decompresses into BUFFERS shared buffers (anonymous shared
+    memory, so file data is never copied between the processes); the
+    operations go down a pipe in batches, each acknowledged once done, and a
+    buffer is decompressed into again only after every batch that refers to
+    it is acknowledged. The process runs Writer._apply and nothing else: it
+    decides nothing, and it ends when the pipe does (its parent gone, say).
+    Its start costs a fork (a few milliseconds), so it writes large archives.
+    """
+
+    BUFFERS = 32
+    BUFFER_SIZE = 1 << 20
+    BATCH_BYTES = 2 << 20
+    _LEN = struct.Struct("<i")  # batch length down the pipe; acknowledged batch number (or -1) back
+
+    def _start(self) -> None:
+        self.buffers = [mmap.mmap(-1, self.BUFFER_SIZE) for _ in range(self.BUFFERS)]
+        self._index = {id(b): i for i, b in enumerate(self.buffers)}
+        self._next = 0  # the buffer to decompress into next
+        self._sent = 0  # batches sent
+        self._acked = 0  # batches acknowledged
+        self._needs = [0] * self.BUFFERS  # per buffer: batches that must be acknowledged before reuse
+        self._pending: set[int] = set()  # buffers the unsent batch refers to
+        ops_r, self._ops_w = os.pipe2(os.O_CLOEXEC)
+        self._acks_r, acks_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._pid = os.fork()
+        except BaseException:
+            for fd in (ops_r, self._ops_w, self._acks_r, acks_w):
+                os.close(fd)
+            raise
+        if self._pid == 0:  # the child: never returns
+            self._serve(ops_r, acks_w)
+        os.close(ops_r)
+        os.close(acks_w)
+
+    # ---- called by the reader
+
+    def buffer(self) -> mmap.mmap:
+        """A shared buffer to decompress the next piece into, free of any pending write."""
+        i = self._next
+        self._next = (i + 1) % self.BUFFERS
+        if i in self._pending:
+            self._flush()
+        while self._acked < self._needs[i]:
+            self._wait()
+        return self.buffers[i]
+
+    def write(self, buf: Buffer, start: int, stop: int) -> None:
+        i = self._index.get(id(buf))
+        if i is None:  # not a shared buffer (a piece joined across two): the bytes themselves
+            self._ops.append((_OP_WRITE, bytes(buf[start:stop])))
+        else:
+            self._ops.append((_OP_SHARED, i, start, stop))
+            self._pending.add(i)
+        self._bytes += stop - start
+        if self._bytes >= self.BATCH_BYTES:
+            self._flush()
+
+    def drain(self) -> None:
+        self._flush()
+        while self._acked < self._sent:
+            self._wait()
+
+    def close_all(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._ops_w)  # the process ends at the end of the pipe
+        if self._pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)  # and at once if it is still writing
+            with contextlib.suppress(ChildProcessError):
+                usage = os.wait4(self._pid, 0)[2]
+                self.cpu = usage.ru_utime + usage.ru_stime
+            self._pid = 0
+        os.close(self._acks_r)
+        for b in self.buffers:
+            with contextlib.suppress(BufferError):
+                b.close()
+        if self._cur_fd != self.root_fd:
+            os.close(self._cur_fd)
+            self._cur_fd = self.root_fd
+        os.close(self.root_fd)
+
+    # ---- the pipe
+
+    def _flush(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self._ops:
+            return
+        data = marshal.dumps(self._ops)
+        self._sent += 1
+        for i in self._pending:
+            self._needs[i] = self._sent
+        self._pending.clear()
+        self._ops = []
+        self._bytes = 0
+        try:
+            _write_all(self._ops_w, self._LEN.pack(len(data)) + data)
+        except BrokenPipeError:
+            while True:  # the process ended: its answer, after the acknowledgements before it, says why
+                self._wait()
+
+    def _wait(self) -> None:
+        """Read the next acknowledgement; raise the process's failure."""
+        raw = _read_exact(self._acks_r, self._LEN.size)
+        n = self._LEN.unpack(raw)[0] if raw is not None else 0
+        if n > 0:
+            self._acked = n
+            return
+        answer = None
+        if n < 0:  # a failure: its length, then (errno, strerror, filename)
+            size = _read_exact(self._acks_r, self._LEN.size)
+            answer = _read_exact(self._acks_r, self._LEN.unpack(size)[0]) if size is not None else None
+        if answer is None:
+            self._error = self._ended()
+        else:
+            err, strerror, filename = marshal.loads(answer)
+            self._error = OSError(err, strerror, filename or None)
+        raise self._error
+
+    def _ended(self) -> PibError:
+        """Why the process ended without an answer (it is gone: its end of the pipe is closed)."""
+        status = 0
+        if self._pid:
+            with contextlib.suppress(ChildProcessError):
+                _, status, usage = os.wait4(self._pid, 0)
+                self.cpu = usage.ru_utime + usage.ru_stime
+            self._pid = 0
+        if os.WIFSIGNALED(status):
+            return PibError(f"the process writing the unpacked tree was stopped by signal {os.WTERMSIG(status)}",
+                            reason=Reason.INTERRUPTED)
+        return PibError(f"the process writing the unpacked tree ended without an answer (status {status})",
+                        reason=Reason.INTERNAL)
+
+    def _serve(self, ops_r: int, acks_w: int) -> None:
+        """The child's whole life: apply batches, acknowledge each, and exit."""
+        code = 1
+        try:
+            # Only its own pipes and the tree: an inherited copy of another pipe's writing end (a
+            # concurrent unpack's, say) would keep that one's process waiting after its parent is gone.
+            low = 3
+            for fd in sorted((ops_r, acks_w, self.root_fd)):
+                os.closerange(low, fd)
+                low = fd + 1
+            os.closerange(low, _MAX_FD)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what ^C means
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            done = 0
+            while (raw := _read_exact(ops_r, self._LEN.size)) is not None:
+                batch = _read_exact(ops_r, self._LEN.unpack(raw)[0])
+                if batch is None:
+                    break
+                try:
+                    self._apply(marshal.loads(batch), self.buffers)
+                except OSError as exc:
+                    answer = marshal.dumps((exc.errno, exc.strerror or "", exc.filename or ""))
+                    _write_all(acks_w, self._LEN.pack(-1) + self._LEN.pack(len(answer)) + answer)
+                    break
+                done += 1
+                _write_all(acks_w, self._LEN.pack(done))
+            code = 0
+        except BaseException:  # never back into the parent's code; the parent reports a missing answer
+            code = 1
+        finally:
+            os._exit(code)
+
+
+_MAX_FD = os.sysconf("SC_OPEN_MAX") if "SC_OPEN_MAX" in os.sysconf_names else 1 << 20
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """Exactly n bytes from fd, or None at its end."""
+    parts = []
+    while n:
+        part = os.read(fd, n)
+        if not part:
+            return None
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class _Stopped(Exception):
     """The writer was stopped before it finished (the reader failed first)."""
 
@@ -279,7 +487,7 @@ class Reader:
     def refuse(self, why: str) -> VerifyError:
         return refuse(self.path, why)
 
-    def run(self, read: Callable[[], bytes]) -> None:
+    def run(self, read: Callable[[], Buffer]) -> None:
         """Parse (and extract) the whole stream that `read` returns piece by piece, then check links."""
         try:
             self._run(read)
@@ -291,9 +499,9 @@ class Reader:
             raise
         self._check_symlinks()
 
-    def _run(self, read: Callable[[], bytes]) -> None:
+    def _run(self, read: Callable[[], Buffer]) -> None:
         writer = self.writer
-        buf: bytes = b""
+        buf: Buffer = b""
         pos = end = 0
         longs: dict[int, bytes] = {}
         zeros = 0
@@ -358,7 +566,7 @@ class Reader:
                     pos, end = 0, len(buf)
                 take = min(whole - done, end - pos)
                 if writer is not None and done < size:
-                    writer.write(memoryview(buf)[pos:pos + min(take, size - done)])
+                    writer.write(buf, pos, pos + min(take, size - done))
                 pos += take
                 done += take
             if writer is not None:
@@ -368,7 +576,7 @@ class Reader:
         while True:
             if rest.count(0) != len(rest):
                 raise self.refuse("data after the end-of-archive marker")
-            rest = read()
+            rest = bytes(read())  # a shared buffer has no count()
             if not rest:
                 return
 
