@@ -290,7 +290,7 @@ class WriterProcess(Writer):
     Its start costs a fork (a few milliseconds), so it writes large archives.
     """
 
-    BUFFERS = 32
+    BUFFERS = 8
     BUFFER_SIZE = 1 << 20
     BATCH_BYTES = 2 << 20
     _LEN = struct.Struct("<i")  # batch length down the pipe; acknowledged batch number (or -1) back
