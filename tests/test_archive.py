@@ -419,20 +419,21 @@ except OSError as exc:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_the_writing_process_ends_when_the_unpacking_process_is_killed(tmp_path: Path) -> None:
-    """SIGKILL to pib in the middle of a large unpack: the forked writer sees its pipe end and exits
-    (it holds no other process's pipe), instead of waiting forever."""
+def _slow_forked_unpack(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
+    """A Python process unpacking 3,000 files with the forked writer, slowed to 0.2 s a batch; returns it
+    and its writer's pid. It prints the PibError's reason and message if the unpack fails with one."""
     entries = [Entry(f"d/{i:05d}", data=os.urandom(2048)) for i in range(3000)]
     arc = write_archive(tmp_path / "many.tar.zst", entries)
     script = f"""
-import os, sys, time
+import sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 from pathlib import Path
 from pib.artifacts import archive, tarread
+from pib.errors import PibError
 archive.PROCESS_FROM = 0
 apply = tarread.Writer._apply
 def slow(self, batch, shared=()):
-    time.sleep(0.2)  # in the forked writer: the unpack is still going when the kill comes
+    time.sleep(0.2)  # in the forked writer: the unpack is still going when the test acts
     apply(self, batch, shared)
 tarread.Writer._apply = slow
 init = tarread.WriterProcess.__init__
@@ -440,11 +441,20 @@ def announce(self, root):
     init(self, root)
     print(self._pid, flush=True)
 tarread.WriterProcess.__init__ = announce
-archive.unpack(Path({str(arc)!r}), Path({str(tmp_path / "out")!r}))
+try:
+    archive.unpack(Path({str(arc)!r}), Path({str(tmp_path / "out")!r}))
+except PibError as exc:
+    print(exc.reason.value, exc)
 """
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    child = int(proc.stdout.readline())
+    return proc, int(proc.stdout.readline())
+
+
+def test_the_writing_process_ends_when_the_unpacking_process_is_killed(tmp_path: Path) -> None:
+    """SIGKILL to pib in the middle of a large unpack: the forked writer sees its pipe end and exits
+    (it holds no other process's pipe), instead of waiting forever."""
+    proc, child = _slow_forked_unpack(tmp_path)
     try:
         time.sleep(0.5)
         assert _alive(child)
@@ -463,33 +473,7 @@ archive.unpack(Path({str(arc)!r}), Path({str(tmp_path / "out")!r}))
 def test_a_writing_process_stopped_by_a_signal_is_an_interruption_and_leaves_nothing(tmp_path: Path) -> None:
     """`kill` or a process group's SIGTERM reaching the forked writer: the unpack stops with reason
     interrupted (not an internal error), and nothing is in place."""
-    entries = [Entry(f"d/{i:05d}", data=os.urandom(2048)) for i in range(3000)]
-    arc = write_archive(tmp_path / "many.tar.zst", entries)
-    script = f"""
-import sys, time
-sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-from pathlib import Path
-from pib.artifacts import archive, tarread
-from pib.errors import PibError
-archive.PROCESS_FROM = 0
-apply = tarread.Writer._apply
-def slow(self, batch, shared=()):
-    time.sleep(0.2)
-    apply(self, batch, shared)
-tarread.Writer._apply = slow
-init = tarread.WriterProcess.__init__
-def announce(self, root):
-    init(self, root)
-    print(self._pid, flush=True)
-tarread.WriterProcess.__init__ = announce
-try:
-    archive.unpack(Path({str(arc)!r}), Path({str(tmp_path / "out")!r}))
-except PibError as exc:
-    print(exc.reason.value, exc)
-"""
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    child = int(proc.stdout.readline())
+    proc, child = _slow_forked_unpack(tmp_path)
     time.sleep(0.5)
     os.kill(child, signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
