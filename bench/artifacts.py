@@ -210,9 +210,9 @@ def main() -> None:
             "(inside the restore it is done inline with extraction, not as a separate pass)",
             "",
             f"Where pib's unpack spends its time (medians of 3 more runs): the reading thread (read, decompress, "
-            f"parse, check) {read_cpu:.3f} s of CPU, the writing thread (the system calls that create the tree) "
-            f"{write_cpu:.3f} s of CPU, the final lstat walk {walk:.3f} s; {whole:.3f} s in all. The two threads "
-            "share the interpreter lock for their Python parts, so they overlap only in part.",
+            f"parse, check) {read_cpu:.3f} s of CPU, the writer (the system calls that create the tree; for an "
+            f"archive this size a forked process with an interpreter lock of its own) {write_cpu:.3f} s of CPU, "
+            f"the final lstat walk {walk:.3f} s; {whole:.3f} s in all.",
             "",
             "Target: each ratio <= 1.1. " + "; ".join(
                 f"{what}: {'met' if mine / theirs <= 1.1 else 'NOT met'}" for what, mine, theirs in rows),

@@ -315,12 +315,13 @@ class _Hashed:
     holds the very bytes zstd was given.
     """
 
-    QUEUED = 16  # pieces waiting to be hashed: bounds the memory
+    QUEUED = 32  # pieces waiting to be hashed (1 MiB each): bounds the memory
 
     def __init__(self, fh: BinaryIO, sha256: hashlib._Hash) -> None:
         self._fh = fh
         self._sha256 = sha256
         self._queue: queue.Queue[bytes | None] = queue.Queue(self.QUEUED)
+        self._closed = False
         self._thread = threading.Thread(target=self._work, name="unpack-hash", daemon=True)
         self._thread.start()
 
@@ -331,14 +332,16 @@ class _Hashed:
         return data
 
     def hexdigest(self) -> str:
-        """The hash of everything read; ends the thread."""
+        """The hash of everything read."""
         self.close()
+        self._thread.join()
         return self._sha256.hexdigest()
 
     def close(self) -> None:
-        if self._thread.is_alive():
+        """No more reads: the thread ends once it has hashed what is queued (hexdigest waits for that)."""
+        if not self._closed:
+            self._closed = True
             self._queue.put(None)
-            self._thread.join()
 
     def _work(self) -> None:
         update = self._sha256.update
@@ -408,11 +411,18 @@ def unpack(
         finally:
             stream.close()
             writer.close_all()
+        # The lstat walk while the hash thread finishes what it has queued; a mismatch is the cause, so it
+        # is what is reported when both fail.
+        audit_start = time.monotonic()
+        try:
+            audit(tree, len(reader.members) - (1 if "" in reader.members else 0), limits, archive)
+        except VerifyError:
+            if sha256 is not None and stream.hexdigest() != sha256:
+                raise _mismatch(archive) from None
+            raise
+        audit_seconds = time.monotonic() - audit_start
         if sha256 is not None and stream.hexdigest() != sha256:
             raise _mismatch(archive)
-        audit_start = time.monotonic()
-        audit(tree, len(reader.members) - (1 if "" in reader.members else 0), limits, archive)
-        audit_seconds = time.monotonic() - audit_start
         replace_dir(tree, dest)
     finally:
         remove_tree(private)

@@ -426,8 +426,11 @@ class WriterProcess(Writer):
                 os.closerange(low, fd)
                 low = fd + 1
             os.closerange(low, _MAX_FD)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what ^C means
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # Not the parent's handlers: the parent decides what ^C means; a stop signal sent to this
+            # process ends it, and the parent reports the interruption.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
             done = 0
             while (raw := _read_exact(ops_r, self._LEN.size)) is not None:
                 batch = _read_exact(ops_r, self._LEN.unpack(raw)[0])
