@@ -586,8 +586,10 @@ def _with_head(checkout: Path, index: Path, tree: str, known_head: str | None = 
 def content_paths(checkout: Path) -> list[str]:
     """The paths that make up the content: those in the user's index (tracked) and the untracked files
     that no .gitignore of the tree ignores. Nested repositories that are not submodules are left out."""
-    out = git(["ls-files", "-z", "--cached", "--others", "--exclude-per-directory=.gitignore"], checkout,
-              hermetic=True)
+    # A .gitattributes file changes what git makes of others' bytes even when a .gitignore ignores it:
+    # it is content then too (one in an ignored directory applies only to what is ignored with it).
+    out = git(["ls-files", "-z", "--cached", "--others", "--exclude-per-directory=.gitignore",
+               "--exclude=!.gitattributes"], checkout, hermetic=True)
     return sorted({p for p in out.split("\0") if p and not p.endswith("/")})
 
 
@@ -600,7 +602,7 @@ def _sync_index(checkout: Path, env: Mapping[str, str], *, fresh: bool = False) 
     Returns the options that keep the repository's filter drivers from running (for write-tree).
     """
     want = content_paths(checkout)
-    converted, drivers = _conversions(checkout, env, want) if want else ([], set())
+    converted, drivers = _conversions(checkout, env, want) if _has_attributes(checkout, want) else ([], set())
     # Writing an index hashes its racily clean entries again, through their filters: every git command
     # here that writes one gets the drivers switched off.
     off = _no_drivers(drivers)
@@ -637,6 +639,18 @@ def _conversions(checkout: Path, env: Mapping[str, str], paths: Sequence[str]) -
         if attr == "filter":
             drivers.add(value)
     return list(converted), drivers
+
+
+def _has_attributes(checkout: Path, paths: Sequence[str]) -> bool:
+    """Whether any attribute can apply to `paths`: with the user's and the system's attribute files off,
+    only .gitattributes files among them and the repository's info/attributes can set one."""
+    if any(p == ".gitattributes" or p.endswith("/.gitattributes") for p in paths):
+        return True
+    info = checkout / ".git" / "info" / "attributes"
+    try:
+        return not (checkout / ".git").is_dir() or os.stat(info).st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _no_drivers(drivers: set[str]) -> list[str]:
@@ -697,6 +711,38 @@ def unkeyed_paths(checkout: Path) -> list[str]:
     dirs = {p for p in found if p.endswith("/")}
     # git lists the content of an ignored directory beside it at times: the directory says it all
     return sorted(p for p in found if next(_prefixes(p, dirs), None) is None)
+
+
+def copy_content(checkout: Path, dest: Path) -> None:
+    """A copy at `dest` of exactly what the key of `checkout` covers (content_paths): what a build that
+    writes into its checkout works on, so that it neither reads what no key covers (ignored files, an
+    earlier build's products, nested repositories) nor changes the user's checkout. `.git` is an empty
+    directory (or the copied file of a linked worktree) for the real one to be mounted on."""
+    import shutil
+
+    remove_tree(dest)
+    dest.mkdir(parents=True)
+    dotgit = checkout / ".git"
+    if dotgit.is_dir() and not dotgit.is_symlink():
+        (dest / ".git").mkdir()
+    elif dotgit.is_file():
+        shutil.copy2(dotgit, dest / ".git")
+    made: set[Path] = {dest}
+    for rel in content_paths(checkout):
+        src, out = checkout / rel, dest / rel
+        if out.parent not in made:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            made.add(out.parent)
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            continue  # tracked but deleted: not content
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src), out)
+        elif stat.S_ISREG(st.st_mode):
+            shutil.copy2(src, out, follow_symlinks=False)
+        elif stat.S_ISDIR(st.st_mode):  # a submodule
+            shutil.copytree(src, out, symlinks=True)
 
 
 def _prefixes(path: str, dirs: set[str]) -> Iterator[str]:

@@ -379,13 +379,57 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+# After a stop signal, how long pib may take to clean up before it ends anyway: a worker thread stuck in a
+# store request (or anything else that does not return) must not hold the process past it.
+STOP_GRACE = 10.0
+
+
 def _stop_on_signals() -> None:
     """SIGTERM (how CI cancels) and SIGHUP (a closed terminal) stop pib the way Ctrl-C does: running builds
-    are killed, nothing half-made is kept, exit 130."""
+    are killed, nothing half-made is kept, exit 130 (within STOP_GRACE seconds, whatever is stuck)."""
     import signal
+    import threading
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.default_int_handler)
+    def stop(signum: int, frame: object) -> None:
+        if not any(t.name == "pib-stop" for t in threading.enumerate()):
+            threading.Thread(target=_end_after_grace, name="pib-stop", daemon=True).start()
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
+def _end_after_grace() -> None:
+    """The last resort after a stop signal: whatever the main thread waits for, end the process. What a
+    thread leaves half-made then is what a kill leaves, and the next build sweeps it."""
+    import time
+
+    time.sleep(STOP_GRACE)
+    _exit_now(130, "pib: interrupted; a stuck operation was abandoned\n")
+
+
+def _exit_now(code: int, message: str = "") -> None:
+    import os
+
+    try:
+        if message:
+            sys.stderr.write(message)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
+
+
+def _ended_by_signal(rc: int) -> int:
+    """Exit now, without the interpreter's join of worker threads, when a stop signal ended the command
+    and a thread that cannot be stopped (a store request that never returns) is still running."""
+    import threading
+
+    if rc == 130 and any(t.name == "pib-stop" for t in threading.enumerate()) and any(
+            t.is_alive() and not t.daemon and t is not threading.main_thread() for t in threading.enumerate()):
+        _exit_now(130)
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = Printable(sys.stdout), Printable(sys.stderr)  # type: ignore[assignment]
     try:
-        return _run(args)
+        return _ended_by_signal(_run(args))
     finally:
         sys.stdout, sys.stderr = streams
 
