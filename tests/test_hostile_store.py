@@ -80,7 +80,7 @@ def test_sigterm_while_a_store_never_answers(tmp_path: Path, badhttp: BadHttp) -
     """A store that accepts the connection and never answers holds a worker thread (the restore's lookup)
     for as long as its time-out allows; SIGTERM must still end pib with 130 within seconds, nothing half in
     place, and the next build (the store gone) gives the component."""
-    with tally("signal", "SIGTERM while a store request never returns"):
+    with tally("hostile store", "SIGTERM while a store request never returns"):
         make_repo(tmp_path / "repos" / "core", {"build.sh": BUILD})
         ws = tmp_path / "ws"
         ws.mkdir()
