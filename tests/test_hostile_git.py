@@ -99,3 +99,20 @@ def test_repository_filter_driver_and_fsmonitor_run_nothing(tmp_path: Path) -> N
         assert r.returncode == 0, r.stdout + r.stderr
         assert (ws / "proto.core" / "data.txt").read_text() == "one\nSECRET\n"
         assert not marker.exists()
+
+
+def test_an_ignored_gitattributes_is_content(tmp_path: Path) -> None:
+    # git applies a .gitattributes that a .gitignore ignores all the same: it changes what git makes of
+    # other files, so it is content, and an edit it would normalize away still changes the key.
+    with tally("hostile build", "an ignored .gitattributes normalizes an edit away"):
+        ws, checkout = _attr_workspace(tmp_path, {".gitignore": ".gitattributes\n", "data.txt": "one\ntwo\n"})
+        clean_key, _ = _status(ws)
+        (checkout / ".gitattributes").write_text("* text=auto\n")
+        with_attributes, dirty = _status(ws)
+        assert dirty and with_attributes != clean_key
+        (checkout / "data.txt").write_bytes(b"one\r\ntwo\r\n")
+        key, dirty = _status(ws)
+        assert dirty and key not in (clean_key, with_attributes)
+        (checkout / ".gitattributes").unlink()
+        (checkout / "data.txt").write_bytes(b"one\ntwo\n")
+        assert _status(ws) == (clean_key, False)

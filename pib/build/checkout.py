@@ -675,12 +675,13 @@ def _raw_where_converted(checkout: Path, env: Mapping[str, str], converted: Sequ
                 files.append(rel)
     if not files:
         return
+    wanted = set(files)
     staged: dict[str, tuple[str, str]] = {}
-    for line in git(["ls-files", "-s", "-z", "--", *(f":(literal){p}" for p in files)], checkout, env=env,
-                    hermetic=True).split("\0"):
+    # The whole listing, not a pathspec per file: no argument list grows with the tree.
+    for line in git(["ls-files", "-s", "-z"], checkout, env=env, hermetic=True).split("\0"):
         meta, _, path = line.partition("\t")
         parts = meta.split(" ")
-        if path and len(parts) == 3:
+        if path in wanted and len(parts) == 3:
             staged[path] = (parts[0], parts[1])
     changed = []
     for chunk in (files[i:i + 500] for i in range(0, len(files), 500)):
