@@ -234,9 +234,10 @@ instead, and their case names below say which ran.
   (the tree is dirty, the key another). A `filter.*.clean` driver in a repository's own `.git/config`
   ran while pib computed a key (`git write-tree` hashes racily clean entries again, through their
   filters); the drivers the attributes name are now switched off in those git commands.
-- A store that accepted the connection and never answered held `pib build` after SIGTERM for as long as
-  its time-out allowed (600 s in the test): the runner waited for the stuck restore thread. It now stops
-  waiting after 5 s, and after a stop signal pib ends within 10 s whatever still runs (exit 130).
+- A store that accepted the connection and never answered held `pib build` and `pib status --remote`
+  after SIGTERM for as long as its time-out allowed (600 s in the test): the runner waited for the stuck
+  restore thread, and the interpreter's exit joined the lookup's. The runner now stops waiting after 5 s,
+  pib then exits at once, and after a stop signal it ends within 10 s whatever still runs (exit 130).
 - SIGTERM during `pib clobber` between the removal of a proto area and that of its build record left a
   record of a build whose proto area was gone; the record now goes first.
 - `pib verify` followed a symlink in the platform directory out of the image (a named file whose bytes

@@ -76,21 +76,22 @@ def test_a_local_store_entry_that_is_not_a_file(tmp_path: Path, case: str) -> No
         assert any("store local" in w for w in report["warnings"]), report["warnings"]
 
 
-def test_sigterm_while_a_store_never_answers(tmp_path: Path, badhttp: BadHttp) -> None:
-    """A store that accepts the connection and never answers holds a worker thread (the restore's lookup)
-    for as long as its time-out allows; SIGTERM must still end pib with 130 within seconds, nothing half in
-    place, and the next build (the store gone) gives the component."""
-    with tally("hostile store", "SIGTERM while a store request never returns"):
+@pytest.mark.parametrize("command", ["build", "status --remote"])
+def test_sigterm_while_a_store_never_answers(tmp_path: Path, badhttp: BadHttp, command: str) -> None:
+    """A store that accepts the connection and never answers holds a worker thread (the restore's lookup,
+    or status's) for as long as its time-out allows; SIGTERM must still end pib with 130 within seconds,
+    nothing half in place, and the next build (the store gone) gives the component."""
+    with tally("hostile store", f"SIGTERM while a store request never returns: pib {command}"):
         make_repo(tmp_path / "repos" / "core", {"build.sh": BUILD})
         ws = tmp_path / "ws"
         ws.mkdir()
-        toml = ('[platform]\nmin_version = "1"\n[components.core]\nsource = "../repos/core"\n'
-                'build = ["./build.sh"]\nprebuilt = true\n')
+        toml = ('[platform]\nmin_version = "1"\n[local_store]\npath = "store"\n[components.core]\n'
+                'source = "../repos/core"\nbuild = ["./build.sh"]\nprebuilt = true\n')
         (ws / "pib.toml").write_text(toml + f'[[store]]\nname = "stuck"\ntype = "http"\n'
                                             f'url = "{badhttp.url}/stall/{tmp_path.name}"\ntimeout = 600\n')
         assert _pib(ws, "configure")[0].returncode == 0
         seen = len(badhttp.requests)
-        proc = subprocess.Popen([sys.executable, "-m", "pib", "-C", str(ws), "build"], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "pib", "-C", str(ws), *command.split()], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 30

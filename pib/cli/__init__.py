@@ -422,12 +422,13 @@ def _exit_now(code: int, message: str = "") -> None:
 
 
 def _ended_by_signal(rc: int) -> int:
-    """Exit now, without the interpreter's join of worker threads, when a stop signal ended the command
-    and a thread that cannot be stopped (a store request that never returns) is still running."""
+    """Exit now when a stop signal ended the command and another thread still runs (a store request that
+    never returns): the interpreter's exit would join it, daemon or not (concurrent.futures joins its
+    workers), for as long as it takes."""
     import threading
 
-    if rc == 130 and any(t.name == "pib-stop" for t in threading.enumerate()) and any(
-            t.is_alive() and not t.daemon and t is not threading.main_thread() for t in threading.enumerate()):
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and t.name != "pib-stop"]
+    if rc == 130 and others and any(t.name == "pib-stop" for t in threading.enumerate()):
         _exit_now(130)
     return rc
 
