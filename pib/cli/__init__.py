@@ -395,8 +395,10 @@ def _stop_on_signals() -> None:
             threading.Thread(target=_end_after_grace, name="pib-stop", daemon=True).start()
         raise KeyboardInterrupt
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # started in the background: stays ignored
+        signal.signal(signal.SIGINT, stop)
 
 
 def _end_after_grace() -> None:
