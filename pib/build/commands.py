@@ -592,6 +592,7 @@ def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False, f
             if had_proto:
                 discard_tree(c.proto)  # never a half-deleted proto area in place
             remove_tree(cfg.workspace.state_dir / "build" / c.name)
+            remove_tree(cfg.workspace.state_dir / "source" / c.name)  # a writable_source copy a kill left
             cleaned = (c.checkout / ".git").exists()
             if cleaned:
                 clean_checkout(c)
