@@ -37,13 +37,21 @@ FAMILIES = {
                       "the kernel), a fifo, a socket or a setuid, setgid or sticky bit: refused (reason build), "
                       "nothing put in place, kept or imaged, the key nowhere; escape sequences in a log tail, an "
                       "HTTP reason phrase or an unverified key document reach the terminal escaped; core.ignorecase "
-                      "in a repository's config hides no file from the key"),
-    "hostile store": ("tests/test_hostile_store.py", "local store metadata that is a fifo or a link to /dev/zero; "
-                                                     "build, status and explain end within seconds with a store "
-                                                     "warning and a local build"),
+                      "in a repository's config, a committed .gitattributes that converts line endings or a "
+                      "filter driver in .git/config hides no edit from the key and runs nothing; ignored files "
+                      "and nested repositories are out of sight of read-only and writable_source builds"),
+    "hostile store": ("tests/test_hostile_store.py tests/test_hostile_redirect.py",
+                      "local store metadata that is a fifo or a link to /dev/zero; an HTTP store that redirects "
+                      "(301, 302, 307 off its origin, to file://, in a loop) or sends a gzip bomb as metadata or "
+                      "archive: within seconds a store warning and a local build, nothing followed or inflated; "
+                      "SIGTERM while a store never answers: exit 130 within seconds"),
+    "hostile image": ("tests/test_sbom.py", "pib verify of an image with a truncated boot archive, a lying hash "
+                                            "file, a symlink out of it or to a fifo, a fifo, a huge file, a "
+                                            "tarball member declaring 16 GiB: a verify error within seconds, "
+                                            "nothing outside the image read"),
     "signal": ("tests/test_signal.py", "SIGTERM or SIGINT to pib alone at a point of a build, restore, image, "
-                                       "publish or CBE install (its handlers run); exit 130 soon, nothing half "
-                                       "in place, next run gives the clean image"),
+                                       "publish, CBE install or clobber (its handlers run); exit 130 soon, "
+                                       "nothing half in place, next run gives the clean image"),
     "outage": ("tests/test_outage.py", "store down, killed mid-transfer or misbehaving; bounded time, "
                                        "warning, local build"),
     "concurrency": ("tests/test_concurrency.py", "4 simultaneous builds sharing stores; images right, "
@@ -218,7 +226,24 @@ instead, and their case names below say which ran.
   the artifact (the socket was silently dropped from the archive). It is now a build error.
 - A build saw the files of its checkout that its key does not cover (ignored by a `.gitignore`, nested
   repositories): a local setting or a stale object changed the artifact without changing its key, and
-  `build --publish` shared it. They are now hidden from the build (`writable_source` builds excepted).
+  `build --publish` shared it. They are now hidden from the build. A `writable_source` build still saw
+  them; it now builds in a copy of exactly what its key covers (the checkout itself is left as it was).
+- A committed `.gitattributes` (`* text=auto`, `text`, `eol=lf`, `crlf`) made a file edited to CRLF hash
+  as its LF blob: the tree stayed clean and the key unchanged while the build read other bytes. Where a
+  file's own bytes differ from the blob git's conversion makes of them, the key now takes its own bytes
+  (the tree is dirty, the key another). A `filter.*.clean` driver in a repository's own `.git/config`
+  ran while pib computed a key (`git write-tree` hashes racily clean entries again, through their
+  filters); the drivers the attributes name are now switched off in those git commands.
+- A store that accepted the connection and never answered held `pib build` and `pib status --remote`
+  after SIGTERM for as long as its time-out allowed (600 s in the test): the runner waited for the stuck
+  restore thread, and the interpreter's exit joined the lookup's. The runner now stops waiting after 5 s,
+  pib then exits at once, and after a stop signal it ends within 10 s whatever still runs (exit 130).
+- SIGTERM during `pib clobber` between the removal of a proto area and that of its build record left a
+  record of a build whose proto area was gone; the record now goes first.
+- `pib verify` followed a symlink in the platform directory out of the image (a named file whose bytes
+  lay elsewhere verified), hung on a fifo (in the directory, behind a link, as the provenance) and read a
+  huge file into memory; it now reads regular files only, never through a link or blocking, each within
+  8 GiB, and refuses files the provenance does not name before it hashes anything.
 - `core.ignorecase = true` in a repository's own `.git/config` made a new file differing from a tracked one
   in case only (`TOOL.sh` beside `tool.sh`) no content: the tree stayed clean and the key unchanged. The
   key's git commands now pin it off (and the stat check and index hash at their defaults).
@@ -238,11 +263,16 @@ instead, and their case names below say which ran.
 - A NUL byte in a quoted key name is reported at the line of its table, not of the key.
 - The leftovers of a kill inside `git add` (its lock file, a truncated index) are planted by the tests as
   such a kill leaves them, not produced by a SIGKILL timed inside git.
-- A build with `writable_source = true` sees the ignored files of its checkout (its own earlier products
-  among them); with `sandbox.mode = "none"` (or where bubblewrap cannot run) a build sees and may write
-  anything the user can, and a process it leaves behind may write into its proto area after pib packed it.
-- The signal cases send SIGTERM or SIGINT at five points; a probe of all 22 function points of the kill
-  family with SIGTERM (and of these five with SIGINT) held before any change, so those stay a guard.
+- With `sandbox.mode = "none"` (or where bubblewrap cannot run) a build sees and may write anything the
+  user can (a `writable_source` build then works in its checkout, not a copy), and a process it leaves
+  behind may write into its proto area after pib packed it.
+- The signal cases send SIGTERM or SIGINT at five points of a build and SIGTERM at four of `pib clobber`;
+  a probe of all 22 function points of the kill family with SIGTERM (and of the five with SIGINT) held
+  before any change, so those stay a guard. A thread still stuck 10 s after a stop signal is ended with
+  the process: what it leaves is what a kill leaves, swept by the next run.
+- A file whose checkout converts it (`eol=crlf`, `ident`, `working-tree-encoding`, a smudge filter such as
+  Git LFS) differs from its blob on a fresh clone too: such a tree is dirty from the start and its key is
+  that of its own bytes (the same on every clone), so `build --publish` refuses it.
 
 {KEY_SOUNDNESS}
 ## Every case

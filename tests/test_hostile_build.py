@@ -172,22 +172,28 @@ done > "$DESTDIR/seen.txt"
 """
 
 
-def test_a_build_sees_nothing_its_key_does_not_cover(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writable", [False, True], ids=["read-only", "writable_source"])
+def test_a_build_sees_nothing_its_key_does_not_cover(tmp_path: Path, writable: bool) -> None:
     """Ignored files (a local configuration, products of an earlier in-tree build) and a nested repository
-    in a read-only checkout are hidden from its build: were they visible, they would change the bytes an
-    artifact holds without changing its key, and `build --publish` would share them under that key."""
-    with tally("hostile build", "files no key covers (ignored, a nested repository) in a checkout"):
-        make_repo(tmp_path / "repos" / "u", {"build.sh": UNKEYED, ".gitignore": "*.cfg\nout/\n"})
+    in a checkout are hidden from its build: were they visible, they would change the bytes an
+    artifact holds without changing its key, and `build --publish` would share them under that key.
+    A build that writes into its checkout (writable_source) works on a copy of what its key covers."""
+    case = "files no key covers (ignored, a nested repository) in a " + ("writable_source " if writable else "") + \
+        "checkout"
+    with tally("hostile build", case):
+        script = UNKEYED + ("mkdir -p out && echo product > out/new.o && echo changed > build.sh\n" if writable else "")
+        make_repo(tmp_path / "repos" / "u", {"build.sh": script, ".gitignore": "*.cfg\nout/\n"})
         ws = tmp_path / "ws"
         ws.mkdir()
         (ws / "pib.toml").write_text('[platform]\nmin_version = "1"\n[sandbox]\nmode = "required"\n'
-                                     '[components.u]\nsource = "../repos/u"\nbuild = ["./build.sh"]\n')
+                                     '[components.u]\nsource = "../repos/u"\nbuild = ["./build.sh"]\n'
+                                     + ("writable_source = true\n" if writable else ""))
         assert pib(ws, "configure").returncode == 0
         rc, clean = _build(ws)
         assert rc == 0, clean
         checkout = ws / "projects" / "u"
         (checkout / "local.cfg").write_text("a developer's setting\n")
-        (checkout / "out").mkdir()
+        (checkout / "out").mkdir(exist_ok=True)
         (checkout / "out" / "stale.o").write_text("an object of an earlier build\n")
         make_repo(checkout / "vendor", {"lib.c": "int lib;\n"})
         rc, again = _build(ws, "--force")
@@ -195,6 +201,8 @@ def test_a_build_sees_nothing_its_key_does_not_cover(tmp_path: Path) -> None:
         assert again["components"][0]["key"] == clean["components"][0]["key"]  # type: ignore[index]
         assert (ws / "proto.u" / "seen.txt").read_text().split("\n")[:3] == [
             "local.cfg hidden", "out/stale.o hidden", "vendor/lib.c hidden"]
-        # Hidden, not touched.
+        # Hidden, not touched; and what a writable build wrote stayed in its copy.
         assert (checkout / "local.cfg").read_text() == "a developer's setting\n"
         assert (checkout / "vendor" / "lib.c").is_file() and (checkout / "out" / "stale.o").is_file()
+        assert not (checkout / "out" / "new.o").exists() and (checkout / "build.sh").read_text() == script
+        assert not (ws / ".pib" / "source" / "u").exists()

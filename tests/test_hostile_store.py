@@ -17,6 +17,7 @@ import pytest
 
 from tests.gitutil import make_repo
 from tests.reliability import tally
+from tests.services.badhttp import BadHttp
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +74,44 @@ def test_a_local_store_entry_that_is_not_a_file(tmp_path: Path, case: str) -> No
         report = json.loads(r.stdout)
         assert report["components"][0]["action"] == "built"
         assert any("store local" in w for w in report["warnings"]), report["warnings"]
+
+
+@pytest.mark.parametrize("command", ["build", "status --remote"])
+def test_sigterm_while_a_store_never_answers(tmp_path: Path, badhttp: BadHttp, command: str) -> None:
+    """A store that accepts the connection and never answers holds a worker thread (the restore's lookup,
+    or status's) for as long as its time-out allows; SIGTERM must still end pib with 130 within seconds,
+    nothing half in place, and the next build (the store gone) gives the component."""
+    with tally("hostile store", f"SIGTERM while a store request never returns: pib {command}"):
+        make_repo(tmp_path / "repos" / "core", {"build.sh": BUILD})
+        ws = tmp_path / "ws"
+        ws.mkdir()
+        toml = ('[platform]\nmin_version = "1"\n[local_store]\npath = "store"\n[components.core]\n'
+                'source = "../repos/core"\nbuild = ["./build.sh"]\nprebuilt = true\n')
+        (ws / "pib.toml").write_text(toml + f'[[store]]\nname = "stuck"\ntype = "http"\n'
+                                            f'url = "{badhttp.url}/stall/{tmp_path.name}"\ntimeout = 600\n')
+        assert _pib(ws, "configure")[0].returncode == 0
+        seen = len(badhttp.requests)
+        proc = subprocess.Popen([sys.executable, "-m", "pib", "-C", str(ws), *command.split()], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while len(badhttp.requests) == seen and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(badhttp.requests) > seen, "pib never asked the store"
+            time.sleep(0.3)
+            t = time.monotonic()
+            proc.terminate()
+            _out, err = proc.communicate(timeout=60)
+            seconds = time.monotonic() - t
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 130, err
+        assert seconds < 15, seconds
+        assert "Traceback" not in err
+        assert not (ws / "proto.core").exists() and not list(ws.glob("proto.core*"))
+        (ws / "pib.toml").write_text(toml)
+        r, _ = _pib(ws, "build", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["components"][0]["action"] == "built"

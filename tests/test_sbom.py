@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.gitutil import make_repo, pib
+from tests.reliability import tally
 
 BUILD = """\
 #!/bin/sh
@@ -261,3 +268,67 @@ prebuilt = {str(prebuilt).lower()}
     assert json.loads(r.stdout)["differences"] == [{"path": "bin/when", "what": "content differs"}]
     # Nothing of the check is left beside the proto areas, and the proto area is the build's.
     assert sorted(p.name for p in ws.iterdir() if "proto" in p.name) == ["proto.bad", "proto.good"]
+
+
+def _hostile(pdir: Path, case: str, outside: Path) -> None:
+    """Damage a copied platform directory the way `case` says."""
+    if case == "boot archive truncated":
+        data = (pdir / "boot_archive").read_bytes()
+        (pdir / "boot_archive").write_bytes(data[: len(data) // 2])
+    elif case == "hash file that lies":
+        (pdir / "boot_archive.hash").write_text("0" * 64 + "\n")
+    elif case == "a named file a symlink out of the image":
+        # The bytes are right, but they are not in the image: verify must not follow the link.
+        outside.write_bytes((pdir / "boot_archive.hash").read_bytes())
+        (pdir / "boot_archive.hash").unlink()
+        (pdir / "boot_archive.hash").symlink_to(outside)
+    elif case == "an extra symlink to a fifo outside":
+        os.mkfifo(outside)
+        (pdir / "extra").symlink_to(outside)
+    elif case == "a fifo in the platform directory":
+        os.mkfifo(pdir / "extra")
+    elif case == "a huge extra file":
+        with open(pdir / "huge", "wb") as fh:
+            fh.truncate(1 << 40)  # sparse: a terabyte that takes no space
+    elif case == "a huge boot archive":
+        with open(pdir / "boot_archive", "r+b") as fh:
+            fh.truncate(1 << 40)
+    elif case == "provenance a symlink to a fifo":
+        os.mkfifo(outside)
+        (pdir / "provenance.intoto.jsonl").unlink()
+        (pdir / "provenance.intoto.jsonl").symlink_to(outside)
+
+
+HOSTILE = ["boot archive truncated", "hash file that lies", "a named file a symlink out of the image",
+           "an extra symlink to a fifo outside", "a fifo in the platform directory", "a huge extra file",
+           "a huge boot archive", "provenance a symlink to a fifo"]
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_verify_of_a_hostile_image(image: dict[str, Any], tmp_path: Path, case: str) -> None:
+    """A clear verify error (exit 12), within seconds and without a traceback; nothing outside the image read."""
+    with tally("hostile image", f"pib verify: {case}"):
+        pdir = _copy(image, tmp_path / "copy")
+        (pdir.with_name(pdir.name + ".tgz")).unlink()  # the directory is what is checked
+        _hostile(pdir, case, tmp_path / "outside")
+        start = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "pib", "-C", str(image["ws"]), "verify", str(pdir), "--json"],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert time.monotonic() - start < 30
+        assert r.returncode == 12, r.stdout + r.stderr
+        assert json.loads(r.stdout)["error"]["reason"] == "verify"
+        assert "Traceback" not in r.stderr
+
+
+def test_verify_of_a_tarball_bomb(image: dict[str, Any], tmp_path: Path) -> None:
+    """A platform tarball whose member declares 16 GiB (a few bytes of gzip): refused at its header."""
+    with tally("hostile image", "pib verify: a tarball member that declares 16 GiB"):
+        name = Path(image["dir"]).name
+        info = tarfile.TarInfo(f"{name}/boot_archive")
+        info.size = 16 << 30
+        target = tmp_path / f"{name}.tgz"
+        target.write_bytes(gzip.compress(info.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * (1 << 20)))
+        r = subprocess.run([sys.executable, "-m", "pib", "-C", str(image["ws"]), "verify", str(target), "--json"],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert r.returncode == 12, r.stdout + r.stderr
+        assert json.loads(r.stdout)["error"]["reason"] == "verify"

@@ -49,7 +49,7 @@ def _signal_at(kit: Kit, point: Point, sig: signal.Signals, request: pytest.Fixt
     name = f"ws-{sig.name.lower()}-" + hashlib.sha1(point.name.encode()).hexdigest()[:10]
     remote = f"{request.getfixturevalue('nginx').url}/term-{os.getpid()}-{name}" if point.remote else ""
     ws = new_ws(kit, name, cbe=point.cbe, remote=remote)
-    if point.command.startswith("build"):
+    if point.command.startswith(("build", "clobber")):
         assert pib(kit, ws, "configure").returncode == 0
     _prepare(kit, ws, point.before)
     mark = ws / "marks" / "func"
@@ -85,3 +85,23 @@ def _signal_at(kit: Kit, point: Point, sig: signal.Signals, request: pytest.Fixt
 def test_signal_then_rebuild(kit: Kit, point: Point, sig: signal.Signals, request: pytest.FixtureRequest) -> None:
     with tally("signal", f"{sig.name}: {point.name}"):
         _signal_at(kit, point, sig, request)
+
+
+# `pib clobber` of a built component, stopped at its start, just before it forgets the build record,
+# half-way through removing the proto area (moved aside first) and while it cleans the checkout: afterwards
+# the proto area is whole or gone (never recorded as built without it; clobber removed the proto area before
+# the record until these cases) and the next build gives the clean image.
+CLOBBER_POINTS = [
+    Point("clobber: started", "clobber base", func="pib.build.checkout|untracked_files|1", before="built"),
+    Point("clobber: proto area half-removed", "clobber base", func="os|rmdir|1", before="built",
+          witness=".proto.base.pib-old"),
+    Point("clobber: about to forget the record", "clobber base", func="pib.build.state|forget|1", before="built"),
+    Point("clobber: cleaning the checkout", "clobber base", func="pib.build.commands|clean_checkout|1",
+          before="built"),
+]
+
+
+@pytest.mark.parametrize("point", CLOBBER_POINTS, ids=[p.name for p in CLOBBER_POINTS])
+def test_sigterm_during_clobber(kit: Kit, point: Point, request: pytest.FixtureRequest) -> None:
+    with tally("signal", f"SIGTERM: {point.name}"):
+        _signal_at(kit, point, signal.SIGTERM, request)

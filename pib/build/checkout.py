@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -556,12 +557,12 @@ def _source_state(checkout: Path, index: Path | None) -> SourceState:
     with held(index.with_name(index.name + ".pib-lock")):
         index.with_name(index.name + ".lock").unlink(missing_ok=True)
         try:
-            _sync_index(checkout, env, fresh=_seed_index(checkout, index))
+            off = _sync_index(checkout, env, fresh=_seed_index(checkout, index))
         except PibError:
             for stale in (index, index.with_name(index.name + ".tree")):
                 stale.unlink(missing_ok=True)
-            _sync_index(checkout, env, fresh=_seed_index(checkout, index))
-        tree = _tree_of_index(checkout, index, env)
+            off = _sync_index(checkout, env, fresh=_seed_index(checkout, index))
+        tree = _tree_of_index(checkout, index, env, off)
     return _with_head(checkout, index, tree)
 
 
@@ -585,27 +586,115 @@ def _with_head(checkout: Path, index: Path, tree: str, known_head: str | None = 
 def content_paths(checkout: Path) -> list[str]:
     """The paths that make up the content: those in the user's index (tracked) and the untracked files
     that no .gitignore of the tree ignores. Nested repositories that are not submodules are left out."""
-    out = git(["ls-files", "-z", "--cached", "--others", "--exclude-per-directory=.gitignore"], checkout,
-              hermetic=True)
+    # A .gitattributes file changes what git makes of others' bytes even when a .gitignore ignores it:
+    # it is content then too (one in an ignored directory applies only to what is ignored with it).
+    out = git(["ls-files", "-z", "--cached", "--others", "--exclude-per-directory=.gitignore",
+               "--exclude=!.gitattributes"], checkout, hermetic=True)
     return sorted({p for p in out.split("\0") if p and not p.endswith("/")})
 
 
-def _sync_index(checkout: Path, env: Mapping[str, str], *, fresh: bool = False) -> None:
+def _sync_index(checkout: Path, env: Mapping[str, str], *, fresh: bool = False) -> list[str]:
     """Make the private index hold exactly content_paths(), with the working tree's bytes.
 
     Entries whose stat data matches are not re-hashed (update-index skips them). `fresh`: the private
     index is the user's index just copied, or none; its paths are then the tracked ones, all wanted, so
     there is nothing to remove and no need to list them (one git process less on a first plan).
+    Returns the options that keep the repository's filter drivers from running (for write-tree).
     """
     want = content_paths(checkout)
+    converted, drivers = _conversions(checkout, env, want) if _has_attributes(checkout, want) else ([], set())
+    # Writing an index hashes its racily clean entries again, through their filters: every git command
+    # here that writes one gets the drivers switched off.
+    off = _no_drivers(drivers)
     have = [] if fresh else [p for p in git(["ls-files", "-z"], checkout, env=env, hermetic=True).split("\0") if p]
     extra = sorted(set(have) - set(want))
     if extra:
-        git(["update-index", "--force-remove", "-z", "--stdin"], checkout, env=env, hermetic=True,
+        git([*off, "update-index", "--force-remove", "-z", "--stdin"], checkout, env=env, hermetic=True,
             input="\0".join(extra).encode() + b"\0")
     if want:
-        git(["update-index", "--add", "--remove", "-z", "--stdin"], checkout, env=env, hermetic=True,
+        git([*off, "update-index", "--add", "--remove", "-z", "--stdin"], checkout, env=env, hermetic=True,
             input="\0".join(want).encode() + b"\0")
+        if converted:
+            _raw_where_converted(checkout, env, converted, off)
+    return off
+
+
+# Attributes that make the blob git stores differ from the file's bytes (crlf is text's old name).
+_CONVERTING = ("text", "eol", "crlf", "ident", "filter", "working-tree-encoding")
+
+
+def _conversions(checkout: Path, env: Mapping[str, str], paths: Sequence[str]) -> tuple[list[str], set[str]]:
+    """The paths whose attributes transform their bytes on the way into git, and the filter drivers
+    the attributes name. Reading attributes runs nothing."""
+    out = git(["check-attr", "-z", "--stdin", *_CONVERTING], checkout, env=env, hermetic=True,
+              input="\0".join(paths).encode() + b"\0")
+    fields = out.split("\0")
+    converted: dict[str, None] = {}
+    drivers: set[str] = set()
+    for k in range(0, len(fields) - 2, 3):
+        path, attr, value = fields[k:k + 3]
+        if value in ("unspecified", "unset"):
+            continue
+        converted[path] = None
+        if attr == "filter":
+            drivers.add(value)
+    return list(converted), drivers
+
+
+def _has_attributes(checkout: Path, paths: Sequence[str]) -> bool:
+    """Whether any attribute can apply to `paths`: with the user's and the system's attribute files off,
+    only .gitattributes files among them and the repository's info/attributes can set one."""
+    if any(p == ".gitattributes" or p.endswith("/.gitattributes") for p in paths):
+        return True
+    info = checkout / ".git" / "info" / "attributes"
+    try:
+        return not (checkout / ".git").is_dir() or os.stat(info).st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _no_drivers(drivers: set[str]) -> list[str]:
+    """Options that make the filter drivers a repository's own .git/config defines run no command: a key
+    is computed from the bytes on disk, never by a program the checkout names."""
+    out = []
+    for name in sorted(drivers):
+        for setting in ("clean=", "smudge=", "process=", "required=false"):
+            out += ["-c", f"filter.{name}.{setting}"]
+    return out
+
+
+def _raw_where_converted(checkout: Path, env: Mapping[str, str], converted: Sequence[str], off: list[str]) -> None:
+    """Put the file's own bytes in the private index where git's conversion (line endings, $Id$, an
+    encoding, a filter) stored other ones: two files that differ only in what the conversion removes
+    are different inputs to a build, so they must be different content. Where the bytes are the blob
+    already (the usual LF file under text=auto) the entry, and so the key, stays what it was."""
+    files = []
+    for rel in converted:
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(checkout / rel).st_mode):  # a link or a submodule is never converted
+                files.append(rel)
+    if not files:
+        return
+    wanted = set(files)
+    staged: dict[str, tuple[str, str]] = {}
+    # The whole listing, not a pathspec per file: no argument list grows with the tree.
+    for line in git(["ls-files", "-s", "-z"], checkout, env=env, hermetic=True).split("\0"):
+        meta, _, path = line.partition("\t")
+        parts = meta.split(" ")
+        if path in wanted and len(parts) == 3:
+            staged[path] = (parts[0], parts[1])
+    differ = []
+    for chunk in (files[i:i + 1000] for i in range(0, len(files), 1000)):
+        # Hashed only (writing each object costs four times as much); stored below where it differs.
+        raw = git(["hash-object", "--no-filters", "--", *chunk], checkout, env=env, hermetic=True).split()
+        differ += [rel for rel, oid in zip(chunk, raw, strict=True) if rel in staged and oid != staged[rel][1]]
+    changed = []
+    for chunk in (differ[i:i + 1000] for i in range(0, len(differ), 1000)):
+        raw = git(["hash-object", "-w", "--no-filters", "--", *chunk], checkout, env=env, hermetic=True).split()
+        changed += [f"{staged[rel][0]} {oid}\t{rel}" for rel, oid in zip(chunk, raw, strict=True)]
+    if changed:
+        git([*off, "update-index", "-z", "--index-info"], checkout, env=env, hermetic=True,
+            input="\0".join(changed).encode() + b"\0")
 
 
 def untracked_files(checkout: Path) -> list[str]:
@@ -625,6 +714,38 @@ def unkeyed_paths(checkout: Path) -> list[str]:
     dirs = {p for p in found if p.endswith("/")}
     # git lists the content of an ignored directory beside it at times: the directory says it all
     return sorted(p for p in found if next(_prefixes(p, dirs), None) is None)
+
+
+def copy_content(checkout: Path, dest: Path) -> None:
+    """A copy at `dest` of exactly what the key of `checkout` covers (content_paths): what a build that
+    writes into its checkout works on, so that it neither reads what no key covers (ignored files, an
+    earlier build's products, nested repositories) nor changes the user's checkout. `.git` is an empty
+    directory (or the copied file of a linked worktree) for the real one to be mounted on."""
+    import shutil
+
+    remove_tree(dest)
+    dest.mkdir(parents=True)
+    dotgit = checkout / ".git"
+    if dotgit.is_dir() and not dotgit.is_symlink():
+        (dest / ".git").mkdir()
+    elif dotgit.is_file():
+        shutil.copy2(dotgit, dest / ".git")
+    made: set[Path] = {dest}
+    for rel in content_paths(checkout):
+        src, out = checkout / rel, dest / rel
+        if out.parent not in made:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            made.add(out.parent)
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            continue  # tracked but deleted: not content
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src), out)
+        elif stat.S_ISREG(st.st_mode):
+            shutil.copy2(src, out, follow_symlinks=False)
+        elif stat.S_ISDIR(st.st_mode):  # a submodule
+            shutil.copytree(src, out, symlinks=True)
 
 
 def _prefixes(path: str, dirs: set[str]) -> Iterator[str]:
@@ -661,7 +782,7 @@ def _seed_index(checkout: Path, index: Path) -> bool:
     return True
 
 
-def _tree_of_index(checkout: Path, index: Path, env: Mapping[str, str]) -> str:
+def _tree_of_index(checkout: Path, index: Path, env: Mapping[str, str], off: Sequence[str] = ()) -> str:
     """`git write-tree` of the private index, skipped when the index is byte-for-byte the last one.
 
     An index file ends with the SHA-1 of its content, and the tree is a
@@ -675,7 +796,7 @@ def _tree_of_index(checkout: Path, index: Path, env: Mapping[str, str]) -> str:
             return last_tree.strip()
     except (OSError, UnicodeDecodeError):
         pass
-    tree = git(["write-tree"], checkout, env=env, hermetic=True).strip()
+    tree = git([*off, "write-tree"], checkout, env=env, hermetic=True).strip()
     # write-tree may store its cache in the index: remember the checksum it leaves behind.
     checksum = _index_checksum(index)
     if checksum:

@@ -586,10 +586,13 @@ def clobber(cfg: Config, names: Sequence[str], *, wait_for_lock: bool = False, f
             c = cfg.component(name)
             had_proto = c.proto.exists()
             sweep(c)
+            # The record first: a stop between the two leaves a proto area the next build replaces, never a
+            # record of a build whose proto area is gone.
+            state.forget(cfg.workspace.state_dir, c.name)
             if had_proto:
                 discard_tree(c.proto)  # never a half-deleted proto area in place
-            state.forget(cfg.workspace.state_dir, c.name)
             remove_tree(cfg.workspace.state_dir / "build" / c.name)
+            remove_tree(cfg.workspace.state_dir / "source" / c.name)  # a writable_source copy a kill left
             cleaned = (c.checkout / ".git").exists()
             if cleaned:
                 clean_checkout(c)

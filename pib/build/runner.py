@@ -58,6 +58,8 @@ class State(enum.StrEnum):
 
 DONE = frozenset({State.UP_TO_DATE, State.BUILT, State.RESTORED})  # outcomes of a component that is ready
 NOT_DONE = frozenset({State.FAILED, State.STOPPED, State.SKIPPED})  # outcomes that stop its dependents
+# After an interrupt, how long running builds get to stop (they are killed at once) before pib stops waiting.
+STOP_WAIT = 5.0
 
 
 class Event(NamedTuple):
@@ -341,7 +343,9 @@ class Builder:
 
         running: dict[Future[Outcome], Plan] = {}
         stopping = False
-        with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs))
+        interrupted = False
+        try:
             try:
                 while pending or running:
                     for p in list(pending):
@@ -378,12 +382,17 @@ class Builder:
                             stopping = True
                             self.cancel.set()
             except KeyboardInterrupt:
+                interrupted = True
                 self.cancel.set()
                 for fut in running:
                     fut.cancel()
-                wait(list(running))
+                # Builds end as soon as they see the cancel; a store request that never returns is not waited
+                # for past the grace (the command line then ends the process).
+                wait(list(running), timeout=STOP_WAIT)
                 raise PibError("interrupted; running builds were stopped, nothing half-built was kept",
                                reason=Reason.INTERRUPTED) from None
+        finally:
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
 
     def _up_to_date(self, p: Plan) -> Outcome:
         out = p.record.output if p.record is not None else None
@@ -491,9 +500,10 @@ class Builder:
             self._emit(c.name, State.BUILDING, start, "fetching sources")
             staged = self.sources.stage(c.name, c.sources, log)
         env = component_env(self.cfg, p, self.ctx.benv, dest, sources_dir=staged)
-        argv, env = self.sandbox.wrap(p, c.build, env, destdir=dest)
-        res = run(argv, cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
-                  what=f"build of {c.name}")
+        with self.sandbox.source_copy(c) as copy:
+            argv, env = self.sandbox.wrap(p, c.build, env, destdir=dest, source=copy)
+            res = run(argv, cwd=c.checkout, env=env, log=log, cancel=self.cancel, reason=Reason.BUILD,
+                      what=f"build of {c.name}")
         # The key names the content the build was planned for; if that is not what it read, nothing is kept.
         after = source_state(c.checkout, self.cfg.workspace.state_dir / "index" / c.name)
         if after.tree != p.source.tree or after.head != p.source.head:

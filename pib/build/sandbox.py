@@ -11,8 +11,9 @@ dropped, only these exist:
               its key does not cover, ignored files and nested repositories, hidden),
               the proto areas of its dependencies, its key files, its declared
               sources ($PIB_SOURCES) and sandbox.ro_paths, each at its real path
-  writable    DESTDIR and PIB_BUILD_DIR (and the checkout of a component that
-              declares writable_source = true)
+  writable    DESTDIR and PIB_BUILD_DIR (and, for a component that declares
+              writable_source = true, a copy of what the key of its checkout
+              covers, in the checkout's place; its .git the real one, read-only)
   fresh       HOME, /tmp and /var/tmp (empty tmpfs), /dev (null, zero, random,
               tty, pts...), /proc of the build's own PID namespace
 
@@ -27,18 +28,19 @@ mode "bwrap" says so once per run and builds without isolation; mode
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pib.build.checkout import unkeyed_paths
+from pib.build.checkout import copy_content, unkeyed_paths
 from pib.config.types import ComponentConfig, Config
 from pib.errors import ConfigError, PibError, Reason, local_error
-from pib.fsutil import write_atomic
+from pib.fsutil import remove_tree, write_atomic
 from pib.run import BASE_PATH, minimal_env, run
 
 if TYPE_CHECKING:
@@ -77,16 +79,38 @@ class Sandbox:
         self._etc_written = False
 
     def wrap(self, plan: Plan, argv: Sequence[str], env: Mapping[str, str], *,
-             destdir: Path) -> tuple[list[str], dict[str, str]]:
-        """The command and environment that run `argv` for `plan` (unchanged without a sandbox)."""
+             destdir: Path, source: Path | None = None) -> tuple[list[str], dict[str, str]]:
+        """The command and environment that run `argv` for `plan` (unchanged without a sandbox).
+
+        `source`: the copy of the checkout's content (`source_copy`) the build sees, writable, in its place.
+        """
         bwrap = self.bwrap()
         if bwrap is None:
             return list(argv), dict(env)
         etc = self._etc(env)
         comp = plan.comp
-        hidden = () if comp.writable_source else hidden_paths(comp.checkout)
-        return [bwrap, *bwrap_args(self.cfg, comp, env, destdir=destdir, etc=etc, hidden=hidden), "--", *argv], \
-            dict(env)
+        hidden = () if source is not None else hidden_paths(comp.checkout)
+        return [bwrap, *bwrap_args(self.cfg, comp, env, destdir=destdir, etc=etc, hidden=hidden, source=source),
+                "--", *argv], dict(env)
+
+    @contextlib.contextmanager
+    def source_copy(self, comp: ComponentConfig) -> Iterator[Path | None]:
+        """For a sandboxed build that writes into its checkout: a copy of exactly what its key covers, removed
+        afterwards. Bound writable where the checkout is, it keeps what no key covers (ignored files, its own
+        earlier products) out of the build, as hiding does for a read-only checkout. None otherwise."""
+        if not comp.writable_source or self.bwrap() is None:
+            yield None
+            return
+        copy = self.cfg.workspace.state_dir / "source" / comp.name
+        try:
+            copy_content(comp.checkout, copy)
+        except OSError as exc:
+            remove_tree(copy)
+            raise local_error(copy, exc, f"copy the checkout of {comp.name} to") from None
+        try:
+            yield copy
+        finally:
+            remove_tree(copy)
 
     def bwrap(self) -> str | None:
         """The bubblewrap to run builds with, None to run them unisolated."""
@@ -191,8 +215,8 @@ def hidden_paths(checkout: Path) -> list[Path]:
 
 
 def bwrap_args(cfg: Config, comp: ComponentConfig, env: Mapping[str, str], *, destdir: Path,
-               etc: Path, hidden: Sequence[Path] = ()) -> list[str]:
-    """bwrap's options for one build (everything before `--` and the command)."""
+               etc: Path, hidden: Sequence[Path] = (), source: Path | None = None) -> list[str]:
+    """bwrap's options for one build (everything before `--` and the command); `source`: see Sandbox.wrap."""
     args = ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--hostname", HOSTNAME]
     if comp.network:
@@ -216,7 +240,7 @@ def bwrap_args(cfg: Config, comp: ComponentConfig, env: Mapping[str, str], *, de
     if env.get("PIB_CBE_PREFIX"):
         mounts.ro(Path(env["PIB_CBE_PREFIX"]))
     # Declared inputs, each at its real path.
-    mounts.bind(comp.checkout, writable=comp.writable_source)
+    mounts.bind(comp.checkout, writable=comp.writable_source, src=source)
     if comp.writable_source and (comp.checkout / ".git").exists():
         mounts.ro(comp.checkout / ".git")  # git runs hooks and fsmonitor from there, outside the sandbox
     # What the key does not cover: an empty directory or file in its place (not where a declared input
@@ -304,9 +328,9 @@ class _Mounts:
         self.args += ["--ro-bind", str(src), str(dest or src)]
         self.bound.append(dest or src)
 
-    def bind(self, path: Path, *, writable: bool) -> None:
+    def bind(self, path: Path, *, writable: bool, src: Path | None = None) -> None:
         self._parents(path)
-        self.args += ["--bind" if writable else "--ro-bind", str(path), str(path)]
+        self.args += ["--bind" if writable else "--ro-bind", str(src or path), str(path)]
         self.bound.append(path)
 
     def tmpfs(self, path: Path) -> None:

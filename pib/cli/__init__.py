@@ -379,13 +379,60 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+# After a stop signal, how long pib may take to clean up before it ends anyway: a worker thread stuck in a
+# store request (or anything else that does not return) must not hold the process past it.
+STOP_GRACE = 10.0
+
+
 def _stop_on_signals() -> None:
     """SIGTERM (how CI cancels) and SIGHUP (a closed terminal) stop pib the way Ctrl-C does: running builds
-    are killed, nothing half-made is kept, exit 130."""
+    are killed, nothing half-made is kept, exit 130 (within STOP_GRACE seconds, whatever is stuck)."""
     import signal
+    import threading
+
+    def stop(signum: int, frame: object) -> None:
+        if not any(t.name == "pib-stop" for t in threading.enumerate()):
+            threading.Thread(target=_end_after_grace, name="pib-stop", daemon=True).start()
+        raise KeyboardInterrupt
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.default_int_handler)
+        signal.signal(sig, stop)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # started in the background: stays ignored
+        signal.signal(signal.SIGINT, stop)
+
+
+def _end_after_grace() -> None:
+    """The last resort after a stop signal: whatever the main thread waits for, end the process. What a
+    thread leaves half-made then is what a kill leaves, and the next build sweeps it."""
+    import time
+
+    time.sleep(STOP_GRACE)
+    _exit_now(130, "pib: interrupted; a stuck operation was abandoned\n")
+
+
+def _exit_now(code: int, message: str = "") -> None:
+    import os
+
+    try:
+        if message:
+            sys.stderr.write(message)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
+
+
+def _ended_by_signal(rc: int) -> int:
+    """Exit now when a stop signal ended the command and another thread still runs (a store request that
+    never returns): the interpreter's exit would join it, daemon or not (concurrent.futures joins its
+    workers), for as long as it takes."""
+    import threading
+
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and t.name != "pib-stop"]
+    if rc == 130 and others and any(t.name == "pib-stop" for t in threading.enumerate()):
+        _exit_now(130)
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = Printable(sys.stdout), Printable(sys.stderr)  # type: ignore[assignment]
     try:
-        return _run(args)
+        return _ended_by_signal(_run(args))
     finally:
         sys.stdout, sys.stderr = streams
 

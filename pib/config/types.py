@@ -122,7 +122,7 @@ class ComponentConfig(NamedTuple):
     prebuilt: bool
     where: Location
     network: bool = False  # the build may reach the network: its key says so and its artifacts stay local
-    writable_source: bool = False  # the build writes into its checkout (sandboxed: bound writable, .git not)
+    writable_source: bool = False  # the build writes into its checkout (sandboxed: a copy of what its key covers)
     sources: tuple[Pinned, ...] = ()  # declared downloads, fetched before the build
     license: str | None = None  # an SPDX license expression, for the SBOM
 
