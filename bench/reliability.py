@@ -63,8 +63,13 @@ FAMILIES = {
     "diskfull": ("tests/test_diskfull.py", "a full file system (tmpfs) under restore, image and store; "
                                            "clear error, nothing half-written kept"),
     "tar parser": ("tests/test_archive.py", "hand-built tar headers GNU tar reads differently (leading NULs, "
-                                            "long names with hidden bytes, special types and bits); refused, "
-                                            "nothing written"),
+                                            "long names with hidden bytes, special types and bits), with the "
+                                            "writing thread and with the forked writer; refused, nothing "
+                                            "written"),
+    "forked writer": ("tests/test_unpack_process.py", "the process that writes large archives: a write the file "
+                                                      "system refuses, SIGKILL to pib mid-unpack, SIGTERM or "
+                                                      "SIGHUP to the writer; the error or an interruption, "
+                                                      "nothing in place, no process left behind"),
     "metadata": ("tests/test_artifacts.py", "malformed store metadata (deep nesting, huge integers, 1e999, "
                                             "wrong types) and two interleaved publishes of one key; a verify "
                                             "problem, never a crash, and every entry verifies"),
