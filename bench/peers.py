@@ -461,22 +461,22 @@ def parse_log(log: Path) -> dict[str, dict[str, list[float]]]:
     return out
 
 
-BEHIND = """Where pib is behind: Nix restores the 100 outputs from its local cache faster, (c): 2.10 s
-against 2.86 s wall, 1.35 s against 1.86 s of CPU; from the remote cache (d) the wall times are level
-(2.73 s and 2.85 s) but pib uses more CPU (2.26 s against 1.51 s). The measured reason is the fresh
+BEHIND = """Where pib is behind: Nix restores the 100 outputs from its cache faster, from the local one (c): 1.09 s
+against 1.26 s wall, 1.10 s against 1.82 s of CPU; from the remote one (d): 1.24 s against 1.65 s wall,
+1.24 s against 2.19 s of CPU (run of 2026-12-01, load 1.5 to 2.9). The measured reason is the fresh
 workspace's first plan: no tree of a checkout is remembered there yet, so each checkout runs git three
 times (the content paths, `update-index`, `write-tree`; the private index is the user's, copied, and
 the HEAD commit's tree is read from its loose object). On a 100-component workspace made the same way
-`pib status` in a fresh workspace takes 1.6 to 1.8 s of CPU (2.3 s before this run's change from five
-git processes to three; 303 processes: 300 git, 2 find, pib), a second plan 0.35 s. So about 1.4 s of
-CPU, 14 ms per checkout, is the first look at 100 git checkouts, which Nix does not pay: its store is
-the workspace, and `builtins.path` hashes the sources in-process. The 100 restores themselves are cheap
-(3.9 ms of CPU each, measured before: fetch, signature check, SHA-256, policy-checked unpack, lstat
-audit). Cutting the rest needs git's trees computed in-process, exactly as `git write-tree` writes
-them and with the objects stored (dependents' change lists diff them): not attempted here. The
-no-op (a) and the one change (b), which run on every edit, are 5x and 1.4x faster than Nix in wall time
-and 6x and 2.6x in CPU; BuildStream 1.6 is 1.8 to 6.5x slower than pib in wall time in every phase (it
-hashes every local source on each invocation and stages every element in a bubblewrap sandbox)."""
+`pib status` in a fresh workspace takes 1.6 to 1.8 s of CPU (303 processes: 300 git, 2 find, pib), a
+second plan 0.35 s. So about 1.4 s of CPU, 14 ms per checkout, is the first look at 100 git checkouts,
+which Nix does not pay: its store is the workspace, and `builtins.path` hashes the sources in-process.
+The 100 restores themselves are cheap (3.9 ms of CPU each, measured before: fetch, signature check,
+SHA-256, policy-checked unpack, lstat audit). Cutting the rest needs git's trees computed in-process,
+exactly as `git write-tree` writes them and with the objects stored (dependents' change lists diff
+them): not attempted here. The no-op (a) and the one change (b), which run on every edit, are 3.7x and
+2.3x faster than Nix in wall time and 3.3x and 2.1x in CPU; BuildStream 1.6 is 2.4 to 4.8x slower than
+pib in wall time in every phase (it hashes every local source on each invocation and stages every
+element in a bubblewrap sandbox)."""
 
 
 NOTES = """How each tool was set up (`bench/setup-peers` installs the peers from Debian's archive):
