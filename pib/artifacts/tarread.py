@@ -293,7 +293,11 @@ class WriterProcess(Writer):
     BUFFERS = 8
     BUFFER_SIZE = 1 << 20
     BATCH_BYTES = 2 << 20
-    _LEN = struct.Struct("<i")  # batch length down the pipe; acknowledged batch number (or -1) back
+    # Batch length down the pipe; acknowledged batch number (or -1 and the failure) back. Acknowledgements
+    # are read when a buffer is needed again, so at most those of batches without data pile up in their
+    # pipe: a batch is 512 members at least, so the member bound (2 million) keeps them under 16 KiB,
+    # within the pipe's 64 KiB; the process never blocks on them.
+    _LEN = struct.Struct("<i")
 
     def _start(self) -> None:
         self.buffers = [mmap.mmap(-1, self.BUFFER_SIZE) for _ in range(self.BUFFERS)]
