@@ -295,8 +295,8 @@ class WriterProcess(Writer):
     BATCH_BYTES = 2 << 20
     # Batch length down the pipe; acknowledged batch number (or -1 and the failure) back. Acknowledgements
     # are read when a buffer is needed again, so at most those of batches without data pile up in their
-    # pipe: a batch is 512 members at least, so the member bound (2 million) keeps them under 16 KiB,
-    # within the pipe's 64 KiB; the process never blocks on them.
+    # pipe: such a batch holds 512 operations, at most two per member, so the member bound (2 million)
+    # keeps them under 32 KiB, within the pipe's 64 KiB; the process never blocks on them.
     _LEN = struct.Struct("<i")
 
     def _start(self) -> None:
