@@ -60,6 +60,25 @@ int main(void) {{ puts("{name}"); return 0; }}
 """
 
 
+def core_workspace(root: Path, build: str, extra: str = "") -> Path:
+    """root/ws: one prebuilt component `core` from a new repository root/repos/core whose build.sh is
+    `build`, with a local store; `extra` is appended to its pib.toml (stores, trust). Not configured."""
+    make_repo(root / "repos" / "core", {"build.sh": build})
+    ws = root / "ws"
+    ws.mkdir()
+    (ws / "pib.toml").write_text(f"""\
+[platform]
+min_version = "1"
+[local_store]
+path = "store"
+[components.core]
+source = "../repos/core"
+build = ["./build.sh"]
+prebuilt = true
+{extra}""")
+    return ws
+
+
 def c_component(root: Path, name: str) -> Path:
     """A component built with make and the C compiler."""
     return make_repo(root / "repos" / name, {

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pib.errors import EXIT_CODES, Reason
-from tests.gitutil import make_repo, pib
+from tests.gitutil import core_workspace, pib
 from tests.reliability import tally
 from tests.services.badhttp import BadHttp
 
@@ -33,19 +33,7 @@ echo root:x:0:0::/:/bin/sh > "$DESTDIR/etc/passwd"
 
 
 def _ws(tmp_path: Path, build: str = BUILD, store: str = "") -> Path:
-    make_repo(tmp_path / "repos" / "core", {"build.sh": build})
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "pib.toml").write_text(f"""\
-[platform]
-min_version = "1"
-[local_store]
-path = "store"
-[components.core]
-source = "../repos/core"
-build = ["./build.sh"]
-prebuilt = true
-{store}""")
+    ws = core_workspace(tmp_path, build, store)
     r = pib(ws, "configure")
     assert r.returncode == 0, r.stderr
     return ws

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from pib.artifacts.signing import generate_keypair
-from tests.gitutil import make_repo
+from tests.gitutil import core_workspace
 from tests.reliability import tally
 
 pytestmark = pytest.mark.integration
@@ -106,19 +106,8 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     root = tmp_path_factory.mktemp("redirect")
     server = _Store()
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    make_repo(root / "repos" / "core", {"build.sh": BUILD})
     generate_keypair(root / "key.priv", root / "key.pub")
-    ws = root / "ws"
-    ws.mkdir()
-    (ws / "pib.toml").write_text(f"""\
-[platform]
-min_version = "1"
-[local_store]
-path = "store"
-[components.core]
-source = "../repos/core"
-build = ["./build.sh"]
-prebuilt = true
+    ws = core_workspace(root, BUILD, f"""\
 [[store]]
 name = "remote"
 type = "http"
